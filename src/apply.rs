@@ -1,0 +1,870 @@
+//! Applying one operation to a replica directory, exactly.
+//!
+//! Containment: every path is resolved beneath the replica root with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`,
+//! one chunk of components at a time (so paths longer than PATH_MAX work);
+//! the final component is only ever touched through its parent's directory
+//! handle with "no follow" semantics or through an `O_PATH|O_NOFOLLOW`
+//! handle re-opened via `/proc/self/fd` (so a symlink is never followed and
+//! a device node is never opened). Paths themselves were validated when the
+//! record was decoded (`RelPath`: no `..`, no absolute paths, no NUL).
+//!
+//! Determinism: the outcome (`Ok` or an errno) depends only on the replica's
+//! prior state. Times come from the record: the inodes an operation changes
+//! get the record's time as mtime, and the parent directory of a namespace
+//! change gets `max(its mtime before, record time)`, which makes concurrent
+//! namespace changes in one directory commute (see DESIGN.md).
+//!
+//! Exactly-once across a crash: before the main effect of an operation that
+//! is not idempotent, the applier captures a `Fingerprint` of the prior state
+//! (inode numbers and mtimes of the entries involved) and hands it to an
+//! `IntentLog`, which persists it. Re-applying the operation with that
+//! fingerprint (`resume`) detects whether the main effect already happened
+//! and only completes the remaining, idempotent steps.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
+use rustix::fs::{Stat, UTIME_OMIT};
+use rustix::fs::Timespec;
+
+use crate::error::{is_outcome, Errno, ReplicaFailure};
+use crate::op::{Op, RelPath, Timestamp, XattrFlags, PERM_BITS, S_IFMT};
+use crate::sync::{Mutex, MutexGuard};
+
+/// The result of a record against a replica: success, or the errno every
+/// replica gets for it. Not a failure.
+pub type Outcome = Result<(), Errno>;
+
+/// Facts about the replica captured just before an operation's main effect.
+/// All fields are `None` when not applicable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Inode number of the target entry before (create/mknod/mkdir/symlink,
+    /// link destination, unlink/rmdir target, rename destination).
+    pub target: Option<u64>,
+    /// Inode number of the rename/link source entry before.
+    pub source: Option<u64>,
+    /// Mtime of the target's parent directory before.
+    pub target_parent_mtime: Option<Timestamp>,
+    /// Mtime of the source's parent directory before (rename).
+    pub source_parent_mtime: Option<Timestamp>,
+    /// Mtime of the rename source inode before (restored after the move).
+    pub source_mtime: Option<Timestamp>,
+    /// Mtime of the rename destination inode before (RENAME_EXCHANGE).
+    pub target_mtime: Option<Timestamp>,
+}
+
+/// Where the applier persists a fingerprint before a non-idempotent effect.
+pub trait IntentLog {
+    fn record(&mut self, fp: &Fingerprint) -> Result<(), ReplicaFailure>;
+}
+
+/// An intent log that keeps nothing: for tests and for direct application.
+pub struct NoIntentLog;
+
+impl IntentLog for NoIntentLog {
+    fn record(&mut self, _fp: &Fingerprint) -> Result<(), ReplicaFailure> {
+        Ok(())
+    }
+}
+
+const DIR_LOCK_STRIPES: usize = 256;
+
+/// Longest chunk of a path handed to one `openat2` call (PATH_MAX is 4096).
+const WALK_CHUNK: usize = 3072;
+
+/// A replica directory that records are applied to.
+pub struct Replica {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    /// Serializes parent-directory mtime updates per directory (striped by
+    /// inode number): the read-modify-write of `max(before, time)` must not
+    /// interleave with another namespace change in the same directory.
+    dir_locks: Box<[Mutex<()>]>,
+}
+
+/// A resolved final component: its parent directory (open for reading) and name.
+struct Entry {
+    parent: OwnedFd,
+    name: CString,
+}
+
+/// What the operation targets: the root itself, or an entry in a directory.
+enum Target {
+    Root,
+    Entry(Entry),
+}
+
+fn fail(op: &'static str, path: &RelPath, errno: Errno) -> ReplicaFailure {
+    ReplicaFailure {
+        op,
+        path: path.display(),
+        errno,
+    }
+}
+
+/// Turns a syscall error into an outcome or a replica failure.
+fn classify(op: &'static str, path: &RelPath, errno: Errno) -> Result<Outcome, ReplicaFailure> {
+    if is_outcome(errno) {
+        Ok(Err(errno))
+    } else {
+        Err(fail(op, path, errno))
+    }
+}
+
+/// `try_outcome!(expr, op, path)`: on a syscall error, return the outcome or failure.
+macro_rules! try_outcome {
+    ($e:expr, $op:expr, $path:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(errno) => return classify($op, $path, errno),
+        }
+    };
+}
+
+fn ts(t: Timestamp) -> Timespec {
+    Timespec {
+        tv_sec: t.sec,
+        tv_nsec: t.nsec as _,
+    }
+}
+
+fn omit() -> Timespec {
+    Timespec {
+        tv_sec: 0,
+        tv_nsec: UTIME_OMIT,
+    }
+}
+
+pub fn stat_mtime(st: &Stat) -> Timestamp {
+    Timestamp::new(st.st_mtime as i64, st.st_mtime_nsec as u32)
+}
+
+fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    // Cannot contain a NUL: it is ASCII digits.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+fn cstring(name: &[u8]) -> Result<CString, Errno> {
+    CString::new(name).map_err(|_| Errno::INVAL)
+}
+
+impl Replica {
+    /// Opens a replica root (which must exist and be a directory).
+    pub fn open(root: &Path) -> std::io::Result<Replica> {
+        let root_fd = rfs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let dir_locks = (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect();
+        Ok(Replica {
+            root: root.to_path_buf(),
+            root_fd,
+            dir_locks,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root_fd.as_fd()
+    }
+
+    /// Opens directory `path` beneath the root without following symlinks.
+    pub fn open_dir(&self, path: &RelPath) -> Result<OwnedFd, Errno> {
+        self.walk(path, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// Opens `path` (any type) as an `O_PATH | O_NOFOLLOW` handle.
+    pub fn open_path(&self, path: &RelPath) -> Result<OwnedFd, Errno> {
+        self.walk(path, OFlags::PATH)
+    }
+
+    fn walk(&self, path: &RelPath, last_flags: OFlags) -> Result<OwnedFd, Errno> {
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let bytes = path.as_bytes();
+        if bytes.is_empty() {
+            return rustix::io::fcntl_dupfd_cloexec(&self.root_fd, 0).and_then(|fd| {
+                if last_flags.contains(OFlags::PATH) {
+                    Ok(fd)
+                } else {
+                    rfs::openat(
+                        &self.root_fd,
+                        c".",
+                        last_flags | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                }
+            });
+        }
+        let mut dir: Option<OwnedFd> = None;
+        let mut rest = bytes;
+        loop {
+            let (chunk, tail) = if rest.len() <= WALK_CHUNK {
+                (rest, &rest[rest.len()..])
+            } else {
+                // Split at the last '/' within the chunk limit.
+                let cut = rest[..WALK_CHUNK]
+                    .iter()
+                    .rposition(|&b| b == b'/')
+                    .ok_or(Errno::NAMETOOLONG)?;
+                (&rest[..cut], &rest[cut + 1..])
+            };
+            let last = tail.is_empty();
+            let flags = if last {
+                last_flags | OFlags::NOFOLLOW | OFlags::CLOEXEC
+            } else {
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC
+            };
+            let c = cstring(chunk)?;
+            let base: BorrowedFd<'_> = match &dir {
+                Some(d) => d.as_fd(),
+                None => self.root_fd.as_fd(),
+            };
+            let fd = openat2_retry(base, &c, flags, resolve)?;
+            if last {
+                return Ok(fd);
+            }
+            dir = Some(fd);
+            rest = tail;
+        }
+    }
+
+    fn target(&self, path: &RelPath) -> Result<Target, Errno> {
+        match path.split_last() {
+            None => Ok(Target::Root),
+            Some((parent, name)) => Ok(Target::Entry(Entry {
+                parent: self.open_dir(&parent)?,
+                name: cstring(name)?,
+            })),
+        }
+    }
+
+    fn entry(&self, path: &RelPath) -> Result<Entry, Errno> {
+        match self.target(path)? {
+            Target::Root => Err(Errno::EXIST),
+            Target::Entry(e) => Ok(e),
+        }
+    }
+
+    fn lock_dir(&self, st: &Stat) -> MutexGuard<'_, ()> {
+        self.dir_locks[(st.st_ino as usize) % DIR_LOCK_STRIPES].lock()
+    }
+
+    /// Locks the stripes of two directories in a fixed order.
+    fn lock_dirs(&self, a: &Stat, b: &Stat) -> (MutexGuard<'_, ()>, Option<MutexGuard<'_, ()>>) {
+        let ia = (a.st_ino as usize) % DIR_LOCK_STRIPES;
+        let ib = (b.st_ino as usize) % DIR_LOCK_STRIPES;
+        if ia == ib {
+            (self.dir_locks[ia].lock(), None)
+        } else if ia < ib {
+            let ga = self.dir_locks[ia].lock();
+            (ga, Some(self.dir_locks[ib].lock()))
+        } else {
+            let gb = self.dir_locks[ib].lock();
+            (gb, Some(self.dir_locks[ia].lock()))
+        }
+    }
+
+    /// Applies `op` taking effect at `time`.
+    ///
+    /// `resume` is the fingerprint recorded by an earlier, interrupted
+    /// attempt at the same record (after a crash or a replica failure);
+    /// `None` for a first attempt, in which case a new fingerprint is
+    /// captured and handed to `log` before any non-idempotent effect.
+    pub fn apply(
+        &self,
+        op: &Op,
+        time: Timestamp,
+        resume: Option<&Fingerprint>,
+        log: &mut dyn IntentLog,
+    ) -> Result<Outcome, ReplicaFailure> {
+        let span = tracing::trace_span!("apply", op = op.name(), path = %op.target());
+        let _enter = span.enter();
+        match op {
+            Op::Create {
+                path,
+                mode,
+                uid,
+                gid,
+            } => self.create_like(
+                path,
+                NewInode::File { mode: *mode },
+                *uid,
+                *gid,
+                time,
+                resume,
+                log,
+            ),
+            Op::Mknod {
+                path,
+                mode,
+                rdev,
+                uid,
+                gid,
+            } => self.create_like(
+                path,
+                NewInode::Node {
+                    mode: *mode,
+                    rdev: *rdev,
+                },
+                *uid,
+                *gid,
+                time,
+                resume,
+                log,
+            ),
+            Op::Mkdir {
+                path,
+                mode,
+                uid,
+                gid,
+            } => self.create_like(
+                path,
+                NewInode::Dir { mode: *mode },
+                *uid,
+                *gid,
+                time,
+                resume,
+                log,
+            ),
+            Op::Symlink {
+                path,
+                target,
+                uid,
+                gid,
+            } => self.create_like(
+                path,
+                NewInode::Symlink { target },
+                *uid,
+                *gid,
+                time,
+                resume,
+                log,
+            ),
+            Op::Link { src, dst } => self.link(src, dst, time, resume, log),
+            Op::Unlink { path } => self.remove(path, false, time, resume, log),
+            Op::Rmdir { path } => self.remove(path, true, time, resume, log),
+            Op::Rename { src, dst, flags } => self.rename(src, dst, *flags, time, resume, log),
+            Op::Write { path, offset, data } => self.with_writable(path, "write", time, |fd| {
+                write_all_at(fd, data, *offset)
+            }),
+            Op::Truncate { path, size } => {
+                self.with_writable(path, "truncate", time, |fd| rfs::ftruncate(fd, *size))
+            }
+            Op::Fallocate {
+                path,
+                mode,
+                offset,
+                length,
+            } => self.with_writable(path, "fallocate", time, |fd| {
+                let flags = rfs::FallocateFlags::from_bits_retain(*mode);
+                rfs::fallocate(fd, flags, *offset, *length)
+            }),
+            Op::Chmod { path, mode } => self.chmod(path, *mode),
+            Op::Chown { path, uid, gid } => self.chown(path, *uid, *gid),
+            Op::Utimens { path, atime, mtime } => self.utimens(path, *atime, *mtime),
+            Op::SetXattr {
+                path,
+                name,
+                value,
+                flags,
+            } => self.setxattr(path, name, value, *flags),
+            Op::RemoveXattr { path, name } => self.removexattr(path, name),
+            Op::Fsync { path, datasync } => self.fsync(path, *datasync),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_like(
+        &self,
+        path: &RelPath,
+        kind: NewInode<'_>,
+        uid: u32,
+        gid: u32,
+        time: Timestamp,
+        resume: Option<&Fingerprint>,
+        log: &mut dyn IntentLog,
+    ) -> Result<Outcome, ReplicaFailure> {
+        let op = kind.name();
+        let e = try_outcome!(self.entry(path), op, path);
+        let pst = rfs::fstat(&e.parent).map_err(|x| fail(op, path, x))?;
+        let _guard = self.lock_dir(&pst);
+        let fp = match resume {
+            Some(fp) => *fp,
+            None => {
+                let fp = Fingerprint {
+                    target: lstat_ino(&e.parent, &e.name),
+                    target_parent_mtime: Some(stat_mtime(&pst)),
+                    ..Fingerprint::default()
+                };
+                log.record(&fp)?;
+                fp
+            }
+        };
+        let done = resume.is_some() && fp.target.is_none() && lstat_ino(&e.parent, &e.name).is_some();
+        if !done {
+            let made = match kind {
+                NewInode::File { mode } => rfs::openat(
+                    &e.parent,
+                    &e.name,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_bits_retain(mode & PERM_BITS),
+                )
+                .map(drop),
+                NewInode::Dir { mode } => {
+                    rfs::mkdirat(&e.parent, &e.name, Mode::from_bits_retain(mode & PERM_BITS))
+                }
+                NewInode::Node { mode, rdev } => rfs::mknodat(
+                    &e.parent,
+                    &e.name,
+                    FileType::from_raw_mode(mode & S_IFMT),
+                    Mode::from_bits_retain(mode & PERM_BITS),
+                    rdev,
+                ),
+                NewInode::Symlink { target } => {
+                    let t = try_outcome!(cstring(target), op, path);
+                    rfs::symlinkat(&t, &e.parent, &e.name)
+                }
+            };
+            try_outcome!(made, op, path);
+        }
+        // Ownership, exact mode (no umask; chown clears set-id bits, so the
+        // mode is set after it), times. Every step is idempotent.
+        let f = |x| fail(op, path, x);
+        rfs::chownat(
+            &e.parent,
+            &e.name,
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(f)?;
+        if let Some(mode) = kind.perm() {
+            let fd = rfs::openat(&e.parent, &e.name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .map_err(f)?;
+            rfs::chmod(proc_fd_path(fd.as_fd()).as_c_str(), Mode::from_bits_retain(mode & PERM_BITS))
+                .map_err(f)?;
+        }
+        set_times(&e.parent, &e.name, Some(time), Some(time)).map_err(f)?;
+        self.bump(&e.parent, fp.target_parent_mtime, time).map_err(f)?;
+        Ok(Ok(()))
+    }
+
+    fn link(
+        &self,
+        src: &RelPath,
+        dst: &RelPath,
+        time: Timestamp,
+        resume: Option<&Fingerprint>,
+        log: &mut dyn IntentLog,
+    ) -> Result<Outcome, ReplicaFailure> {
+        let s = try_outcome!(self.entry(src), "link", src);
+        let d = try_outcome!(self.entry(dst), "link", dst);
+        let f = |x| fail("link", dst, x);
+        let dst_st = rfs::fstat(&d.parent).map_err(f)?;
+        let _guard = self.lock_dir(&dst_st);
+        let fp = match resume {
+            Some(fp) => *fp,
+            None => {
+                let fp = Fingerprint {
+                    target: lstat_ino(&d.parent, &d.name),
+                    source: lstat_ino(&s.parent, &s.name),
+                    target_parent_mtime: Some(stat_mtime(&dst_st)),
+                    ..Fingerprint::default()
+                };
+                log.record(&fp)?;
+                fp
+            }
+        };
+        let done = resume.is_some()
+            && fp.target.is_none()
+            && fp.source.is_some()
+            && lstat_ino(&d.parent, &d.name) == fp.source;
+        if !done {
+            try_outcome!(
+                rfs::linkat(&s.parent, &s.name, &d.parent, &d.name, AtFlags::empty()),
+                "link",
+                dst
+            );
+        }
+        self.bump(&d.parent, fp.target_parent_mtime, time).map_err(f)?;
+        Ok(Ok(()))
+    }
+
+    fn remove(
+        &self,
+        path: &RelPath,
+        dir: bool,
+        time: Timestamp,
+        resume: Option<&Fingerprint>,
+        log: &mut dyn IntentLog,
+    ) -> Result<Outcome, ReplicaFailure> {
+        let op = if dir { "rmdir" } else { "unlink" };
+        let e = try_outcome!(self.entry(path), op, path);
+        let f = |x| fail(op, path, x);
+        let pst = rfs::fstat(&e.parent).map_err(f)?;
+        let _guard = self.lock_dir(&pst);
+        let fp = match resume {
+            Some(fp) => *fp,
+            None => {
+                let fp = Fingerprint {
+                    target: lstat_ino(&e.parent, &e.name),
+                    target_parent_mtime: Some(stat_mtime(&pst)),
+                    ..Fingerprint::default()
+                };
+                log.record(&fp)?;
+                fp
+            }
+        };
+        let done = resume.is_some()
+            && fp.target.is_some()
+            && lstat_ino(&e.parent, &e.name) != fp.target;
+        if !done {
+            let flags = if dir {
+                AtFlags::REMOVEDIR
+            } else {
+                AtFlags::empty()
+            };
+            try_outcome!(rfs::unlinkat(&e.parent, &e.name, flags), op, path);
+        }
+        self.bump(&e.parent, fp.target_parent_mtime, time).map_err(f)?;
+        Ok(Ok(()))
+    }
+
+    fn rename(
+        &self,
+        src: &RelPath,
+        dst: &RelPath,
+        flags: crate::op::RenameFlags,
+        time: Timestamp,
+        resume: Option<&Fingerprint>,
+        log: &mut dyn IntentLog,
+    ) -> Result<Outcome, ReplicaFailure> {
+        if flags.noreplace && flags.exchange {
+            return Ok(Err(Errno::INVAL));
+        }
+        let s = try_outcome!(self.entry(src), "rename", src);
+        let d = try_outcome!(self.entry(dst), "rename", dst);
+        let f = |x| fail("rename", dst, x);
+        let sst = rfs::fstat(&s.parent).map_err(f)?;
+        let dstat = rfs::fstat(&d.parent).map_err(f)?;
+        let same_dir = sst.st_ino == dstat.st_ino && sst.st_dev == dstat.st_dev;
+        let _guards = self.lock_dirs(&sst, &dstat);
+        let fp = match resume {
+            Some(fp) => *fp,
+            None => {
+                let src_st = lstat(&s.parent, &s.name);
+                let dst_st = lstat(&d.parent, &d.name);
+                let fp = Fingerprint {
+                    source: src_st.as_ref().map(|st| st.st_ino as u64),
+                    target: dst_st.as_ref().map(|st| st.st_ino as u64),
+                    source_mtime: src_st.as_ref().map(stat_mtime),
+                    target_mtime: dst_st.as_ref().map(stat_mtime),
+                    source_parent_mtime: Some(stat_mtime(&sst)),
+                    target_parent_mtime: Some(stat_mtime(&dstat)),
+                };
+                log.record(&fp)?;
+                fp
+            }
+        };
+        // Renaming a name onto another name of the same inode does nothing.
+        if fp.source.is_some() && fp.source == fp.target && !flags.exchange {
+            return Ok(Ok(()));
+        }
+        let done = resume.is_some()
+            && fp.source.is_some()
+            && lstat_ino(&s.parent, &s.name) != fp.source;
+        if !done {
+            let mut rf = rfs::RenameFlags::empty();
+            if flags.noreplace {
+                rf |= rfs::RenameFlags::NOREPLACE;
+            }
+            if flags.exchange {
+                rf |= rfs::RenameFlags::EXCHANGE;
+            }
+            try_outcome!(
+                rfs::renameat_with(&s.parent, &s.name, &d.parent, &d.name, rf),
+                "rename",
+                dst
+            );
+        }
+        // Some filesystems touch the moved inode's times (a directory's ".."
+        // changes); the record says nothing changed, so restore them.
+        if let Some(m) = fp.source_mtime {
+            set_times(&d.parent, &d.name, None, Some(m)).map_err(f)?;
+        }
+        if flags.exchange {
+            if let Some(m) = fp.target_mtime {
+                set_times(&s.parent, &s.name, None, Some(m)).map_err(f)?;
+            }
+        }
+        self.bump(&d.parent, fp.target_parent_mtime, time).map_err(f)?;
+        if !same_dir {
+            self.bump(&s.parent, fp.source_parent_mtime, time).map_err(f)?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Sets a directory's mtime to `max(before, time)` after a namespace change.
+    fn bump(&self, dir: &OwnedFd, before: Option<Timestamp>, time: Timestamp) -> Result<(), Errno> {
+        let m = match before {
+            Some(b) if b > time => b,
+            _ => time,
+        };
+        rfs::futimens(
+            dir,
+            &Timestamps {
+                last_access: omit(),
+                last_modification: ts(m),
+            },
+        )
+    }
+
+    /// Opens a regular file for writing without following a symlink or
+    /// opening anything that is not a regular file, runs `f`, then sets the
+    /// file's mtime to the record time.
+    fn with_writable(
+        &self,
+        path: &RelPath,
+        op: &'static str,
+        time: Timestamp,
+        f: impl FnOnce(BorrowedFd<'_>) -> Result<(), Errno>,
+    ) -> Result<Outcome, ReplicaFailure> {
+        let pfd = try_outcome!(self.open_path(path), op, path);
+        let st = rfs::fstat(&pfd).map_err(|x| fail(op, path, x))?;
+        match st.st_mode & S_IFMT {
+            m if m == crate::op::S_IFREG => {}
+            m if m == 0o040000 => return Ok(Err(Errno::ISDIR)),
+            _ => return Ok(Err(Errno::INVAL)),
+        }
+        let fd = rfs::open(
+            proc_fd_path(pfd.as_fd()).as_c_str(),
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|x| fail(op, path, x))?;
+        try_outcome!(f(fd.as_fd()), op, path);
+        rfs::futimens(
+            &fd,
+            &Timestamps {
+                last_access: omit(),
+                last_modification: ts(time),
+            },
+        )
+        .map_err(|x| fail(op, path, x))?;
+        Ok(Ok(()))
+    }
+
+    fn chmod(&self, path: &RelPath, mode: u32) -> Result<Outcome, ReplicaFailure> {
+        let fd = try_outcome!(self.open_path(path), "chmod", path);
+        let st = rfs::fstat(&fd).map_err(|x| fail("chmod", path, x))?;
+        if st.st_mode & S_IFMT == 0o120000 {
+            // Linux cannot change a symlink's mode (fchmodat2 AT_SYMLINK_NOFOLLOW).
+            return Ok(Err(Errno::OPNOTSUPP));
+        }
+        try_outcome!(
+            rfs::chmod(proc_fd_path(fd.as_fd()).as_c_str(), Mode::from_bits_retain(mode & PERM_BITS)),
+            "chmod",
+            path
+        );
+        Ok(Ok(()))
+    }
+
+    fn chown(&self, path: &RelPath, uid: Option<u32>, gid: Option<u32>) -> Result<Outcome, ReplicaFailure> {
+        let fd = try_outcome!(self.open_path(path), "chown", path);
+        try_outcome!(
+            rfs::chownat(
+                &fd,
+                c"",
+                uid.map(rfs::Uid::from_raw),
+                gid.map(rfs::Gid::from_raw),
+                AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+            ),
+            "chown",
+            path
+        );
+        Ok(Ok(()))
+    }
+
+    fn utimens(
+        &self,
+        path: &RelPath,
+        atime: Option<Timestamp>,
+        mtime: Option<Timestamp>,
+    ) -> Result<Outcome, ReplicaFailure> {
+        match try_outcome!(self.target(path), "utimens", path) {
+            Target::Root => {
+                try_outcome!(
+                    rfs::futimens(
+                        &self.root_fd,
+                        &Timestamps {
+                            last_access: atime.map(ts).unwrap_or_else(omit),
+                            last_modification: mtime.map(ts).unwrap_or_else(omit),
+                        },
+                    ),
+                    "utimens",
+                    path
+                );
+            }
+            Target::Entry(e) => {
+                try_outcome!(set_times(&e.parent, &e.name, atime, mtime), "utimens", path);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    fn setxattr(
+        &self,
+        path: &RelPath,
+        name: &[u8],
+        value: &[u8],
+        flags: XattrFlags,
+    ) -> Result<Outcome, ReplicaFailure> {
+        let fd = try_outcome!(self.open_path(path), "setxattr", path);
+        let name = try_outcome!(cstring(name), "setxattr", path);
+        let xf = match flags {
+            XattrFlags::Any => rfs::XattrFlags::empty(),
+            XattrFlags::Create => rfs::XattrFlags::CREATE,
+            XattrFlags::Replace => rfs::XattrFlags::REPLACE,
+        };
+        // Through the O_PATH handle's /proc link: acts on the inode itself,
+        // even a symlink, without resolving anything else.
+        try_outcome!(
+            rfs::setxattr(proc_fd_path(fd.as_fd()).as_c_str(), name.as_c_str(), value, xf),
+            "setxattr",
+            path
+        );
+        Ok(Ok(()))
+    }
+
+    fn removexattr(&self, path: &RelPath, name: &[u8]) -> Result<Outcome, ReplicaFailure> {
+        let fd = try_outcome!(self.open_path(path), "removexattr", path);
+        let name = try_outcome!(cstring(name), "removexattr", path);
+        try_outcome!(
+            rfs::removexattr(proc_fd_path(fd.as_fd()).as_c_str(), name.as_c_str()),
+            "removexattr",
+            path
+        );
+        Ok(Ok(()))
+    }
+
+    fn fsync(&self, path: &RelPath, datasync: bool) -> Result<Outcome, ReplicaFailure> {
+        let pfd = try_outcome!(self.open_path(path), "fsync", path);
+        let st = rfs::fstat(&pfd).map_err(|x| fail("fsync", path, x))?;
+        let kind = st.st_mode & S_IFMT;
+        if kind != crate::op::S_IFREG && kind != 0o040000 {
+            return Ok(Ok(()));
+        }
+        let fd = rfs::open(
+            proc_fd_path(pfd.as_fd()).as_c_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|x| fail("fsync", path, x))?;
+        let r = if datasync {
+            rfs::fdatasync(&fd)
+        } else {
+            rfs::fsync(&fd)
+        };
+        r.map_err(|x| fail("fsync", path, x))?;
+        Ok(Ok(()))
+    }
+
+    /// Makes everything applied so far durable (syncfs on the replica's filesystem).
+    pub fn sync(&self) -> std::io::Result<()> {
+        rfs::syncfs(&self.root_fd)?;
+        Ok(())
+    }
+}
+
+/// What a create-like operation makes.
+enum NewInode<'a> {
+    File { mode: u32 },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a [u8] },
+}
+
+impl NewInode<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            NewInode::File { .. } => "create",
+            NewInode::Dir { .. } => "mkdir",
+            NewInode::Node { .. } => "mknod",
+            NewInode::Symlink { .. } => "symlink",
+        }
+    }
+
+    /// The permission bits to set explicitly (symlinks have none).
+    fn perm(&self) -> Option<u32> {
+        match self {
+            NewInode::File { mode } | NewInode::Dir { mode } | NewInode::Node { mode, .. } => {
+                Some(*mode & PERM_BITS)
+            }
+            NewInode::Symlink { .. } => None,
+        }
+    }
+}
+
+fn openat2_retry(
+    base: BorrowedFd<'_>,
+    path: &CStr,
+    flags: OFlags,
+    resolve: ResolveFlags,
+) -> Result<OwnedFd, Errno> {
+    // openat2 with RESOLVE_BENEATH returns EAGAIN when a concurrent rename
+    // anywhere on the system might have affected the walk; just retry.
+    let mut tries = 0;
+    loop {
+        match rfs::openat2(base, path, flags, Mode::empty(), resolve) {
+            Err(Errno::AGAIN) if tries < 100 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+fn lstat(dir: &OwnedFd, name: &CStr) -> Option<Stat> {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+}
+
+fn lstat_ino(dir: &OwnedFd, name: &CStr) -> Option<u64> {
+    lstat(dir, name).map(|st| st.st_ino as u64)
+}
+
+/// utimensat(dir, name, NOFOLLOW); `None` leaves a time unchanged.
+fn set_times(
+    dir: &OwnedFd,
+    name: &CStr,
+    atime: Option<Timestamp>,
+    mtime: Option<Timestamp>,
+) -> Result<(), Errno> {
+    rfs::utimensat(
+        dir,
+        name,
+        &Timestamps {
+            last_access: atime.map(ts).unwrap_or_else(omit),
+            last_modification: mtime.map(ts).unwrap_or_else(omit),
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+}
+
+fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut offset: u64) -> Result<(), Errno> {
+    while !data.is_empty() {
+        let n = rustix::io::pwrite(fd, data, offset)?;
+        if n == 0 {
+            return Err(Errno::IO);
+        }
+        data = &data[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Error types, one per layer. Each layer's error says what went wrong in
+//! terms of that layer (a path, a record at topic/partition/offset, a Kafka
+//! call, a replica syscall); `anyhow` appears only in `main`.
+
+use std::io;
+use std::path::PathBuf;
+
+pub use rustix::io::Errno;
+
+/// Why a path taken from a record (or given to the master) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("absolute path (must be relative to the replica root)")]
+    Absolute,
+    #[error("empty path component")]
+    EmptyComponent,
+    #[error("'.' path component")]
+    Dot,
+    #[error("'..' path component (would leave the replica root)")]
+    DotDot,
+    #[error("NUL byte in path")]
+    Nul,
+    #[error("path names the reserved state folder '.kafkafs' at the root")]
+    Reserved,
+    #[error("path is the replica root itself, which this operation cannot target")]
+    Root,
+}
+
+/// Why the bytes of a Kafka message are not a record this reader can apply.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a valid protobuf record (corrupt or truncated): {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("unknown record format version {found} (this kafkafs reads version {supported})")]
+    UnknownVersion { found: u32, supported: u32 },
+    #[error("record is {size} bytes, more than the {max}-byte limit")]
+    Oversize { size: usize, max: usize },
+    #[error("record carries no operation (written by a newer kafkafs?)")]
+    MissingOp,
+    #[error("record lacks required field `{0}`")]
+    MissingField(&'static str),
+    #[error("field `{field}`: {source}")]
+    BadPath {
+        field: &'static str,
+        #[source]
+        source: PathError,
+    },
+    #[error("field `{field}` has invalid value {value:#x}")]
+    BadValue { field: &'static str, value: u64 },
+    #[error("record says partition {claimed} but was read from partition {actual}")]
+    WrongPartition { claimed: u32, actual: u32 },
+}
+
+/// A failure talking to the journal (Kafka or the in-memory journal).
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topic `{topic}` has {actual} partitions, but {expected} were requested; refusing to remap paths onto a different partition count")]
+    PartitionMismatch {
+        topic: String,
+        expected: u32,
+        actual: u32,
+    },
+    #[error("topic `{0}` does not exist")]
+    NoSuchTopic(String),
+    #[error("invalid librdkafka property `{0}` (expected key=value)")]
+    BadProperty(String),
+    #[error("timed out after {0:?} waiting for the journal")]
+    Timeout(std::time::Duration),
+    #[error("partition {partition} is out of range (topic has {count})")]
+    NoSuchPartition { partition: u32, count: u32 },
+    #[error("the journal is closed")]
+    Closed,
+    #[error("injected fault: {0}")]
+    Injected(String),
+}
+
+/// A replica-side failure: the replica could not carry out a record for a
+/// reason that is not part of the record's deterministic outcome (disk full,
+/// I/O error, read-only filesystem...). The record is retried, never skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on `{path}`: {errno}")]
+pub struct ReplicaFailure {
+    pub op: &'static str,
+    pub path: String,
+    pub errno: Errno,
+}
+
+/// Checkpoint and state-folder errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: corrupt checkpoint: {why}")]
+    Corrupt { path: PathBuf, why: String },
+    #[error("replica follows topic `{recorded}`, not `{requested}`")]
+    WrongTopic { recorded: String, requested: String },
+    #[error("replica's checkpoint knows {recorded} partitions, but topic has {actual}")]
+    PartitionCount { recorded: u32, actual: u32 },
+}
+
+/// Where a record came from, for error messages: topic, partition, offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordPos {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+}
+
+impl std::fmt::Display for RecordPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topic `{}` partition {} offset {}",
+            self.topic, self.partition, self.offset
+        )
+    }
+}
+
+/// Errors that stop a slave (or the master's own applier).
+#[derive(Debug, thiserror::Error)]
+pub enum SlaveError {
+    #[error("{pos}: cannot decode record: {source} (position held; pass --skip-bad-records to skip it)")]
+    BadRecord {
+        pos: RecordPos,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("{pos}: partition sequence jumps from {last} to {found}: records are missing (position held)")]
+    Gap {
+        pos: RecordPos,
+        last: u64,
+        found: u64,
+    },
+    #[error("{pos}: next offset was deleted by retention (earliest available is {low}); the replica cannot be brought up to date incrementally, resync it (see README)")]
+    OffsetDeleted { pos: RecordPos, low: i64 },
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("replica root {path}: {source}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Classifies an errno returned by a replica syscall: is it a deterministic
+/// outcome of the record against the replica's prior state (same on every
+/// replica), or a failure of this replica that must be retried?
+///
+/// Outcomes are the errors POSIX defines as consequences of the namespace or
+/// the arguments. Everything else (ENOSPC, EIO, EROFS, EDQUOT, ENOMEM,
+/// EACCES, EBADF, EXDEV, EBUSY, ETXTBSY, EFBIG, EOPNOTSUPP, ...) depends on
+/// this replica's environment: it is a failure, retried later, because
+/// skipping it would make this replica diverge. (Where the applier decides an
+/// outcome itself, such as EOPNOTSUPP for chmod of a symlink, it never asks
+/// this function.)
+pub fn is_outcome(errno: Errno) -> bool {
+    const OUTCOMES: &[Errno] = &[
+        Errno::EXIST,
+        Errno::NOENT,
+        Errno::NOTEMPTY,
+        Errno::NOTDIR,
+        Errno::ISDIR,
+        Errno::LOOP,
+        Errno::INVAL,
+        Errno::PERM,
+        Errno::NAMETOOLONG,
+        Errno::MLINK,
+        Errno::NODATA,
+        Errno::RANGE,
+        Errno::TOOBIG,
+    ];
+    OUTCOMES.contains(&errno)
+}
+
+impl From<io::Error> for ReplicaFailure {
+    fn from(e: io::Error) -> Self {
+        ReplicaFailure {
+            op: "io",
+            path: String::new(),
+            errno: Errno::from_io_error(&e).unwrap_or(Errno::IO),
+        }
+    }
+}

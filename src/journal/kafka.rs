@@ -1,0 +1,360 @@
+//! The Kafka journal, through rdkafka (librdkafka built from source).
+//!
+//! Producer: idempotent, acks=all, explicit partition, key = routing path.
+//! Consumer: manual partition assignment at offsets kafkafs keeps itself, no
+//! group commits, `auto.offset.reset=error` so a deleted offset is reported
+//! instead of silently jumping.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::{DeliveryCallback, Message, Sink, Source};
+use crate::error::JournalError;
+
+/// How to reach a topic.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// bootstrap.servers
+    pub brokers: String,
+    pub topic: String,
+    /// librdkafka properties passed through (`-X key=value`), applied last.
+    pub properties: Vec<(String, String)>,
+    /// How long the producer keeps retrying a record before failing it
+    /// (librdkafka `message.timeout.ms`).
+    pub send_timeout: Duration,
+    /// Timeout for metadata and admin requests.
+    pub request_timeout: Duration,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            properties: Vec::new(),
+            send_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The bootstrap servers, for messages.
+    pub fn broker_list(&self) -> &str {
+        &self.brokers
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c.set_log_level(RDKafkaLogLevel::Warning);
+        c
+    }
+
+    fn with_properties(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Properties that would void kafkafs's guarantees are refused.
+    fn check_properties(&self) -> Result<(), JournalError> {
+        for (k, v) in &self.properties {
+            let bad = match k.as_str() {
+                "enable.idempotence" => v != "true",
+                "acks" | "request.required.acks" => v != "all" && v != "-1",
+                "enable.auto.commit" | "enable.auto.offset.store" => v == "true",
+                "auto.offset.reset" => v != "error",
+                _ => false,
+            };
+            if bad {
+                return Err(JournalError::BadProperty(format!(
+                    "{k}={v} (kafkafs needs this property at its own value to keep records durable and in order)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn producer_config(&self) -> Result<ClientConfig, JournalError> {
+        self.check_properties()?;
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", self.send_timeout.as_millis().to_string())
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576");
+        Ok(self.with_properties(c))
+    }
+
+    fn consumer_config(&self) -> Result<ClientConfig, JournalError> {
+        self.check_properties()?;
+        let mut c = self.base();
+        c.set("group.id", format!("kafkafs-reader-{}", self.topic))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "50")
+            .set("queued.max.messages.kbytes", "262144");
+        Ok(self.with_properties(c))
+    }
+
+    /// Number of partitions of the topic, or `None` if it does not exist.
+    pub fn partition_count(&self) -> Result<Option<u32>, JournalError> {
+        let consumer: BaseConsumer = self.consumer_config()?.create()?;
+        topic_partitions(&consumer, &self.topic, self.request_timeout)
+    }
+
+    /// Creates the topic with `partitions` partitions if it is missing; an
+    /// existing topic with a different partition count is an error.
+    pub fn ensure_topic(&self, partitions: u32, replication: u32) -> Result<u32, JournalError> {
+        if let Some(n) = self.partition_count()? {
+            return self.check_count(partitions, n);
+        }
+        let admin: AdminClient<DefaultClientContext> = self.with_properties(self.base()).create()?;
+        let topic = NewTopic::new(
+            &self.topic,
+            partitions as i32,
+            TopicReplication::Fixed(replication as i32),
+        );
+        let opts = AdminOptions::new().operation_timeout(Some(self.request_timeout));
+        let results = futures_executor::block_on(admin.create_topics([&topic], &opts))?;
+        for r in results {
+            match r {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    tracing::error!(topic = %name, "creating topic failed: {code}");
+                    return Err(JournalError::Kafka(KafkaError::AdminOp(code)));
+                }
+            }
+        }
+        // Wait until metadata shows the new topic with all its partitions.
+        let deadline = std::time::Instant::now() + self.request_timeout;
+        loop {
+            if let Some(n) = self.partition_count()? {
+                if n >= partitions {
+                    return self.check_count(partitions, n);
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(JournalError::Timeout(self.request_timeout));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn check_count(&self, expected: u32, actual: u32) -> Result<u32, JournalError> {
+        if expected != actual {
+            return Err(JournalError::PartitionMismatch {
+                topic: self.topic.clone(),
+                expected,
+                actual,
+            });
+        }
+        Ok(actual)
+    }
+
+    /// Deletes the topic (tests and tools).
+    pub fn delete_topic(&self) -> Result<(), JournalError> {
+        let admin: AdminClient<DefaultClientContext> = self.with_properties(self.base()).create()?;
+        let opts = AdminOptions::new().operation_timeout(Some(self.request_timeout));
+        futures_executor::block_on(admin.delete_topics(&[&self.topic], &opts))?;
+        Ok(())
+    }
+}
+
+fn topic_partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<u32>, JournalError> {
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    match md.topics().iter().find(|t| t.name() == topic) {
+        None => Ok(None),
+        Some(t) => match t.error() {
+            None => Ok(Some(t.partitions().len() as u32)),
+            Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => {
+                Ok(None)
+            }
+            Some(e) => Err(JournalError::Kafka(KafkaError::MetadataFetch(e.into()))),
+        },
+    }
+}
+
+/// Routes librdkafka's delivery reports to the per-record callbacks.
+pub struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<DeliveryCallback>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, done: Self::DeliveryOpaque) {
+        let r = match result {
+            Ok(m) => Ok(m.offset()),
+            Err((e, _)) => Err(JournalError::Kafka(e.clone())),
+        };
+        done(r);
+    }
+}
+
+/// Writes records to a Kafka topic.
+pub struct KafkaSink {
+    producer: ThreadedProducer<DeliveryContext>,
+    topic: String,
+    partitions: AtomicU32,
+}
+
+impl KafkaSink {
+    /// Connects to an existing topic (see `KafkaConfig::ensure_topic`).
+    pub fn new(config: &KafkaConfig) -> Result<Self, JournalError> {
+        let partitions = config
+            .partition_count()?
+            .ok_or_else(|| JournalError::NoSuchTopic(config.topic.clone()))?;
+        let producer = config.producer_config()?.create_with_context(DeliveryContext)?;
+        Ok(KafkaSink {
+            producer,
+            topic: config.topic.clone(),
+            partitions: AtomicU32::new(partitions),
+        })
+    }
+}
+
+impl Sink for KafkaSink {
+    fn partitions(&self) -> u32 {
+        self.partitions.load(Ordering::Relaxed)
+    }
+
+    fn send(
+        &self,
+        partition: u32,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+        done: DeliveryCallback,
+    ) -> Result<(), JournalError> {
+        let count = self.partitions();
+        if partition >= count {
+            return Err(JournalError::NoSuchPartition { partition, count });
+        }
+        let mut h = OwnedHeaders::new_with_capacity(headers.len());
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(done))
+            .partition(partition as i32)
+            .key(key)
+            .payload(payload)
+            .headers(h);
+        // A full local queue is backpressure, not an error: wait for room.
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(JournalError::Kafka(e)),
+            }
+        }
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<(), JournalError> {
+        self.producer.flush(timeout)?;
+        Ok(())
+    }
+}
+
+/// Reads a Kafka topic at positions kafkafs chooses.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: u32,
+    timeout: Duration,
+}
+
+impl KafkaSource {
+    pub fn new(config: &KafkaConfig) -> Result<Self, JournalError> {
+        let consumer: BaseConsumer = config.consumer_config()?.create()?;
+        let partitions = topic_partitions(&consumer, &config.topic, config.request_timeout)?
+            .ok_or_else(|| JournalError::NoSuchTopic(config.topic.clone()))?;
+        Ok(KafkaSource {
+            consumer,
+            topic: config.topic.clone(),
+            partitions,
+            timeout: config.request_timeout,
+        })
+    }
+
+    fn tpl(&self, partition: u32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition as i32);
+        tpl
+    }
+}
+
+impl Source for KafkaSource {
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn assign(&mut self, starts: &[(u32, i64)]) -> Result<(), JournalError> {
+        let mut tpl = TopicPartitionList::new();
+        for &(p, off) in starts {
+            if p >= self.partitions {
+                return Err(JournalError::NoSuchPartition {
+                    partition: p,
+                    count: self.partitions,
+                });
+            }
+            tpl.add_partition_offset(&self.topic, p as i32, Offset::Offset(off.max(0)))?;
+        }
+        self.consumer.assign(&tpl)?;
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<Option<Message>, JournalError> {
+        match self.consumer.poll(timeout) {
+            None => Ok(None),
+            Some(Err(e)) => Err(JournalError::Kafka(e)),
+            Some(Ok(m)) => Ok(Some(Message {
+                partition: m.partition() as u32,
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                timestamp_ms: m.timestamp().to_millis(),
+            })),
+        }
+    }
+
+    fn pause(&mut self, partition: u32) -> Result<(), JournalError> {
+        self.consumer.pause(&self.tpl(partition))?;
+        Ok(())
+    }
+
+    fn resume(&mut self, partition: u32) -> Result<(), JournalError> {
+        self.consumer.resume(&self.tpl(partition))?;
+        Ok(())
+    }
+
+    fn watermarks(&self, partition: u32) -> Result<(i64, i64), JournalError> {
+        Ok(self
+            .consumer
+            .fetch_watermarks(&self.topic, partition as i32, self.timeout)?)
+    }
+}

@@ -1,0 +1,101 @@
+//! The journal: where records are written (a `Sink`) and read back (a
+//! `Source`). `kafka` is the real one (rdkafka); `memory` is an in-process
+//! one for fast tests and fault injection. Nothing outside this module
+//! names rdkafka's producer or consumer types.
+
+pub mod kafka;
+pub mod memory;
+
+use std::time::Duration;
+
+use crate::error::JournalError;
+
+/// A message read back from the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub partition: u32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    /// Broker/producer timestamp in ms since the epoch, when known.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Called exactly once per sent record, possibly from another thread, with
+/// the offset the record got or the reason it was not stored.
+pub type DeliveryCallback = Box<dyn FnOnce(Result<i64, JournalError>) + Send + Sync + 'static>;
+
+/// Writes records.
+pub trait Sink: Send + Sync {
+    /// Number of partitions of the topic.
+    fn partitions(&self) -> u32;
+
+    /// Enqueues a record for `partition`. Returns once the record is
+    /// queued (not yet durable); `done` reports durability. Records sent to
+    /// one partition are stored in the order of `send` calls.
+    fn send(
+        &self,
+        partition: u32,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+        done: DeliveryCallback,
+    ) -> Result<(), JournalError>;
+
+    /// Waits until every queued record is acknowledged or failed.
+    fn flush(&self, timeout: Duration) -> Result<(), JournalError>;
+}
+
+/// Reads records, partition by partition, from positions the caller chooses.
+pub trait Source: Send {
+    /// Number of partitions of the topic.
+    fn partitions(&self) -> u32;
+
+    /// Starts reading each listed partition at the given offset.
+    fn assign(&mut self, starts: &[(u32, i64)]) -> Result<(), JournalError>;
+
+    /// The next message from any assigned, unpaused partition, in offset
+    /// order within each partition; `None` when none arrived within `timeout`.
+    fn poll(&mut self, timeout: Duration) -> Result<Option<Message>, JournalError>;
+
+    /// Stops (resumes) delivering messages of one partition (backpressure).
+    fn pause(&mut self, partition: u32) -> Result<(), JournalError>;
+    fn resume(&mut self, partition: u32) -> Result<(), JournalError>;
+
+    /// (earliest available offset, offset the next record will get).
+    fn watermarks(&self, partition: u32) -> Result<(i64, i64), JournalError>;
+}
+
+/// Parses `-X key=value` librdkafka properties.
+pub fn parse_property(s: &str) -> Result<(String, String), JournalError> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(JournalError::BadProperty(s.to_string())),
+    }
+}
+
+/// Blocks until a delivery callback reports, returning its result.
+pub fn send_and_wait(
+    sink: &dyn Sink,
+    partition: u32,
+    key: &[u8],
+    payload: &[u8],
+    headers: &[(&str, &[u8])],
+    timeout: Duration,
+) -> Result<i64, JournalError> {
+    let (tx, rx) = crate::sync::channel::bounded(1);
+    sink.send(
+        partition,
+        key,
+        payload,
+        headers,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    )?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r,
+        Err(crate::sync::channel::RecvTimeoutError::Timeout) => Err(JournalError::Timeout(timeout)),
+        Err(crate::sync::channel::RecvTimeoutError::Disconnected) => Err(JournalError::Closed),
+    }
+}

@@ -1,0 +1,18 @@
+//! kafkafs: a filesystem replicated through Kafka.
+//!
+//! A master journals every mutating filesystem call into a Kafka topic
+//! before it takes effect; slaves replay the topic onto local directories.
+//! The module layout is described in DESIGN.md.
+
+pub mod applier;
+pub mod apply;
+pub mod checkpoint;
+pub mod cli;
+pub mod error;
+pub mod journal;
+pub mod op;
+pub mod partition;
+pub mod record;
+pub mod scheduler;
+pub mod slave;
+pub mod sync;

@@ -1,0 +1,452 @@
+//! kafkafs's own model of a filesystem operation: no protobuf, no fuser.
+//!
+//! `RelPath` is a path that has been checked to stay beneath a replica root;
+//! `Op` is one mutating filesystem call with every argument a replica needs
+//! to reproduce it exactly.
+
+use std::fmt;
+
+use crate::error::PathError;
+
+/// Name of the state folder kept at the root of every replica (checkpoint,
+/// ledger). Records can never name it.
+pub const STATE_DIR: &[u8] = b".kafkafs";
+
+/// A path relative to a replica root, validated: no leading '/', no empty,
+/// '.' or '..' components, no NUL byte, and not the reserved state folder.
+/// The empty path is the root itself.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct RelPath(Vec<u8>);
+
+impl RelPath {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, PathError> {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            return Ok(RelPath(bytes));
+        }
+        if bytes[0] == b'/' {
+            return Err(PathError::Absolute);
+        }
+        if bytes.contains(&0) {
+            return Err(PathError::Nul);
+        }
+        for (i, c) in bytes.split(|&b| b == b'/').enumerate() {
+            match c {
+                b"" => return Err(PathError::EmptyComponent),
+                b"." => return Err(PathError::Dot),
+                b".." => return Err(PathError::DotDot),
+                _ if i == 0 && c == STATE_DIR => return Err(PathError::Reserved),
+                _ => {}
+            }
+        }
+        Ok(RelPath(bytes))
+    }
+
+    /// Like `new`, but refuses the root: for operations whose target is an
+    /// entry in a directory (create, unlink, rename...).
+    pub fn new_entry(bytes: impl Into<Vec<u8>>) -> Result<Self, PathError> {
+        let p = Self::new(bytes)?;
+        if p.is_root() {
+            return Err(PathError::Root);
+        }
+        Ok(p)
+    }
+
+    pub fn root() -> Self {
+        RelPath(Vec::new())
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = &[u8]> {
+        let empty = self.0.is_empty();
+        self.0.split(|&b| b == b'/').filter(move |_| !empty)
+    }
+
+    /// The parent directory and the final name; `None` for the root.
+    pub fn split_last(&self) -> Option<(RelPath, &[u8])> {
+        if self.is_root() {
+            return None;
+        }
+        match self.0.iter().rposition(|&b| b == b'/') {
+            Some(i) => Some((RelPath(self.0[..i].to_vec()), &self.0[i + 1..])),
+            None => Some((RelPath::root(), &self.0[..])),
+        }
+    }
+
+    pub fn parent(&self) -> Option<RelPath> {
+        self.split_last().map(|(p, _)| p)
+    }
+
+    pub fn name(&self) -> Option<&[u8]> {
+        self.split_last().map(|(_, n)| n)
+    }
+
+    /// Appends one name (which must be a single valid component).
+    pub fn join(&self, name: &[u8]) -> Result<RelPath, PathError> {
+        if name.contains(&b'/') {
+            return Err(PathError::EmptyComponent);
+        }
+        let mut v = self.0.clone();
+        if !v.is_empty() {
+            v.push(b'/');
+        }
+        v.extend_from_slice(name);
+        RelPath::new(v)
+    }
+
+    /// True when `self` is `other` or lies beneath it (component-wise).
+    pub fn starts_with(&self, other: &RelPath) -> bool {
+        if other.is_root() {
+            return true;
+        }
+        self.0.starts_with(&other.0)
+            && (self.0.len() == other.0.len() || self.0[other.0.len()] == b'/')
+    }
+
+    /// Ancestors from the first component down to the parent (excluding the
+    /// root and `self`): "a/b/c" gives "a", "a/b".
+    pub fn ancestors(&self) -> impl Iterator<Item = RelPath> + '_ {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'/')
+            .map(move |(i, _)| RelPath(self.0[..i].to_vec()))
+    }
+
+    pub fn display(&self) -> String {
+        if self.is_root() {
+            ".".to_string()
+        } else {
+            String::from_utf8_lossy(&self.0).into_owned()
+        }
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.display())
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display())
+    }
+}
+
+/// A point in time: seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timestamp {
+    pub fn new(sec: i64, nsec: u32) -> Self {
+        Timestamp { sec, nsec }
+    }
+
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        }
+    }
+
+    pub fn as_nanos(&self) -> i128 {
+        self.sec as i128 * 1_000_000_000 + self.nsec as i128
+    }
+
+    /// The next representable instant (1 ns later).
+    pub fn succ(&self) -> Self {
+        if self.nsec + 1 >= 1_000_000_000 {
+            Timestamp::new(self.sec + 1, 0)
+        } else {
+            Timestamp::new(self.sec, self.nsec + 1)
+        }
+    }
+}
+
+/// `renameat2` flags carried by a rename record.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+impl RenameFlags {
+    pub const NOREPLACE: u32 = 1;
+    pub const EXCHANGE: u32 = 2;
+
+    pub fn from_bits(bits: u32) -> Option<Self> {
+        if bits & !(Self::NOREPLACE | Self::EXCHANGE) != 0 {
+            return None;
+        }
+        Some(RenameFlags {
+            noreplace: bits & Self::NOREPLACE != 0,
+            exchange: bits & Self::EXCHANGE != 0,
+        })
+    }
+
+    pub fn bits(&self) -> u32 {
+        (if self.noreplace { Self::NOREPLACE } else { 0 })
+            | (if self.exchange { Self::EXCHANGE } else { 0 })
+    }
+}
+
+/// `setxattr` flags.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum XattrFlags {
+    #[default]
+    Any,
+    Create,
+    Replace,
+}
+
+impl XattrFlags {
+    pub fn from_bits(bits: u32) -> Option<Self> {
+        match bits {
+            0 => Some(XattrFlags::Any),
+            1 => Some(XattrFlags::Create),
+            2 => Some(XattrFlags::Replace),
+            _ => None,
+        }
+    }
+
+    pub fn bits(&self) -> u32 {
+        match self {
+            XattrFlags::Any => 0,
+            XattrFlags::Create => 1,
+            XattrFlags::Replace => 2,
+        }
+    }
+}
+
+/// The fallocate modes a record may carry (Linux FALLOC_FL_* values).
+pub const FALLOC_KEEP_SIZE: u32 = 0x01;
+pub const FALLOC_PUNCH_HOLE: u32 = 0x02;
+pub const FALLOC_ZERO_RANGE: u32 = 0x10;
+pub const FALLOC_ALLOWED: u32 = FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE;
+
+/// File type bits a mknod record may carry.
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFBLK: u32 = 0o060000;
+pub const S_IFIFO: u32 = 0o010000;
+pub const S_IFSOCK: u32 = 0o140000;
+pub const PERM_BITS: u32 = 0o7777;
+
+/// One mutating filesystem operation.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Op {
+    Create {
+        path: RelPath,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Mknod {
+        path: RelPath,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    },
+    Mkdir {
+        path: RelPath,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Symlink {
+        path: RelPath,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+    },
+    Link {
+        src: RelPath,
+        dst: RelPath,
+    },
+    Unlink {
+        path: RelPath,
+    },
+    Rmdir {
+        path: RelPath,
+    },
+    Rename {
+        src: RelPath,
+        dst: RelPath,
+        flags: RenameFlags,
+    },
+    Write {
+        path: RelPath,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Truncate {
+        path: RelPath,
+        size: u64,
+    },
+    Fallocate {
+        path: RelPath,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    },
+    Chmod {
+        path: RelPath,
+        mode: u32,
+    },
+    Chown {
+        path: RelPath,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
+    Utimens {
+        path: RelPath,
+        atime: Option<Timestamp>,
+        mtime: Option<Timestamp>,
+    },
+    SetXattr {
+        path: RelPath,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: XattrFlags,
+    },
+    RemoveXattr {
+        path: RelPath,
+        name: Vec<u8>,
+    },
+    Fsync {
+        path: RelPath,
+        datasync: bool,
+    },
+}
+
+impl Op {
+    /// Short lowercase name, used in logs and the `kafkafs-op` header.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Create { .. } => "create",
+            Op::Mknod { .. } => "mknod",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Symlink { .. } => "symlink",
+            Op::Link { .. } => "link",
+            Op::Unlink { .. } => "unlink",
+            Op::Rmdir { .. } => "rmdir",
+            Op::Rename { .. } => "rename",
+            Op::Write { .. } => "write",
+            Op::Truncate { .. } => "truncate",
+            Op::Fallocate { .. } => "fallocate",
+            Op::Chmod { .. } => "chmod",
+            Op::Chown { .. } => "chown",
+            Op::Utimens { .. } => "utimens",
+            Op::SetXattr { .. } => "setxattr",
+            Op::RemoveXattr { .. } => "removexattr",
+            Op::Fsync { .. } => "fsync",
+        }
+    }
+
+    /// The target path: the one the record is routed by. For link, symlink
+    /// and rename it is the name being created (the destination).
+    pub fn target(&self) -> &RelPath {
+        match self {
+            Op::Create { path, .. }
+            | Op::Mknod { path, .. }
+            | Op::Mkdir { path, .. }
+            | Op::Symlink { path, .. }
+            | Op::Unlink { path }
+            | Op::Rmdir { path }
+            | Op::Write { path, .. }
+            | Op::Truncate { path, .. }
+            | Op::Fallocate { path, .. }
+            | Op::Chmod { path, .. }
+            | Op::Chown { path, .. }
+            | Op::Utimens { path, .. }
+            | Op::SetXattr { path, .. }
+            | Op::RemoveXattr { path, .. }
+            | Op::Fsync { path, .. } => path,
+            Op::Link { dst, .. } | Op::Rename { dst, .. } => dst,
+        }
+    }
+
+    /// The second path of a two-path operation (link source, rename source).
+    pub fn source(&self) -> Option<&RelPath> {
+        match self {
+            Op::Link { src, .. } | Op::Rename { src, .. } => Some(src),
+            _ => None,
+        }
+    }
+
+    /// Does the operation add, remove or move a directory entry?
+    pub fn is_namespace(&self) -> bool {
+        matches!(
+            self,
+            Op::Create { .. }
+                | Op::Mknod { .. }
+                | Op::Mkdir { .. }
+                | Op::Symlink { .. }
+                | Op::Link { .. }
+                | Op::Unlink { .. }
+                | Op::Rmdir { .. }
+                | Op::Rename { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relpath_validation() {
+        assert!(RelPath::new("a/b/c").is_ok());
+        assert!(RelPath::new("").unwrap().is_root());
+        assert_eq!(RelPath::new("/etc/x"), Err(PathError::Absolute));
+        assert_eq!(RelPath::new("../x"), Err(PathError::DotDot));
+        assert_eq!(RelPath::new("a/../../x"), Err(PathError::DotDot));
+        assert_eq!(RelPath::new("a//b"), Err(PathError::EmptyComponent));
+        assert_eq!(RelPath::new("a/"), Err(PathError::EmptyComponent));
+        assert_eq!(RelPath::new("./a"), Err(PathError::Dot));
+        assert_eq!(RelPath::new(b"a\0b".to_vec()), Err(PathError::Nul));
+        assert_eq!(RelPath::new(".kafkafs/ledger"), Err(PathError::Reserved));
+        assert!(RelPath::new("a/.kafkafs").is_ok());
+        assert_eq!(RelPath::new_entry(""), Err(PathError::Root));
+    }
+
+    #[test]
+    fn relpath_parts() {
+        let p = RelPath::new("a/b/c").unwrap();
+        let (parent, name) = p.split_last().unwrap();
+        assert_eq!(parent.as_bytes(), b"a/b");
+        assert_eq!(name, b"c");
+        let top = RelPath::new("x").unwrap();
+        assert!(top.parent().unwrap().is_root());
+        assert_eq!(
+            p.ancestors().map(|a| a.display()).collect::<Vec<_>>(),
+            vec!["a", "a/b"]
+        );
+        assert!(p.starts_with(&RelPath::new("a/b").unwrap()));
+        assert!(!RelPath::new("a/bc").unwrap().starts_with(&RelPath::new("a/b").unwrap()));
+        assert!(p.starts_with(&RelPath::root()));
+        assert_eq!(p.components().count(), 3);
+        assert_eq!(RelPath::root().components().count(), 0);
+        assert_eq!(RelPath::root().join(b"x").unwrap().as_bytes(), b"x");
+    }
+}
