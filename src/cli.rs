@@ -83,6 +83,11 @@ pub struct SlaveArgs {
     #[arg(long)]
     pub skip_bad_records: bool,
 
+    /// Skip exactly the record at PARTITION:OFFSET (repeatable), whatever it
+    /// holds; the skip is logged. For a record the slave refused.
+    #[arg(long = "skip-record", value_name = "PARTITION:OFFSET", value_parser = parse_skip)]
+    pub skip_records: Vec<(u32, i64)>,
+
     /// Seconds between durable checkpoints (syncfs + atomic checkpoint).
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_interval: f64,
@@ -106,9 +111,19 @@ impl SlaveArgs {
         c.threads = self.threads.max(1);
         c.exit_when_caught_up = self.exit_when_caught_up;
         c.skip_bad_records = self.skip_bad_records;
+        c.skip_records = self.skip_records.clone();
         c.checkpoint_interval = Duration::from_secs_f64(self.checkpoint_interval.max(0.1));
         c.max_record_bytes = self.max_record_bytes;
         c.allow_non_empty = self.allow_non_empty;
         c
     }
+}
+
+fn parse_skip(s: &str) -> Result<(u32, i64), String> {
+    let (p, o) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected PARTITION:OFFSET"))?;
+    let p = p.parse().map_err(|_| format!("`{p}` is not a partition number"))?;
+    let o = o.parse().map_err(|_| format!("`{o}` is not an offset"))?;
+    Ok((p, o))
 }

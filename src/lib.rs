@@ -16,3 +16,4 @@ pub mod record;
 pub mod scheduler;
 pub mod slave;
 pub mod sync;
+pub mod tree;

@@ -33,6 +33,8 @@ pub struct SlaveConfig {
     pub threads: usize,
     /// Skip records that cannot be decoded (each skip is logged).
     pub skip_bad_records: bool,
+    /// Skip exactly these records (partition, offset), whatever they hold.
+    pub skip_records: Vec<(u32, i64)>,
     /// Exit once every partition is applied up to its end.
     pub exit_when_caught_up: bool,
     pub checkpoint_interval: Duration,
@@ -50,6 +52,7 @@ impl SlaveConfig {
             topic: topic.into(),
             threads: 1,
             skip_bad_records: false,
+            skip_records: Vec::new(),
             exit_when_caught_up: false,
             checkpoint_interval: Duration::from_secs(5),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
@@ -68,7 +71,7 @@ pub struct SlaveReport {
     pub errno_outcomes: u64,
     /// Records skipped as duplicates.
     pub duplicates: u64,
-    /// Records skipped because of --skip-bad-records.
+    /// Records skipped by --skip-bad-records or --skip-record.
     pub skipped_bad: u64,
     /// Final positions.
     pub positions: Vec<Position>,
@@ -238,9 +241,13 @@ struct Reader {
     topic: String,
     max_record_bytes: usize,
     skip_bad: bool,
+    skip_records: Vec<(u32, i64)>,
     partitions: u32,
     /// Per partition: last (pseq, seq) read.
     last_read: Vec<(u64, u64)>,
+    /// Per partition: records skipped since the last good one (they may
+    /// explain a jump in the partition sequence).
+    skipped_since: Vec<u64>,
     duplicates: u64,
     skipped_bad: u64,
 }
@@ -262,17 +269,28 @@ impl Reader {
                 None => Ok(r),
             }
         });
+        let skip = |why: String, this: &mut Reader| {
+            tracing::warn!("{pos}: SKIPPING record ({why})");
+            this.skipped_bad += 1;
+            this.skipped_since[p as usize] += 1;
+            Ok(Entry {
+                offset: m.offset,
+                pseq: 0,
+                kind: EntryKind::Skip,
+                resume: None,
+            })
+        };
+        if self.skip_records.contains(&(p, m.offset)) {
+            let what = match &rec {
+                Ok(r) => format!("{} {}", r.op.name(), r.op.target()),
+                Err(e) => e.to_string(),
+            };
+            return skip(format!("--skip-record {p}:{}: {what}", m.offset), self);
+        }
         let rec = match rec {
             Ok(r) => r,
             Err(source) if self.skip_bad => {
-                tracing::warn!("{pos}: SKIPPING undecodable record (--skip-bad-records): {source}");
-                self.skipped_bad += 1;
-                return Ok(Entry {
-                    offset: m.offset,
-                    pseq: 0,
-                    kind: EntryKind::Skip,
-                    resume: None,
-                });
+                return skip(format!("--skip-bad-records: {source}"), self);
             }
             Err(source) => return Err(SlaveError::BadRecord { pos, source }),
         };
@@ -290,7 +308,7 @@ impl Reader {
                 resume: None,
             });
         }
-        if rec.partition_seq != last_pseq + 1 {
+        if rec.partition_seq > last_pseq + 1 + self.skipped_since[p as usize] {
             return Err(SlaveError::Gap {
                 pos,
                 last: last_pseq,
@@ -307,6 +325,7 @@ impl Reader {
             });
         }
         self.last_read[p as usize] = (rec.partition_seq, rec.seq);
+        self.skipped_since[p as usize] = 0;
         Ok(Entry {
             offset: m.offset,
             pseq: rec.partition_seq,
@@ -461,7 +480,9 @@ pub fn run(
         topic: config.topic.clone(),
         max_record_bytes: config.max_record_bytes,
         skip_bad: config.skip_bad_records,
+        skip_records: config.skip_records.clone(),
         partitions,
+        skipped_since: vec![0; partitions as usize],
         last_read: positions.iter().map(|p| (p.last_pseq, p.last_seq)).collect(),
         duplicates: 0,
         skipped_bad: 0,
@@ -602,7 +623,9 @@ pub fn run(
         }
     }
 
-    let end = if fatal.is_some() || stop.load(Ordering::Relaxed) {
+    // A bad record stops reading, but what precedes it is still applied
+    // (close drains); a stop request or a failed worker stops at once.
+    let end = if stop.load(Ordering::Relaxed) || pool.failed() {
         pool.stop()
     } else {
         pool.close()

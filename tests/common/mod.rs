@@ -1,0 +1,163 @@
+//! Shared test helpers: the real broker, unique topics, a seeded workload
+//! generator, producing records, comparing trees.
+#![allow(dead_code)]
+
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kafkafs::journal::kafka::{KafkaConfig, KafkaSink};
+use kafkafs::journal::{Sink, Source};
+use kafkafs::op::{Op, Timestamp};
+use kafkafs::record::{Caller, Record, Writer};
+
+/// The Kafka bootstrap address for tests: `KAFKAFS_TEST_BROKERS` when set,
+/// else the project's own broker (`scripts/kafka.sh start`, which reuses a
+/// running one).
+pub fn brokers() -> String {
+    static B: OnceLock<String> = OnceLock::new();
+    B.get_or_init(|| {
+        if let Ok(b) = std::env::var("KAFKAFS_TEST_BROKERS") {
+            if !b.trim().is_empty() {
+                return b;
+            }
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .output()
+            .expect("running scripts/kafka.sh start");
+        assert!(
+            out.status.success(),
+            "scripts/kafka.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("127.0.0.1:19092")
+            .trim()
+            .to_string()
+    })
+    .clone()
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique_topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test-{name}-{}-{nanos}", std::process::id())
+}
+
+/// Creates a fresh topic on the real broker.
+pub fn kafka_topic(name: &str, partitions: u32) -> KafkaConfig {
+    let cfg = KafkaConfig::new(brokers(), unique_topic(name));
+    cfg.ensure_topic(partitions, 1).expect("creating test topic");
+    cfg
+}
+
+/// The instant `start + n * 1001 ns`.
+pub fn at(start: Timestamp, n: u64) -> Timestamp {
+    let total = start.as_nanos() + n as i128 * 1001;
+    Timestamp::new((total / 1_000_000_000) as i64, (total % 1_000_000_000) as u32)
+}
+
+/// Wraps ops into records of a single-writer journal without dependencies:
+/// seq and partition seq rise by one, each op routed by its target path.
+pub fn records(ops: &[Op], partitions: u32, start: Timestamp) -> Vec<Record> {
+    let mut pseq = vec![0u64; partitions as usize];
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let p = kafkafs::partition::partition_for(op.target().as_bytes(), partitions);
+            pseq[p as usize] += 1;
+            Record {
+                writer: Writer {
+                    id: b"test-writer".to_vec(),
+                    epoch: 1,
+                },
+                seq: i as u64 + 1,
+                partition_seq: pseq[p as usize],
+                partition: p,
+                deps: Vec::new(),
+                time: at(start, i as u64 + 1),
+                caller: Caller::default(),
+                op: op.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Produces records (in order) and waits until all are acknowledged.
+pub fn produce(sink: &dyn Sink, records: &[Record]) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for r in records {
+        let tx = tx.clone();
+        sink.send(
+            r.partition,
+            r.op.target().as_bytes(),
+            &r.encode(),
+            &[("kafkafs-version", b"1")],
+            Box::new(move |res| {
+                tx.send(res).unwrap();
+            }),
+        )
+        .expect("send");
+    }
+    drop(tx);
+    let mut n = 0;
+    for res in rx.iter() {
+        res.expect("record not acknowledged");
+        n += 1;
+    }
+    assert_eq!(n, records.len());
+}
+
+pub fn kafka_sink(cfg: &KafkaConfig) -> KafkaSink {
+    KafkaSink::new(cfg).expect("kafka sink")
+}
+
+pub fn kafka_source(cfg: &KafkaConfig) -> Box<dyn Source> {
+    Box::new(kafkafs::journal::kafka::KafkaSource::new(cfg).expect("kafka source"))
+}
+
+/// Applies ops directly (no journal) to `dir`, the reference replica.
+pub fn apply_direct(dir: &Path, records: &[Record]) {
+    let r = kafkafs::apply::Replica::open(dir).unwrap();
+    for rec in records {
+        let _outcome = r
+            .apply(&rec.op, rec.time, None, &mut kafkafs::apply::NoIntentLog)
+            .expect("replica failure on the reference directory");
+    }
+}
+
+/// Asserts two trees are equal, printing the differences otherwise.
+#[track_caller]
+pub fn assert_trees_equal(a: &Path, b: &Path, context: &str) {
+    match kafkafs::tree::compare(a, b).expect("snapshotting trees") {
+        Ok(()) => {}
+        Err(d) => panic!(
+            "{context}: trees differ ({} vs {}):\n  {}",
+            a.display(),
+            b.display(),
+            d.join("\n  ")
+        ),
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("kafkafs-test").tempdir().unwrap()
+}
+
+pub fn path_of(d: &tempfile::TempDir, name: &str) -> PathBuf {
+    let p = d.path().join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+pub const WAIT: Duration = Duration::from_secs(60);

@@ -1,0 +1,309 @@
+//! Replication through a real Apache Kafka broker: a journal of mixed
+//! operations replayed by the slave equals the same operations applied
+//! directly; SIGKILL at random instants changes nothing; bad records stop
+//! the slave with their position and never touch anything outside the root.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafkafs::error::SlaveError;
+use kafkafs::op::Timestamp;
+use kafkafs::record::pb;
+use kafkafs::slave::{self, SlaveConfig};
+use prost::Message as _;
+use rand::{Rng, SeedableRng};
+
+use common::workload::Workload;
+
+const START: Timestamp = Timestamp {
+    sec: 1_700_000_000,
+    nsec: 0,
+};
+
+fn slave_config(root: &std::path::Path, topic: &str) -> SlaveConfig {
+    let mut c = SlaveConfig::new(root, topic);
+    c.exit_when_caught_up = true;
+    c
+}
+
+#[test]
+fn slave_replays_a_mixed_journal_exactly() {
+    let seed = 20261125;
+    let ops = Workload::new(seed).ops(3000);
+    let records = common::records(&ops, 1, START);
+    let cfg = common::kafka_topic("replay", 1);
+    common::produce(&common::kafka_sink(&cfg), &records);
+
+    let dir = common::tempdir();
+    let reference = common::path_of(&dir, "reference");
+    let replica = common::path_of(&dir, "replica");
+    common::apply_direct(&reference, &records);
+
+    let report = slave::run(
+        &slave_config(&replica, &cfg.topic),
+        common::kafka_source(&cfg),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .expect("slave run");
+    assert_eq!(report.applied, records.len() as u64);
+    assert!(report.errno_outcomes > 0, "the workload includes failing ops");
+    assert_eq!(report.positions[0].next_offset, records.len() as i64);
+    common::assert_trees_equal(&reference, &replica, &format!("seed {seed}"));
+
+    // The tree is not trivial.
+    let snap = kafkafs::tree::snapshot(&replica).unwrap();
+    let kinds: std::collections::BTreeSet<char> = snap.nodes.values().map(|n| n.kind).collect();
+    for k in ['d', 'f', 'l', 'p', 's', 'c', 'b'] {
+        assert!(kinds.contains(&k), "seed {seed}: no node of kind {k}");
+    }
+    assert!(!snap.link_groups.is_empty(), "seed {seed}: no hard links");
+    assert!(snap.nodes.values().any(|n| !n.xattrs.is_empty()));
+
+    // A second run resumes from the checkpoint and applies nothing.
+    let again = slave::run(
+        &slave_config(&replica, &cfg.topic),
+        common::kafka_source(&cfg),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(again.applied, 0);
+    common::assert_trees_equal(&reference, &replica, "after an idle restart");
+}
+
+/// The slave binary killed with SIGKILL at random instants, restarted each
+/// time, ends exactly where an uninterrupted replay does.
+#[test]
+fn slave_killed_with_sigkill_resumes_exactly() {
+    let seed = 77;
+    let mut w = Workload::new(seed);
+    w.max_len = 64 * 1024;
+    let ops = w.ops(6000);
+    let records = common::records(&ops, 1, START);
+    let cfg = common::kafka_topic("sigkill", 1);
+    common::produce(&common::kafka_sink(&cfg), &records);
+
+    let dir = common::tempdir();
+    let reference = common::path_of(&dir, "reference");
+    let replica = common::path_of(&dir, "replica");
+    common::apply_direct(&reference, &records);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kafkafs"));
+        c.args(["slave", "--broker", &cfg.broker_list().to_string(), "--topic", &cfg.topic])
+            .args(["--checkpoint-interval", "0.2"])
+            .args(extra)
+            .arg(&replica)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    // Kill at increasing, random points of the replay, observed through
+    // the replica's ledger, so every kill lands mid-replay.
+    let n = records.len() as i64;
+    let mut targets: Vec<i64> = (0..8).map(|_| rng.random_range(1..n - 1)).collect();
+    targets.sort();
+    let applied = || {
+        let sd = kafkafs::checkpoint::StateDir::open(&replica).unwrap();
+        let (_, slots) = sd.open_ledger(1).unwrap();
+        slots[0].map(|s| s.position.next_offset).unwrap_or(0)
+    };
+    let mut kills = 0;
+    let mut progress = Vec::new();
+    for target in targets {
+        let mut child = run(&[]).spawn().expect("spawn slave");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while applied() < target {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("slave exited early ({status})");
+            }
+            assert!(Instant::now() < deadline, "no progress to offset {target}");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        kills += 1;
+        progress.push(applied());
+    }
+    assert!(
+        progress.iter().all(|&p| p < n),
+        "every kill landed mid-replay: {progress:?}"
+    );
+    let out = run(&["--exit-when-caught-up"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "final run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(kills, 8);
+    eprintln!("positions after each kill: {progress:?}");
+    common::assert_trees_equal(
+        &reference,
+        &replica,
+        &format!("seed {seed}, after {kills} SIGKILLs at {progress:?}"),
+    );
+}
+
+fn raw_record(seq: u64, op: pb::record::Op) -> Vec<u8> {
+    pb::Record {
+        version: 1,
+        writer: Some(pb::Writer {
+            id: b"w".to_vec(),
+            epoch: 1,
+        }),
+        seq,
+        partition_seq: seq,
+        partition: 0,
+        deps: vec![],
+        barrier: None,
+        time: Some(pb::Timestamp {
+            sec: 1_700_000_000,
+            nsec: 0,
+        }),
+        caller: None,
+        op: Some(op),
+    }
+    .encode_to_vec()
+}
+
+fn good(seq: u64, name: &str) -> Vec<u8> {
+    raw_record(
+        seq,
+        pb::record::Op::Create(pb::Create {
+            path: name.as_bytes().to_vec(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }),
+    )
+}
+
+/// Records naming `../x` or `/etc/x` are refused with their topic,
+/// partition and offset; the slave holds its position; nothing outside the
+/// root changes; only the explicit flag skips them.
+#[test]
+fn escaping_records_are_refused_and_position_held() {
+    let cfg = common::kafka_topic("escape", 1);
+    let sink = common::kafka_sink(&cfg);
+    let dir = common::tempdir();
+    let replica = common::path_of(&dir, "replica");
+    std::fs::write(dir.path().join("x"), b"outside").unwrap();
+    let payloads = vec![
+        good(1, "first"),
+        raw_record(
+            2,
+            pb::record::Op::Create(pb::Create {
+                path: b"../x".to_vec(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            }),
+        ),
+        raw_record(
+            3,
+            pb::record::Op::Write(pb::Write {
+                path: b"/etc/x".to_vec(),
+                offset: 0,
+                data: b"pwned".to_vec(),
+            }),
+        ),
+        good(4, "last"),
+    ];
+    for p in &payloads {
+        kafkafs::journal::send_and_wait(&sink, 0, b"k", p, &[], Duration::from_secs(30)).unwrap();
+    }
+    let outside_before = kafkafs::tree::snapshot(dir.path()).unwrap();
+
+    for attempt in 0..2 {
+        let err = slave::run(
+            &slave_config(&replica, &cfg.topic),
+            common::kafka_source(&cfg),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .expect_err("bad record must stop the slave");
+        let msg = err.to_string();
+        match &err {
+            SlaveError::BadRecord { pos, .. } => {
+                assert_eq!((pos.partition, pos.offset), (0, 1), "attempt {attempt}: {msg}");
+                assert_eq!(pos.topic, cfg.topic);
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        assert!(msg.contains(&cfg.topic) && msg.contains("partition 0") && msg.contains("offset 1"));
+        assert!(msg.contains("'..'"), "{msg}");
+        assert!(replica.join("first").exists());
+        assert!(!replica.join("last").exists(), "never applies past a bad record");
+        let cp = std::fs::read_to_string(replica.join(".kafkafs/checkpoint")).unwrap();
+        assert!(cp.contains("partition 0 next_offset 1 "), "position held: {cp}");
+    }
+
+    let mut c = slave_config(&replica, &cfg.topic);
+    c.skip_bad_records = true;
+    let report = slave::run(&c, common::kafka_source(&cfg), Arc::new(AtomicBool::new(false))).unwrap();
+    assert_eq!(report.skipped_bad, 2);
+    assert!(replica.join("last").exists());
+    let outside_after = kafkafs::tree::snapshot(dir.path()).unwrap();
+    for (k, v) in &outside_before.nodes {
+        if k.starts_with(b"replica") {
+            continue;
+        }
+        assert_eq!(outside_after.nodes.get(k), Some(v), "{}", String::from_utf8_lossy(k));
+    }
+    assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), b"outside");
+}
+
+/// Records that are not valid at all (garbage, truncated, unknown version)
+/// give a clear error with their position.
+#[test]
+fn corrupt_and_unknown_version_records_are_reported() {
+    let cfg = common::kafka_topic("corrupt", 1);
+    let sink = common::kafka_sink(&cfg);
+    let mut unknown = pb::Record::decode(&good(2, "b")[..]).unwrap();
+    unknown.version = 9;
+    let truncated = good(3, "c");
+    let payloads: Vec<(Vec<u8>, &str)> = vec![
+        (good(1, "a"), ""),
+        (unknown.encode_to_vec(), "unknown record format version 9"),
+        (truncated[..truncated.len() - 5].to_vec(), "corrupt or truncated"),
+        (vec![0xff; 64], "corrupt or truncated"),
+    ];
+    for (p, _) in &payloads {
+        kafkafs::journal::send_and_wait(&sink, 0, b"k", p, &[], Duration::from_secs(30)).unwrap();
+    }
+    let dir = common::tempdir();
+    let replica = common::path_of(&dir, "replica");
+    for (offset, (_, expect)) in payloads.iter().enumerate().skip(1) {
+        let err = slave::run(
+            &slave_config(&replica, &cfg.topic),
+            common::kafka_source(&cfg),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .expect_err("must stop");
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("offset {offset}:")), "expected offset {offset}: {msg}");
+        assert!(msg.contains(expect), "{msg}");
+        // The operator skips exactly this record.
+        let mut c = slave_config(&replica, &cfg.topic);
+        c.skip_records = (1..=offset as i64).map(|o| (0, o)).collect();
+        let r = slave::run(&c, common::kafka_source(&cfg), Arc::new(AtomicBool::new(false)));
+        if offset + 1 < payloads.len() {
+            assert!(r.is_err(), "the next bad record stops it again");
+        } else {
+            assert_eq!(r.unwrap().skipped_bad, 1);
+        }
+    }
+    let report = slave::run(
+        &slave_config(&replica, &cfg.topic),
+        common::kafka_source(&cfg),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(report.applied, 0);
+    assert!(replica.join("a").exists());
+}
+
