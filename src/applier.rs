@@ -47,7 +47,8 @@ pub struct PoolEnd<T, E> {
 }
 
 impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
-    pub fn start(threads: usize, sched: Scheduler<T>, work: Arc<WorkFn<T, E>>) -> Self {
+    pub fn start(threads: usize, sched: Scheduler<T>, work: Box<WorkFn<T, E>>) -> Self {
+        let work = Arc::new(work);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 sched,
@@ -62,7 +63,7 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
             .map(|_| {
                 let shared = shared.clone();
                 let work = work.clone();
-                thread::spawn(move || worker(&shared, &*work))
+                thread::spawn(move || worker(&shared, &**work))
             })
             .collect();
         Pool { shared, workers }
@@ -197,7 +198,7 @@ mod tests {
         for threads in [1, 2, 4, 8] {
             let log = Arc::new(StdMutex::new(Vec::new()));
             let l2 = log.clone();
-            let work: Arc<WorkFn<u64, String>> = Arc::new(move |_p, item: &mut Item<u64>| {
+            let work: Box<WorkFn<u64, String>> = Box::new(move |_p, item: &mut Item<u64>| {
                 l2.lock().unwrap().push(item.seq);
                 Ok(())
             });
@@ -233,7 +234,7 @@ mod tests {
 
     #[test]
     fn error_stops_pool_and_keeps_record() {
-        let work: Arc<WorkFn<u64, String>> = Arc::new(|_p, item: &mut Item<u64>| {
+        let work: Box<WorkFn<u64, String>> = Box::new(|_p, item: &mut Item<u64>| {
             if item.seq == 3 {
                 Err(format!("boom at {}", item.seq))
             } else {
@@ -281,22 +282,21 @@ mod loom_tests {
     /// exactly once, after its dependencies and its partition predecessors.
     fn check(threads: usize, partitions: usize, records: Vec<(u32, Item<u64>)>) {
         let n = records.len();
-        let deps: Vec<(u64, u32, Vec<Dep>)> =
-            records.iter().map(|(p, i)| (i.seq, *p, i.deps.clone())).collect();
+        let deps: Vec<(u64, u32, Vec<Dep>)> = records
+            .iter()
+            .map(|(p, i)| (i.seq, *p, i.deps.clone()))
+            .collect();
         let log = Arc::new(Mutex::new(Vec::new()));
         let l2 = log.clone();
-        let work: Arc<WorkFn<u64, ()>> = Arc::new(move |p, item: &mut Item<u64>| {
+        let work: Box<WorkFn<u64, ()>> = Box::new(move |p, item: &mut Item<u64>| {
             l2.lock().push((p, item.seq));
             Ok(())
         });
+        // The test thread feeds while the workers run.
         let pool = Pool::start(threads, Scheduler::new(&vec![0; partitions]), work);
-        let feeder = pool.feeder();
-        let feeding = thread::spawn(move || {
-            for (p, it) in records {
-                feeder.push(p, it);
-            }
-        });
-        feeding.join().unwrap();
+        for (p, it) in records {
+            pool.push(p, it);
+        }
         let end = pool.close();
         assert!(end.error.is_none());
         assert_eq!(end.applied as usize, n);
@@ -304,7 +304,11 @@ mod loom_tests {
         let pos = |s: u64| log.iter().position(|&(_, x)| x == s).unwrap();
         for (seq, p, ds) in deps {
             for d in ds {
-                assert!(pos(d.seq) < pos(seq), "{seq} ran before its dependency {}", d.seq);
+                assert!(
+                    pos(d.seq) < pos(seq),
+                    "{seq} ran before its dependency {}",
+                    d.seq
+                );
             }
             for (q, other) in log.iter() {
                 if *q == p && *other < seq {
@@ -314,11 +318,22 @@ mod loom_tests {
         }
     }
 
+    /// Explores every interleaving up to a preemption bound (the usual loom
+    /// practice: bugs needing more preemptions are rare; override with
+    /// LOOM_MAX_PREEMPTIONS).
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        if b.preemption_bound.is_none() {
+            b.preemption_bound = Some(3);
+        }
+        b.check(f);
+    }
+
     #[test]
     fn loom_barrier_across_two_partitions() {
         // seq 3 in partition 1 is a barrier after seq 1 (p0) and seq 2 (p1);
         // seq 4 in p0 touches the same path, so it depends on the barrier.
-        loom::model(|| {
+        model(|| {
             check(
                 2,
                 2,
@@ -334,7 +349,7 @@ mod loom_tests {
 
     #[test]
     fn loom_barrier_across_three_partitions() {
-        loom::model(|| {
+        model(|| {
             check(
                 2,
                 3,
@@ -349,7 +364,7 @@ mod loom_tests {
 
     #[test]
     fn loom_dependency_chain_across_partitions() {
-        loom::model(|| {
+        model(|| {
             check(
                 2,
                 3,
@@ -364,7 +379,7 @@ mod loom_tests {
 
     #[test]
     fn loom_one_thread_owns_several_partitions() {
-        loom::model(|| {
+        model(|| {
             check(
                 1,
                 2,

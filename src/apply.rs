@@ -26,9 +26,9 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::Timespec;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
 use rustix::fs::{Stat, UTIME_OMIT};
-use rustix::fs::Timespec;
 
 use crate::error::{is_outcome, Errno, ReplicaFailure};
 use crate::op::{Op, RelPath, Timestamp, XattrFlags, PERM_BITS, S_IFMT};
@@ -140,7 +140,7 @@ fn omit() -> Timespec {
 }
 
 pub fn stat_mtime(st: &Stat) -> Timestamp {
-    Timestamp::new(st.st_mtime as i64, st.st_mtime_nsec as u32)
+    Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32)
 }
 
 fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
@@ -353,9 +353,9 @@ impl Replica {
             Op::Unlink { path } => self.remove(path, false, time, resume, log),
             Op::Rmdir { path } => self.remove(path, true, time, resume, log),
             Op::Rename { src, dst, flags } => self.rename(src, dst, *flags, time, resume, log),
-            Op::Write { path, offset, data } => self.with_writable(path, "write", time, |fd| {
-                write_all_at(fd, data, *offset)
-            }),
+            Op::Write { path, offset, data } => {
+                self.with_writable(path, "write", time, |fd| write_all_at(fd, data, *offset))
+            }
             Op::Truncate { path, size } => {
                 self.with_writable(path, "truncate", time, |fd| rfs::ftruncate(fd, *size))
             }
@@ -409,13 +409,18 @@ impl Replica {
                 fp
             }
         };
-        let done = resume.is_some() && fp.target.is_none() && lstat_ino(&e.parent, &e.name).is_some();
+        let done =
+            resume.is_some() && fp.target.is_none() && lstat_ino(&e.parent, &e.name).is_some();
         if !done {
             let made = match kind {
                 NewInode::File { mode } => rfs::openat(
                     &e.parent,
                     &e.name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_bits_retain(mode & PERM_BITS),
                 )
                 .map(drop),
@@ -448,13 +453,22 @@ impl Replica {
         )
         .map_err(f)?;
         if let Some(mode) = kind.perm() {
-            let fd = rfs::openat(&e.parent, &e.name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .map_err(f)?;
-            rfs::chmod(proc_fd_path(fd.as_fd()).as_c_str(), Mode::from_bits_retain(mode & PERM_BITS))
-                .map_err(f)?;
+            let fd = rfs::openat(
+                &e.parent,
+                &e.name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(f)?;
+            rfs::chmod(
+                proc_fd_path(fd.as_fd()).as_c_str(),
+                Mode::from_bits_retain(mode & PERM_BITS),
+            )
+            .map_err(f)?;
         }
         set_times(&e.parent, &e.name, Some(time), Some(time)).map_err(f)?;
-        self.bump(&e.parent, fp.target_parent_mtime, time).map_err(f)?;
+        self.bump(&e.parent, fp.target_parent_mtime, time)
+            .map_err(f)?;
         Ok(Ok(()))
     }
 
@@ -495,7 +509,8 @@ impl Replica {
                 dst
             );
         }
-        self.bump(&d.parent, fp.target_parent_mtime, time).map_err(f)?;
+        self.bump(&d.parent, fp.target_parent_mtime, time)
+            .map_err(f)?;
         Ok(Ok(()))
     }
 
@@ -524,9 +539,8 @@ impl Replica {
                 fp
             }
         };
-        let done = resume.is_some()
-            && fp.target.is_some()
-            && lstat_ino(&e.parent, &e.name) != fp.target;
+        let done =
+            resume.is_some() && fp.target.is_some() && lstat_ino(&e.parent, &e.name) != fp.target;
         if !done {
             let flags = if dir {
                 AtFlags::REMOVEDIR
@@ -535,7 +549,8 @@ impl Replica {
             };
             try_outcome!(rfs::unlinkat(&e.parent, &e.name, flags), op, path);
         }
-        self.bump(&e.parent, fp.target_parent_mtime, time).map_err(f)?;
+        self.bump(&e.parent, fp.target_parent_mtime, time)
+            .map_err(f)?;
         Ok(Ok(()))
     }
 
@@ -564,8 +579,8 @@ impl Replica {
                 let src_st = lstat(&s.parent, &s.name);
                 let dst_st = lstat(&d.parent, &d.name);
                 let fp = Fingerprint {
-                    source: src_st.as_ref().map(|st| st.st_ino as u64),
-                    target: dst_st.as_ref().map(|st| st.st_ino as u64),
+                    source: src_st.as_ref().map(|st| st.st_ino),
+                    target: dst_st.as_ref().map(|st| st.st_ino),
                     source_mtime: src_st.as_ref().map(stat_mtime),
                     target_mtime: dst_st.as_ref().map(stat_mtime),
                     source_parent_mtime: Some(stat_mtime(&sst)),
@@ -579,9 +594,8 @@ impl Replica {
         if fp.source.is_some() && fp.source == fp.target && !flags.exchange {
             return Ok(Ok(()));
         }
-        let done = resume.is_some()
-            && fp.source.is_some()
-            && lstat_ino(&s.parent, &s.name) != fp.source;
+        let done =
+            resume.is_some() && fp.source.is_some() && lstat_ino(&s.parent, &s.name) != fp.source;
         if !done {
             let mut rf = rfs::RenameFlags::empty();
             if flags.noreplace {
@@ -606,9 +620,11 @@ impl Replica {
                 set_times(&s.parent, &s.name, None, Some(m)).map_err(f)?;
             }
         }
-        self.bump(&d.parent, fp.target_parent_mtime, time).map_err(f)?;
+        self.bump(&d.parent, fp.target_parent_mtime, time)
+            .map_err(f)?;
         if !same_dir {
-            self.bump(&s.parent, fp.source_parent_mtime, time).map_err(f)?;
+            self.bump(&s.parent, fp.source_parent_mtime, time)
+                .map_err(f)?;
         }
         Ok(Ok(()))
     }
@@ -641,8 +657,9 @@ impl Replica {
         let pfd = try_outcome!(self.open_path(path), op, path);
         let st = rfs::fstat(&pfd).map_err(|x| fail(op, path, x))?;
         match st.st_mode & S_IFMT {
-            m if m == crate::op::S_IFREG => {}
-            m if m == 0o040000 => return Ok(Err(Errno::ISDIR)),
+            crate::op::S_IFREG => {}
+            0o040000 => return Ok(Err(Errno::ISDIR)),
+            0o120000 => return Ok(Err(Errno::LOOP)),
             _ => return Ok(Err(Errno::INVAL)),
         }
         let fd = rfs::open(
@@ -671,14 +688,22 @@ impl Replica {
             return Ok(Err(Errno::OPNOTSUPP));
         }
         try_outcome!(
-            rfs::chmod(proc_fd_path(fd.as_fd()).as_c_str(), Mode::from_bits_retain(mode & PERM_BITS)),
+            rfs::chmod(
+                proc_fd_path(fd.as_fd()).as_c_str(),
+                Mode::from_bits_retain(mode & PERM_BITS)
+            ),
             "chmod",
             path
         );
         Ok(Ok(()))
     }
 
-    fn chown(&self, path: &RelPath, uid: Option<u32>, gid: Option<u32>) -> Result<Outcome, ReplicaFailure> {
+    fn chown(
+        &self,
+        path: &RelPath,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<Outcome, ReplicaFailure> {
         let fd = try_outcome!(self.open_path(path), "chown", path);
         try_outcome!(
             rfs::chownat(
@@ -738,7 +763,12 @@ impl Replica {
         // Through the O_PATH handle's /proc link: acts on the inode itself,
         // even a symlink, without resolving anything else.
         try_outcome!(
-            rfs::setxattr(proc_fd_path(fd.as_fd()).as_c_str(), name.as_c_str(), value, xf),
+            rfs::setxattr(
+                proc_fd_path(fd.as_fd()).as_c_str(),
+                name.as_c_str(),
+                value,
+                xf
+            ),
             "setxattr",
             path
         );
@@ -776,6 +806,21 @@ impl Replica {
         };
         r.map_err(|x| fail("fsync", path, x))?;
         Ok(Ok(()))
+    }
+
+    /// Prepares a fresh (empty) replica: its root's mtime is set to the
+    /// epoch, the defined initial state of every replica, so that the
+    /// journal's first namespace change gives every replica the same root
+    /// mtime whenever the directory was created.
+    pub fn init_fresh(&self) -> std::io::Result<()> {
+        rfs::futimens(
+            &self.root_fd,
+            &Timestamps {
+                last_access: omit(),
+                last_modification: ts(Timestamp::new(0, 0)),
+            },
+        )?;
+        Ok(())
     }
 
     /// Makes everything applied so far durable (syncfs on the replica's filesystem).
@@ -836,7 +881,7 @@ fn lstat(dir: &OwnedFd, name: &CStr) -> Option<Stat> {
 }
 
 fn lstat_ino(dir: &OwnedFd, name: &CStr) -> Option<u64> {
-    lstat(dir, name).map(|st| st.st_ino as u64)
+    lstat(dir, name).map(|st| st.st_ino)
 }
 
 /// utimensat(dir, name, NOFOLLOW); `None` leaves a time unchanged.

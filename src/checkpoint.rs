@@ -126,7 +126,10 @@ impl StateDir {
 
     /// Opens the ledger for `partitions` partitions and returns the slots
     /// that can be trusted (written under this boot, intact).
-    pub fn open_ledger(&self, partitions: u32) -> Result<(Ledger, Vec<Option<Slot>>), CheckpointError> {
+    pub fn open_ledger(
+        &self,
+        partitions: u32,
+    ) -> Result<(Ledger, Vec<Option<Slot>>), CheckpointError> {
         let path = self.ledger_path();
         let file = OpenOptions::new()
             .read(true)
@@ -167,11 +170,7 @@ fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
 fn boot_id() -> [u8; 16] {
     let mut id = [0u8; 16];
     if let Ok(s) = fs::read_to_string("/proc/sys/kernel/random/boot_id") {
-        let hex: Vec<u8> = s
-            .trim()
-            .bytes()
-            .filter(|b| b.is_ascii_hexdigit())
-            .collect();
+        let hex: Vec<u8> = s.trim().bytes().filter(|b| b.is_ascii_hexdigit()).collect();
         for (i, pair) in hex.chunks(2).take(16).enumerate() {
             let s = std::str::from_utf8(pair).unwrap_or("0");
             id[i] = u8::from_str_radix(s, 16).unwrap_or(0);
@@ -346,7 +345,9 @@ fn parse_checkpoint(text: &str) -> Result<Checkpoint, String> {
         .ok_or("missing or bad `partitions` line")?;
     let mut positions = Vec::with_capacity(n);
     for p in 0..n {
-        let line = lines.next().ok_or(format!("missing line for partition {p}"))?;
+        let line = lines
+            .next()
+            .ok_or(format!("missing line for partition {p}"))?;
         let f: Vec<&str> = line.split_whitespace().collect();
         let bad = || format!("bad line for partition {p}: `{line}`");
         if f.len() != 8

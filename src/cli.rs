@@ -123,7 +123,9 @@ fn parse_skip(s: &str) -> Result<(u32, i64), String> {
     let (p, o) = s
         .split_once(':')
         .ok_or_else(|| format!("`{s}`: expected PARTITION:OFFSET"))?;
-    let p = p.parse().map_err(|_| format!("`{p}` is not a partition number"))?;
+    let p = p
+        .parse()
+        .map_err(|_| format!("`{p}` is not a partition number"))?;
     let o = o.parse().map_err(|_| format!("`{o}` is not an offset"))?;
     Ok((p, o))
 }

@@ -125,7 +125,9 @@ impl std::fmt::Display for RecordPos {
 /// Errors that stop a slave (or the master's own applier).
 #[derive(Debug, thiserror::Error)]
 pub enum SlaveError {
-    #[error("{pos}: cannot decode record: {source} (position held; pass --skip-bad-records to skip it)")]
+    #[error(
+        "{pos}: cannot decode record: {source} (position held; pass --skip-bad-records to skip it)"
+    )]
     BadRecord {
         pos: RecordPos,
         #[source]

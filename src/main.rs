@@ -28,8 +28,13 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&config.root)
                 .with_context(|| format!("creating {}", config.root.display()))?;
             let kafka = args.kafka.config()?;
-            let source = KafkaSource::new(&kafka)
-                .with_context(|| format!("reading topic `{}` from {}", kafka.topic, kafka.broker_list()))?;
+            let source = KafkaSource::new(&kafka).with_context(|| {
+                format!(
+                    "reading topic `{}` from {}",
+                    kafka.topic,
+                    kafka.broker_list()
+                )
+            })?;
             let report = kafkafs::slave::run(&config, Box::new(source), stop)?;
             tracing::info!(
                 applied = report.applied,

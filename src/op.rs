@@ -443,7 +443,9 @@ mod tests {
             vec!["a", "a/b"]
         );
         assert!(p.starts_with(&RelPath::new("a/b").unwrap()));
-        assert!(!RelPath::new("a/bc").unwrap().starts_with(&RelPath::new("a/b").unwrap()));
+        assert!(!RelPath::new("a/bc")
+            .unwrap()
+            .starts_with(&RelPath::new("a/b").unwrap()));
         assert!(p.starts_with(&RelPath::root()));
         assert_eq!(p.components().count(), 3);
         assert_eq!(RelPath::root().components().count(), 0);

@@ -404,8 +404,14 @@ fn from_pb(r: pb::Record) -> Result<Record, DecodeError> {
         },
         P::Utimens(u) => Op::Utimens {
             path: path("utimens.path", u.path)?,
-            atime: u.atime.map(|t| ts_from_pb(t, "utimens.atime")).transpose()?,
-            mtime: u.mtime.map(|t| ts_from_pb(t, "utimens.mtime")).transpose()?,
+            atime: u
+                .atime
+                .map(|t| ts_from_pb(t, "utimens.atime"))
+                .transpose()?,
+            mtime: u
+                .mtime
+                .map(|t| ts_from_pb(t, "utimens.mtime"))
+                .transpose()?,
         },
         P::SetXattr(x) => Op::SetXattr {
             path: path("setxattr.path", x.path)?,
@@ -584,7 +590,10 @@ mod tests {
         let mut pbr = to_pb(&sample(Op::Unlink { path: p("a") }));
         pbr.version = 2;
         let e = Record::decode(&pbr.encode_to_vec(), 1 << 20).unwrap_err();
-        assert!(matches!(e, DecodeError::UnknownVersion { found: 2, .. }), "{e}");
+        assert!(
+            matches!(e, DecodeError::UnknownVersion { found: 2, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("version 2"));
 
         let good = sample(Op::Unlink { path: p("a") }).encode();
@@ -595,12 +604,24 @@ mod tests {
         let e = Record::decode(&good, 10).unwrap_err();
         assert!(matches!(e, DecodeError::Oversize { max: 10, .. }), "{e}");
         let e = Record::decode_from(&good, 1 << 20, 0).unwrap_err();
-        assert!(matches!(e, DecodeError::WrongPartition { claimed: 1, actual: 0 }));
+        assert!(matches!(
+            e,
+            DecodeError::WrongPartition {
+                claimed: 1,
+                actual: 0
+            }
+        ));
     }
 
     #[test]
     fn refuses_escaping_paths() {
-        for bad in [&b"../x"[..], b"/etc/x", b"a/../../x", b"a\0b", b".kafkafs/checkpoint"] {
+        for bad in [
+            &b"../x"[..],
+            b"/etc/x",
+            b"a/../../x",
+            b"a\0b",
+            b".kafkafs/checkpoint",
+        ] {
             let mut pbr = to_pb(&sample(Op::Unlink { path: p("a") }));
             pbr.op = Some(pb::record::Op::Unlink(pb::Unlink { path: bad.to_vec() }));
             let e = Record::decode(&pbr.encode_to_vec(), 1 << 20).unwrap_err();

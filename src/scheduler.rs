@@ -276,7 +276,11 @@ mod tests {
                     1 => {
                         if let Some((p, it)) = s.take() {
                             for d in &it.deps {
-                                assert!(done[d.seq as usize], "seed {seed}: dep {d:?} of {}", it.seq);
+                                assert!(
+                                    done[d.seq as usize],
+                                    "seed {seed}: dep {d:?} of {}",
+                                    it.seq
+                                );
                             }
                             in_flight.push((p, it));
                         }
@@ -295,7 +299,10 @@ mod tests {
                 // Liveness: if everything has arrived, nothing is in flight
                 // and work remains, something must be ready.
                 if feeds.iter().all(|f| f.is_empty()) && in_flight.is_empty() && applied < n {
-                    assert!(s.take().map(|(p, it)| in_flight.push((p, it))).is_some(), "seed {seed}: stuck");
+                    assert!(
+                        s.take().map(|(p, it)| in_flight.push((p, it))).is_some(),
+                        "seed {seed}: stuck"
+                    );
                 }
             }
             assert!(s.is_idle(), "seed {seed}");

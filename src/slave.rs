@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::applier::{Pool, WorkFn};
 use crate::apply::{Fingerprint, IntentLog, Replica};
 use crate::checkpoint::{Checkpoint, Intent, Ledger, Position, Slot, StateDir};
-use crate::error::{CheckpointError, DecodeError, ReplicaFailure, RecordPos, SlaveError};
+use crate::error::{CheckpointError, DecodeError, RecordPos, ReplicaFailure, SlaveError};
 use crate::journal::{Message, Source};
 use crate::op::STATE_DIR;
 use crate::record::{Record, DEFAULT_MAX_RECORD_BYTES};
@@ -147,11 +147,13 @@ impl IntentLog for LedgerIntent<'_> {
                 fingerprint: *fp,
             }),
         };
-        self.ledger.write(self.partition, &slot).map_err(|e| ReplicaFailure {
-            op: "ledger",
-            path: e.to_string(),
-            errno: crate::error::Errno::IO,
-        })?;
+        self.ledger
+            .write(self.partition, &slot)
+            .map_err(|e| ReplicaFailure {
+                op: "ledger",
+                path: e.to_string(),
+                errno: crate::error::Errno::IO,
+            })?;
         self.last = Some(*fp);
         Ok(())
     }
@@ -176,7 +178,10 @@ fn apply_entry(ctx: &Ctx, p: u32, entry: &mut Entry) -> Result<(), WorkError> {
         let mut resume = entry.resume;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match ctx.replica.apply(&rec.op, rec.time, resume.as_ref(), &mut log) {
+            match ctx
+                .replica
+                .apply(&rec.op, rec.time, resume.as_ref(), &mut log)
+            {
                 Ok(Ok(())) => break,
                 Ok(Err(errno)) => {
                     tracing::debug!(
@@ -367,13 +372,18 @@ fn root_is_empty(root: &std::path::Path) -> Result<bool, SlaveError> {
     Ok(true)
 }
 
+/// Where a replica resumes.
+struct Restored {
+    ledger: Ledger,
+    positions: Vec<Position>,
+    /// Records interrupted mid-application, by partition.
+    intents: BTreeMap<u32, Intent>,
+    had_checkpoint: bool,
+}
+
 /// Restores positions: the ledger when this boot wrote it, else the durable
-/// checkpoint. Returns positions and pending intents.
-fn restore(
-    state: &StateDir,
-    topic: &str,
-    partitions: u32,
-) -> Result<(Ledger, Vec<Position>, BTreeMap<u32, Intent>, bool), SlaveError> {
+/// checkpoint.
+fn restore(state: &StateDir, topic: &str, partitions: u32) -> Result<Restored, SlaveError> {
     let cp = state.load_checkpoint()?;
     if let Some(cp) = &cp {
         if cp.topic != topic {
@@ -417,7 +427,12 @@ fn restore(
             None => positions.push(durable),
         }
     }
-    Ok((ledger, positions, intents, cp.is_some()))
+    Ok(Restored {
+        ledger,
+        positions,
+        intents,
+        had_checkpoint: cp.is_some(),
+    })
 }
 
 /// Runs a slave until caught up (if configured), stopped via `stop`, or an
@@ -429,14 +444,22 @@ pub fn run(
 ) -> Result<SlaveReport, SlaveError> {
     let partitions = source.partitions();
     if partitions == 0 {
-        return Err(SlaveError::Config(format!("topic `{}` has no partitions", config.topic)));
+        return Err(SlaveError::Config(format!(
+            "topic `{}` has no partitions",
+            config.topic
+        )));
     }
     let replica = Replica::open(&config.root).map_err(|source| SlaveError::Root {
         path: config.root.clone(),
         source,
     })?;
     let state = StateDir::open(&config.root)?;
-    let (ledger, positions, intents, had_checkpoint) = restore(&state, &config.topic, partitions)?;
+    let Restored {
+        ledger,
+        positions,
+        intents,
+        had_checkpoint,
+    } = restore(&state, &config.topic, partitions)?;
     let fresh = !had_checkpoint && positions.iter().all(|p| *p == Position::default());
     if fresh && !config.allow_non_empty && !root_is_empty(&config.root)? {
         return Err(SlaveError::Config(format!(
@@ -444,6 +467,9 @@ pub fn run(
              reproduce the master's tree. Use an empty directory (or pass --allow-non-empty).",
             config.root.display()
         )));
+    }
+    if fresh {
+        ctx_init_fresh(&config.root)?;
     }
     // A position whose records were deleted by retention cannot be resumed.
     for (p, pos) in positions.iter().enumerate() {
@@ -472,7 +498,10 @@ pub fn run(
         replica,
         ledger,
         topic: config.topic.clone(),
-        positions: positions.iter().map(|p| std::sync::Mutex::new(*p)).collect(),
+        positions: positions
+            .iter()
+            .map(|p| std::sync::Mutex::new(*p))
+            .collect(),
         stop: stop.clone(),
         errno_outcomes: AtomicU64::new(0),
     });
@@ -483,7 +512,10 @@ pub fn run(
         skip_records: config.skip_records.clone(),
         partitions,
         skipped_since: vec![0; partitions as usize],
-        last_read: positions.iter().map(|p| (p.last_pseq, p.last_seq)).collect(),
+        last_read: positions
+            .iter()
+            .map(|p| (p.last_pseq, p.last_seq))
+            .collect(),
         duplicates: 0,
         skipped_bad: 0,
     };
@@ -548,8 +580,8 @@ pub fn run(
 
     let applied_seqs: Vec<u64> = (0..partitions).map(|p| ctx.position(p).last_seq).collect();
     let work_ctx = ctx.clone();
-    let work: Arc<WorkFn<Entry, WorkError>> =
-        Arc::new(move |p, item: &mut Item<Entry>| apply_entry(&work_ctx, p, &mut item.payload));
+    let work: Box<WorkFn<Entry, WorkError>> =
+        Box::new(move |p, item: &mut Item<Entry>| apply_entry(&work_ctx, p, &mut item.payload));
     let pool = Pool::start(config.threads, Scheduler::new(&applied_seqs), work);
     let mut fatal: Option<SlaveError> = None;
     for m in stash {
@@ -573,7 +605,8 @@ pub fn run(
             break;
         }
         // Backpressure per partition: a full partition never blocks others.
-        let queued: Vec<usize> = pool.inspect(|s| (0..partitions).map(|p| s.queued_in(p)).collect());
+        let queued: Vec<usize> =
+            pool.inspect(|s| (0..partitions).map(|p| s.queued_in(p)).collect());
         for p in 0..partitions as usize {
             if !paused[p] && queued[p] >= high_mark {
                 source.pause(p as u32)?;
@@ -616,7 +649,9 @@ pub fn run(
                 "applied {} records ({:.0}/s); next offsets {:?}",
                 applied_first + applied,
                 (applied - last_applied) as f64 / secs,
-                (0..partitions).map(|p| ctx.position(p).next_offset).collect::<Vec<_>>()
+                (0..partitions)
+                    .map(|p| ctx.position(p).next_offset)
+                    .collect::<Vec<_>>()
             );
             last_applied = applied;
             last_progress = Instant::now();
@@ -649,6 +684,15 @@ pub fn run(
     finish(config, &state, &ctx, &reader, applied, error)
 }
 
+fn ctx_init_fresh(root: &std::path::Path) -> Result<(), SlaveError> {
+    Replica::open(root)
+        .and_then(|r| r.init_fresh())
+        .map_err(|source| SlaveError::Root {
+            path: root.to_path_buf(),
+            source,
+        })
+}
+
 fn caught_up(source: &dyn Source, next_read: &[i64]) -> Result<bool, SlaveError> {
     for (p, &next) in next_read.iter().enumerate() {
         let (_, high) = source.watermarks(p as u32)?;
@@ -662,7 +706,9 @@ fn caught_up(source: &dyn Source, next_read: &[i64]) -> Result<bool, SlaveError>
 fn durable_checkpoint(state: &StateDir, ctx: &Ctx, topic: &str) -> Result<(), SlaveError> {
     // Snapshot first, then sync: the checkpoint then covers only data that
     // was applied before the sync began.
-    let positions: Vec<Position> = (0..ctx.positions.len() as u32).map(|p| ctx.position(p)).collect();
+    let positions: Vec<Position> = (0..ctx.positions.len() as u32)
+        .map(|p| ctx.position(p))
+        .collect();
     ctx.replica.sync().map_err(|source| SlaveError::Root {
         path: ctx.replica.root().to_path_buf(),
         source,
@@ -696,6 +742,8 @@ fn finish(
         errno_outcomes: ctx.errno_outcomes.load(Ordering::Relaxed),
         duplicates: reader.duplicates,
         skipped_bad: reader.skipped_bad,
-        positions: (0..ctx.positions.len() as u32).map(|p| ctx.position(p)).collect(),
+        positions: (0..ctx.positions.len() as u32)
+            .map(|p| ctx.position(p))
+            .collect(),
     })
 }

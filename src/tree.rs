@@ -123,7 +123,11 @@ pub fn snapshot(root: &Path) -> std::io::Result<Tree> {
             mode: md.mode() & 0o7777,
             uid: md.uid(),
             gid: md.gid(),
-            rdev: if kind == 'c' || kind == 'b' { md.rdev() } else { 0 },
+            rdev: if kind == 'c' || kind == 'b' {
+                md.rdev()
+            } else {
+                0
+            },
             size: if kind == 'd' { 0 } else { md.size() },
             content,
             target,
@@ -131,7 +135,10 @@ pub fn snapshot(root: &Path) -> std::io::Result<Tree> {
             mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
         };
         if kind != 'd' {
-            inodes.entry((md.dev(), md.ino())).or_default().push(rel.clone());
+            inodes
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push(rel.clone());
         }
         if kind == 'd' {
             for e in std::fs::read_dir(&full)? {

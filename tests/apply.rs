@@ -55,10 +55,14 @@ fn fix() -> Fix {
 
 impl Fix {
     fn run(&self, op: Op) -> Outcome {
-        self.r.apply(&op, T, None, &mut NoIntentLog).expect("no replica failure")
+        self.r
+            .apply(&op, T, None, &mut NoIntentLog)
+            .expect("no replica failure")
     }
     fn at(&self, t: Timestamp, op: Op) -> Outcome {
-        self.r.apply(&op, t, None, &mut NoIntentLog).expect("no replica failure")
+        self.r
+            .apply(&op, t, None, &mut NoIntentLog)
+            .expect("no replica failure")
     }
     fn path(&self, s: &str) -> std::path::PathBuf {
         self.root.join(s)
@@ -109,7 +113,11 @@ fn create_sets_exact_mode_owner_and_times() {
     );
     let m = fs::metadata(f.path("a")).unwrap();
     assert!(m.is_file());
-    assert_eq!(m.mode() & 0o7777, 0o4751, "exact mode, no umask, set-id kept");
+    assert_eq!(
+        m.mode() & 0o7777,
+        0o4751,
+        "exact mode, no umask, set-id kept"
+    );
     assert_eq!((m.uid(), m.gid()), (1234, 567));
     assert_eq!(mtime(&f.path("a")), T);
     // Parent mtime = max(before, record time).
@@ -313,7 +321,10 @@ fn write_sparse_truncate_fallocate() {
         Ok(()),
         "punch hole"
     );
-    assert_eq!(fs::read(f.path("a")).unwrap(), [7, 7, 0, 0, 0, 0, 7, 7, 7, 7]);
+    assert_eq!(
+        fs::read(f.path("a")).unwrap(),
+        [7, 7, 0, 0, 0, 0, 7, 7, 7, 7]
+    );
     // Errors: missing file, directory, not a regular file.
     assert_eq!(f.write("nope", 0, b"x"), Err(Errno::NOENT));
     f.mkdir("d");
@@ -327,7 +338,11 @@ fn write_sparse_truncate_fallocate() {
         gid: 0,
     })
     .unwrap();
-    assert_eq!(f.write("fifo", 0, b"x"), Err(Errno::INVAL), "never opens a fifo");
+    assert_eq!(
+        f.write("fifo", 0, b"x"),
+        Err(Errno::INVAL),
+        "never opens a fifo"
+    );
 }
 
 #[test]
@@ -398,7 +413,7 @@ fn attributes_and_xattrs() {
     assert_eq!(f.run(set(XattrFlags::Create)), Ok(()));
     assert_eq!(f.run(set(XattrFlags::Create)), Err(Errno::EXIST));
     assert_eq!(f.run(set(XattrFlags::Any)), Ok(()));
-    let v = rustix::fs::getxattr(&f.path("a"), "user.k", &mut [0u8; 16][..]).unwrap();
+    let v = rustix::fs::getxattr(f.path("a"), "user.k", &mut [0u8; 16][..]).unwrap();
     assert_eq!(v, 2);
     assert_eq!(
         f.run(Op::RemoveXattr {
@@ -438,7 +453,11 @@ fn attributes_and_xattrs() {
     .unwrap();
     let ml = fs::symlink_metadata(f.path("s")).unwrap();
     assert_eq!((ml.uid(), ml.gid()), (99, 98));
-    assert_eq!(fs::metadata(f.path("a")).unwrap().uid(), 55, "target untouched");
+    assert_eq!(
+        fs::metadata(f.path("a")).unwrap().uid(),
+        55,
+        "target untouched"
+    );
     f.run(Op::Utimens {
         path: p("s"),
         atime: None,
@@ -467,8 +486,8 @@ fn attributes_and_xattrs() {
         }),
         Ok(())
     );
-    assert!(rustix::fs::lgetxattr(&f.path("s"), "trusted.k", &mut [0u8; 4][..]).is_ok());
-    assert!(rustix::fs::lgetxattr(&f.path("a"), "trusted.k", &mut [0u8; 4][..]).is_err());
+    assert!(rustix::fs::lgetxattr(f.path("s"), "trusted.k", &mut [0u8; 4][..]).is_ok());
+    assert!(rustix::fs::lgetxattr(f.path("a"), "trusted.k", &mut [0u8; 4][..]).is_err());
     assert_eq!(
         f.run(Op::Chmod {
             path: p("nope"),
@@ -790,15 +809,24 @@ fn symlinks_out_of_the_root_are_never_followed() {
     let parent_before = kafkafs::tree::snapshot(f._dir.path()).unwrap();
     for op in attempts {
         let out = f.run(op.clone());
-        assert!(out.is_err() || matches!(op, Op::Chmod { .. }), "{op:?} -> {out:?}");
+        assert!(
+            out.is_err() || matches!(op, Op::Chmod { .. }),
+            "{op:?} -> {out:?}"
+        );
     }
-    assert_eq!(kafkafs::tree::snapshot(&outside).unwrap(), before, "outside changed");
+    assert_eq!(
+        kafkafs::tree::snapshot(&outside).unwrap(),
+        before,
+        "outside changed"
+    );
     assert_eq!(fs::read(outside.join("secret")).unwrap(), b"keep");
     assert!(!f._dir.path().join("escaped").exists());
     let after = kafkafs::tree::snapshot(f._dir.path()).unwrap();
     assert!(
-        !after.nodes.keys().any(|k| !parent_before.nodes.contains_key(k)
-            && !k.starts_with(b"root")),
+        !after
+            .nodes
+            .keys()
+            .any(|k| !parent_before.nodes.contains_key(k) && !k.starts_with(b"root")),
         "nothing new outside the root"
     );
 }
@@ -934,7 +962,8 @@ fn resume_after_interruption_is_exact() {
         let not_started = fix();
         for (i, s) in setup.iter().enumerate() {
             for fx in [&reference, &interrupted, &not_started] {
-                fx.at(Timestamp::new(t0.sec + i as i64, 0), s.clone()).unwrap();
+                fx.at(Timestamp::new(t0.sec + i as i64, 0), s.clone())
+                    .unwrap();
             }
         }
         let tt = Timestamp::new(t0.sec + 100, 42);
@@ -977,7 +1006,8 @@ fn resume_after_interruption_is_exact() {
         if let (Some(main), true) = (main_effect(&op), expected.is_ok()) {
             let mid = fix();
             for (i, s) in setup.iter().enumerate() {
-                mid.at(Timestamp::new(t0.sec + i as i64, 0), s.clone()).unwrap();
+                mid.at(Timestamp::new(t0.sec + i as i64, 0), s.clone())
+                    .unwrap();
             }
             let fp = fingerprint_of(&mid.r, &op);
             main(&mid.root);
@@ -994,7 +1024,9 @@ fn resume_after_interruption_is_exact() {
 
 /// The bare main effect of an op, as a plain syscall (no owner, mode or
 /// times), for ops whose original outcome is success.
-fn main_effect(op: &Op) -> Option<Box<dyn Fn(&Path)>> {
+type MainEffect = Box<dyn Fn(&Path)>;
+
+fn main_effect(op: &Op) -> Option<MainEffect> {
     let s = |r: &RelPath| r.display();
     match op.clone() {
         Op::Create { path, .. } => Some(Box::new(move |root: &Path| {

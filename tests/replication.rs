@@ -50,7 +50,10 @@ fn slave_replays_a_mixed_journal_exactly() {
     )
     .expect("slave run");
     assert_eq!(report.applied, records.len() as u64);
-    assert!(report.errno_outcomes > 0, "the workload includes failing ops");
+    assert!(
+        report.errno_outcomes > 0,
+        "the workload includes failing ops"
+    );
     assert_eq!(report.positions[0].next_offset, records.len() as i64);
     common::assert_trees_equal(&reference, &replica, &format!("seed {seed}"));
 
@@ -94,13 +97,19 @@ fn slave_killed_with_sigkill_resumes_exactly() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let run = |extra: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kafkafs"));
-        c.args(["slave", "--broker", &cfg.broker_list().to_string(), "--topic", &cfg.topic])
-            .args(["--checkpoint-interval", "0.2"])
-            .args(extra)
-            .arg(&replica)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        c.args([
+            "slave",
+            "--broker",
+            cfg.broker_list(),
+            "--topic",
+            &cfg.topic,
+        ])
+        .args(["--checkpoint-interval", "0.2"])
+        .args(extra)
+        .arg(&replica)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         c
     };
     // Kill at increasing, random points of the replay, observed through
@@ -229,22 +238,39 @@ fn escaping_records_are_refused_and_position_held() {
         let msg = err.to_string();
         match &err {
             SlaveError::BadRecord { pos, .. } => {
-                assert_eq!((pos.partition, pos.offset), (0, 1), "attempt {attempt}: {msg}");
+                assert_eq!(
+                    (pos.partition, pos.offset),
+                    (0, 1),
+                    "attempt {attempt}: {msg}"
+                );
                 assert_eq!(pos.topic, cfg.topic);
             }
             other => panic!("unexpected error {other}"),
         }
-        assert!(msg.contains(&cfg.topic) && msg.contains("partition 0") && msg.contains("offset 1"));
+        assert!(
+            msg.contains(&cfg.topic) && msg.contains("partition 0") && msg.contains("offset 1")
+        );
         assert!(msg.contains("'..'"), "{msg}");
         assert!(replica.join("first").exists());
-        assert!(!replica.join("last").exists(), "never applies past a bad record");
+        assert!(
+            !replica.join("last").exists(),
+            "never applies past a bad record"
+        );
         let cp = std::fs::read_to_string(replica.join(".kafkafs/checkpoint")).unwrap();
-        assert!(cp.contains("partition 0 next_offset 1 "), "position held: {cp}");
+        assert!(
+            cp.contains("partition 0 next_offset 1 "),
+            "position held: {cp}"
+        );
     }
 
     let mut c = slave_config(&replica, &cfg.topic);
     c.skip_bad_records = true;
-    let report = slave::run(&c, common::kafka_source(&cfg), Arc::new(AtomicBool::new(false))).unwrap();
+    let report = slave::run(
+        &c,
+        common::kafka_source(&cfg),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert_eq!(report.skipped_bad, 2);
     assert!(replica.join("last").exists());
     let outside_after = kafkafs::tree::snapshot(dir.path()).unwrap();
@@ -252,7 +278,12 @@ fn escaping_records_are_refused_and_position_held() {
         if k.starts_with(b"replica") {
             continue;
         }
-        assert_eq!(outside_after.nodes.get(k), Some(v), "{}", String::from_utf8_lossy(k));
+        assert_eq!(
+            outside_after.nodes.get(k),
+            Some(v),
+            "{}",
+            String::from_utf8_lossy(k)
+        );
     }
     assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), b"outside");
 }
@@ -269,7 +300,10 @@ fn corrupt_and_unknown_version_records_are_reported() {
     let payloads: Vec<(Vec<u8>, &str)> = vec![
         (good(1, "a"), ""),
         (unknown.encode_to_vec(), "unknown record format version 9"),
-        (truncated[..truncated.len() - 5].to_vec(), "corrupt or truncated"),
+        (
+            truncated[..truncated.len() - 5].to_vec(),
+            "corrupt or truncated",
+        ),
         (vec![0xff; 64], "corrupt or truncated"),
     ];
     for (p, _) in &payloads {
@@ -285,12 +319,19 @@ fn corrupt_and_unknown_version_records_are_reported() {
         )
         .expect_err("must stop");
         let msg = err.to_string();
-        assert!(msg.contains(&format!("offset {offset}:")), "expected offset {offset}: {msg}");
+        assert!(
+            msg.contains(&format!("offset {offset}:")),
+            "expected offset {offset}: {msg}"
+        );
         assert!(msg.contains(expect), "{msg}");
         // The operator skips exactly this record.
         let mut c = slave_config(&replica, &cfg.topic);
         c.skip_records = (1..=offset as i64).map(|o| (0, o)).collect();
-        let r = slave::run(&c, common::kafka_source(&cfg), Arc::new(AtomicBool::new(false)));
+        let r = slave::run(
+            &c,
+            common::kafka_source(&cfg),
+            Arc::new(AtomicBool::new(false)),
+        );
         if offset + 1 < payloads.len() {
             assert!(r.is_err(), "the next bad record stops it again");
         } else {
@@ -306,4 +347,3 @@ fn corrupt_and_unknown_version_records_are_reported() {
     assert_eq!(report.applied, 0);
     assert!(replica.join("a").exists());
 }
-

@@ -91,7 +91,10 @@ impl KafkaConfig {
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
             .set("linger.ms", "1")
-            .set("message.timeout.ms", self.send_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                self.send_timeout.as_millis().to_string(),
+            )
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576");
         Ok(self.with_properties(c))
@@ -122,7 +125,8 @@ impl KafkaConfig {
         if let Some(n) = self.partition_count()? {
             return self.check_count(partitions, n);
         }
-        let admin: AdminClient<DefaultClientContext> = self.with_properties(self.base()).create()?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.with_properties(self.base()).create()?;
         let topic = NewTopic::new(
             &self.topic,
             partitions as i32,
@@ -168,7 +172,8 @@ impl KafkaConfig {
 
     /// Deletes the topic (tests and tools).
     pub fn delete_topic(&self) -> Result<(), JournalError> {
-        let admin: AdminClient<DefaultClientContext> = self.with_properties(self.base()).create()?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.with_properties(self.base()).create()?;
         let opts = AdminOptions::new().operation_timeout(Some(self.request_timeout));
         futures_executor::block_on(admin.delete_topics(&[&self.topic], &opts))?;
         Ok(())
@@ -223,7 +228,9 @@ impl KafkaSink {
         let partitions = config
             .partition_count()?
             .ok_or_else(|| JournalError::NoSuchTopic(config.topic.clone()))?;
-        let producer = config.producer_config()?.create_with_context(DeliveryContext)?;
+        let producer = config
+            .producer_config()?
+            .create_with_context(DeliveryContext)?;
         Ok(KafkaSink {
             producer,
             topic: config.topic.clone(),

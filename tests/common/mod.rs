@@ -57,14 +57,18 @@ pub fn unique_topic(name: &str) -> String {
 /// Creates a fresh topic on the real broker.
 pub fn kafka_topic(name: &str, partitions: u32) -> KafkaConfig {
     let cfg = KafkaConfig::new(brokers(), unique_topic(name));
-    cfg.ensure_topic(partitions, 1).expect("creating test topic");
+    cfg.ensure_topic(partitions, 1)
+        .expect("creating test topic");
     cfg
 }
 
 /// The instant `start + n * 1001 ns`.
 pub fn at(start: Timestamp, n: u64) -> Timestamp {
     let total = start.as_nanos() + n as i128 * 1001;
-    Timestamp::new((total / 1_000_000_000) as i64, (total % 1_000_000_000) as u32)
+    Timestamp::new(
+        (total / 1_000_000_000) as i64,
+        (total % 1_000_000_000) as u32,
+    )
 }
 
 /// Wraps ops into records of a single-writer journal without dependencies:
@@ -129,6 +133,7 @@ pub fn kafka_source(cfg: &KafkaConfig) -> Box<dyn Source> {
 /// Applies ops directly (no journal) to `dir`, the reference replica.
 pub fn apply_direct(dir: &Path, records: &[Record]) {
     let r = kafkafs::apply::Replica::open(dir).unwrap();
+    r.init_fresh().unwrap();
     for rec in records {
         let _outcome = r
             .apply(&rec.op, rec.time, None, &mut kafkafs::apply::NoIntentLog)
@@ -151,7 +156,10 @@ pub fn assert_trees_equal(a: &Path, b: &Path, context: &str) {
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("kafkafs-test").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("kafkafs-test")
+        .tempdir()
+        .unwrap()
 }
 
 pub fn path_of(d: &tempfile::TempDir, name: &str) -> PathBuf {
