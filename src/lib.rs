@@ -13,6 +13,7 @@ pub mod journal;
 pub mod op;
 pub mod partition;
 pub mod record;
+pub mod replay;
 pub mod scheduler;
 pub mod slave;
 pub mod sync;

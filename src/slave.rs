@@ -7,19 +7,21 @@
 //! The durable checkpoint is refreshed every `checkpoint_interval` and on
 //! exit, always after `syncfs` of the replica.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::applier::{Pool, WorkFn};
-use crate::apply::{Fingerprint, IntentLog, Replica};
-use crate::checkpoint::{Checkpoint, Intent, Ledger, Position, Slot, StateDir};
-use crate::error::{CheckpointError, DecodeError, RecordPos, ReplicaFailure, SlaveError};
+use crate::apply::Replica;
+use crate::checkpoint::{Position, StateDir};
+use crate::error::{RecordPos, SlaveError};
 use crate::journal::{Message, Source};
-use crate::op::STATE_DIR;
-use crate::record::{Record, DEFAULT_MAX_RECORD_BYTES};
+use crate::record::DEFAULT_MAX_RECORD_BYTES;
+use crate::replay::{
+    apply_entry, durable_checkpoint, init_fresh, restore, root_is_empty, Entry, Reader,
+    ReplicaState, Restored, WorkError,
+};
 use crate::scheduler::{Item, Scheduler};
 
 /// How to run a slave.
@@ -77,364 +79,6 @@ pub struct SlaveReport {
     pub positions: Vec<Position>,
 }
 
-/// A queued record.
-struct Entry {
-    offset: i64,
-    pseq: u64,
-    kind: EntryKind,
-    resume: Option<Fingerprint>,
-}
-
-enum EntryKind {
-    Apply(Box<Record>),
-    /// Advance past this offset without applying anything.
-    Skip,
-}
-
-enum WorkError {
-    Stopped,
-    Fatal(SlaveError),
-}
-
-struct Ctx {
-    replica: Replica,
-    ledger: Ledger,
-    topic: String,
-    positions: Vec<std::sync::Mutex<Position>>,
-    stop: Arc<AtomicBool>,
-    errno_outcomes: AtomicU64,
-}
-
-impl Ctx {
-    fn position(&self, p: u32) -> Position {
-        match self.positions[p as usize].lock() {
-            Ok(g) => *g,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
-    }
-
-    fn set_position(&self, p: u32, pos: Position) {
-        match self.positions[p as usize].lock() {
-            Ok(mut g) => *g = pos,
-            Err(poisoned) => *poisoned.into_inner() = pos,
-        }
-    }
-
-    fn pos(&self, partition: u32, offset: i64) -> RecordPos {
-        RecordPos {
-            topic: self.topic.clone(),
-            partition,
-            offset,
-        }
-    }
-}
-
-/// Persists a record's intent in its partition's ledger slot.
-struct LedgerIntent<'a> {
-    ledger: &'a Ledger,
-    partition: u32,
-    position: Position,
-    offset: i64,
-    last: Option<Fingerprint>,
-}
-
-impl IntentLog for LedgerIntent<'_> {
-    fn record(&mut self, fp: &Fingerprint) -> Result<(), ReplicaFailure> {
-        let slot = Slot {
-            position: self.position,
-            intent: Some(Intent {
-                offset: self.offset,
-                fingerprint: *fp,
-            }),
-        };
-        self.ledger
-            .write(self.partition, &slot)
-            .map_err(|e| ReplicaFailure {
-                op: "ledger",
-                path: e.to_string(),
-                errno: crate::error::Errno::IO,
-            })?;
-        self.last = Some(*fp);
-        Ok(())
-    }
-}
-
-/// Applies one entry, retrying replica failures until they clear or a stop
-/// is requested, then advances the partition's ledger slot.
-fn apply_entry(ctx: &Ctx, p: u32, entry: &mut Entry) -> Result<(), WorkError> {
-    let before = ctx.position(p);
-    let mut after = Position {
-        next_offset: entry.offset + 1,
-        ..before
-    };
-    if let EntryKind::Apply(rec) = &entry.kind {
-        let mut log = LedgerIntent {
-            ledger: &ctx.ledger,
-            partition: p,
-            position: before,
-            offset: entry.offset,
-            last: None,
-        };
-        let mut resume = entry.resume;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match ctx
-                .replica
-                .apply(&rec.op, rec.time, resume.as_ref(), &mut log)
-            {
-                Ok(Ok(())) => break,
-                Ok(Err(errno)) => {
-                    tracing::debug!(
-                        "{}: {} {} -> {errno} (an outcome, same on every replica)",
-                        ctx.pos(p, entry.offset),
-                        rec.op.name(),
-                        rec.op.target()
-                    );
-                    ctx.errno_outcomes.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                Err(failure) => {
-                    tracing::error!(
-                        "{}: replica failure: {failure}; position held, retrying in {backoff:?}",
-                        ctx.pos(p, entry.offset)
-                    );
-                    if log.last.is_some() {
-                        resume = log.last;
-                    }
-                    if sleep_unless_stopped(&ctx.stop, backoff) {
-                        // Keep what we learned for the next start.
-                        entry.resume = resume;
-                        return Err(WorkError::Stopped);
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        after.last_seq = rec.seq;
-        after.last_pseq = rec.partition_seq;
-    } else {
-        after.last_pseq = after.last_pseq.max(entry.pseq);
-    }
-    ctx.ledger
-        .write(
-            p,
-            &Slot {
-                position: after,
-                intent: None,
-            },
-        )
-        .map_err(|e| WorkError::Fatal(e.into()))?;
-    ctx.set_position(p, after);
-    Ok(())
-}
-
-/// Sleeps `d`, waking early when `stop` is set; returns true if stopped.
-fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) -> bool {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        if stop.load(Ordering::Relaxed) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10).min(d));
-    }
-    stop.load(Ordering::Relaxed)
-}
-
-/// Decodes and checks a message; returns the entry to queue, or an error
-/// that stops the slave.
-struct Reader {
-    topic: String,
-    max_record_bytes: usize,
-    skip_bad: bool,
-    skip_records: Vec<(u32, i64)>,
-    partitions: u32,
-    /// Per partition: last (pseq, seq) read.
-    last_read: Vec<(u64, u64)>,
-    /// Per partition: records skipped since the last good one (they may
-    /// explain a jump in the partition sequence).
-    skipped_since: Vec<u64>,
-    duplicates: u64,
-    skipped_bad: u64,
-}
-
-impl Reader {
-    fn entry(&mut self, m: Message) -> Result<Entry, SlaveError> {
-        let p = m.partition;
-        let pos = RecordPos {
-            topic: self.topic.clone(),
-            partition: p,
-            offset: m.offset,
-        };
-        let rec = Record::decode_from(&m.payload, self.max_record_bytes, p).and_then(|r| {
-            match r.deps.iter().find(|d| d.partition >= self.partitions) {
-                Some(d) => Err(DecodeError::BadValue {
-                    field: "deps.partition",
-                    value: d.partition as u64,
-                }),
-                None => Ok(r),
-            }
-        });
-        let skip = |why: String, this: &mut Reader| {
-            tracing::warn!("{pos}: SKIPPING record ({why})");
-            this.skipped_bad += 1;
-            this.skipped_since[p as usize] += 1;
-            Ok(Entry {
-                offset: m.offset,
-                pseq: 0,
-                kind: EntryKind::Skip,
-                resume: None,
-            })
-        };
-        if self.skip_records.contains(&(p, m.offset)) {
-            let what = match &rec {
-                Ok(r) => format!("{} {}", r.op.name(), r.op.target()),
-                Err(e) => e.to_string(),
-            };
-            return skip(format!("--skip-record {p}:{}: {what}", m.offset), self);
-        }
-        let rec = match rec {
-            Ok(r) => r,
-            Err(source) if self.skip_bad => {
-                return skip(format!("--skip-bad-records: {source}"), self);
-            }
-            Err(source) => return Err(SlaveError::BadRecord { pos, source }),
-        };
-        let (last_pseq, last_seq) = self.last_read[p as usize];
-        if rec.partition_seq <= last_pseq {
-            tracing::info!(
-                "{pos}: duplicate record (partition sequence {} already applied), skipped",
-                rec.partition_seq
-            );
-            self.duplicates += 1;
-            return Ok(Entry {
-                offset: m.offset,
-                pseq: 0,
-                kind: EntryKind::Skip,
-                resume: None,
-            });
-        }
-        if rec.partition_seq > last_pseq + 1 + self.skipped_since[p as usize] {
-            return Err(SlaveError::Gap {
-                pos,
-                last: last_pseq,
-                found: rec.partition_seq,
-            });
-        }
-        if rec.seq <= last_seq {
-            return Err(SlaveError::BadRecord {
-                pos,
-                source: DecodeError::BadValue {
-                    field: "seq (not rising within the partition)",
-                    value: rec.seq,
-                },
-            });
-        }
-        self.last_read[p as usize] = (rec.partition_seq, rec.seq);
-        self.skipped_since[p as usize] = 0;
-        Ok(Entry {
-            offset: m.offset,
-            pseq: rec.partition_seq,
-            kind: EntryKind::Apply(Box::new(rec)),
-            resume: None,
-        })
-    }
-}
-
-fn item(entry: Entry) -> Item<Entry> {
-    match &entry.kind {
-        EntryKind::Apply(r) => Item {
-            seq: r.seq,
-            deps: r.deps.clone(),
-            payload: entry,
-        },
-        EntryKind::Skip => Item {
-            seq: 0,
-            deps: Vec::new(),
-            payload: entry,
-        },
-    }
-}
-
-fn root_is_empty(root: &std::path::Path) -> Result<bool, SlaveError> {
-    let rd = std::fs::read_dir(root).map_err(|source| SlaveError::Root {
-        path: root.to_path_buf(),
-        source,
-    })?;
-    for e in rd {
-        let e = e.map_err(|source| SlaveError::Root {
-            path: root.to_path_buf(),
-            source,
-        })?;
-        if e.file_name().as_encoded_bytes() != STATE_DIR {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Where a replica resumes.
-struct Restored {
-    ledger: Ledger,
-    positions: Vec<Position>,
-    /// Records interrupted mid-application, by partition.
-    intents: BTreeMap<u32, Intent>,
-    had_checkpoint: bool,
-}
-
-/// Restores positions: the ledger when this boot wrote it, else the durable
-/// checkpoint.
-fn restore(state: &StateDir, topic: &str, partitions: u32) -> Result<Restored, SlaveError> {
-    let cp = state.load_checkpoint()?;
-    if let Some(cp) = &cp {
-        if cp.topic != topic {
-            return Err(CheckpointError::WrongTopic {
-                recorded: cp.topic.clone(),
-                requested: topic.to_string(),
-            }
-            .into());
-        }
-        if cp.positions.len() as u32 != partitions {
-            return Err(CheckpointError::PartitionCount {
-                recorded: cp.positions.len() as u32,
-                actual: partitions,
-            }
-            .into());
-        }
-    }
-    let (ledger, slots) = state.open_ledger(partitions)?;
-    let mut positions = Vec::with_capacity(partitions as usize);
-    let mut intents = BTreeMap::new();
-    for p in 0..partitions {
-        let durable = cp
-            .as_ref()
-            .map(|c| c.positions[p as usize])
-            .unwrap_or_default();
-        match slots[p as usize] {
-            Some(slot) if slot.position.next_offset >= durable.next_offset => {
-                positions.push(slot.position);
-                if let Some(i) = slot.intent {
-                    intents.insert(p, i);
-                }
-            }
-            Some(slot) => {
-                tracing::warn!(
-                    "partition {p}: ledger ({}) is behind the durable checkpoint ({}); using the checkpoint",
-                    slot.position.next_offset,
-                    durable.next_offset
-                );
-                positions.push(durable);
-            }
-            None => positions.push(durable),
-        }
-    }
-    Ok(Restored {
-        ledger,
-        positions,
-        intents,
-        had_checkpoint: cp.is_some(),
-    })
-}
-
 /// Runs a slave until caught up (if configured), stopped via `stop`, or an
 /// error. Always leaves a durable checkpoint of what was applied.
 pub fn run(
@@ -469,7 +113,7 @@ pub fn run(
         )));
     }
     if fresh {
-        ctx_init_fresh(&config.root)?;
+        init_fresh(&config.root)?;
     }
     // A position whose records were deleted by retention cannot be resumed.
     for (p, pos) in positions.iter().enumerate() {
@@ -494,31 +138,20 @@ pub fn run(
         positions.iter().map(|p| p.next_offset).collect::<Vec<_>>()
     );
 
-    let ctx = Arc::new(Ctx {
+    let ctx = Arc::new(ReplicaState::new(
         replica,
         ledger,
-        topic: config.topic.clone(),
-        positions: positions
-            .iter()
-            .map(|p| std::sync::Mutex::new(*p))
-            .collect(),
-        stop: stop.clone(),
-        errno_outcomes: AtomicU64::new(0),
-    });
-    let mut reader = Reader {
-        topic: config.topic.clone(),
-        max_record_bytes: config.max_record_bytes,
-        skip_bad: config.skip_bad_records,
-        skip_records: config.skip_records.clone(),
-        partitions,
-        skipped_since: vec![0; partitions as usize],
-        last_read: positions
-            .iter()
-            .map(|p| (p.last_pseq, p.last_seq))
-            .collect(),
-        duplicates: 0,
-        skipped_bad: 0,
-    };
+        &config.topic,
+        &positions,
+        stop.clone(),
+    ));
+    let mut reader = Reader::new(
+        &config.topic,
+        config.max_record_bytes,
+        config.skip_bad_records,
+        config.skip_records.clone(),
+        &positions,
+    );
     let starts: Vec<(u32, i64)> = positions
         .iter()
         .enumerate()
@@ -536,7 +169,7 @@ pub fn run(
         let deadline = Instant::now() + Duration::from_secs(120);
         while !pending.is_empty() {
             if stop.load(Ordering::Relaxed) {
-                return finish(config, &state, &ctx, &reader, applied_first, None);
+                return finish(&state, &ctx, &reader, applied_first, None);
             }
             if Instant::now() > deadline {
                 return Err(SlaveError::Config(format!(
@@ -560,7 +193,7 @@ pub fn run(
                     match apply_entry(&ctx, p, &mut entry) {
                         Ok(()) => applied_first += 1,
                         Err(WorkError::Stopped) => {
-                            return finish(config, &state, &ctx, &reader, applied_first, None)
+                            return finish(&state, &ctx, &reader, applied_first, None)
                         }
                         Err(WorkError::Fatal(e)) => return Err(e),
                     }
@@ -587,7 +220,7 @@ pub fn run(
     for m in stash {
         let p = m.partition;
         match reader.entry(m) {
-            Ok(e) => pool.push(p, item(e)),
+            Ok(e) => pool.push(p, e.into_item()),
             Err(e) => {
                 fatal = Some(e);
                 break;
@@ -624,7 +257,7 @@ pub fn run(
                 }
                 next_read[p as usize] = m.offset + 1;
                 match reader.entry(m) {
-                    Ok(e) => pool.push(p, item(e)),
+                    Ok(e) => pool.push(p, e.into_item()),
                     Err(e) => fatal = Some(e),
                 }
             }
@@ -639,7 +272,7 @@ pub fn run(
             Err(e) => fatal = Some(e.into()),
         }
         if last_cp.elapsed() >= config.checkpoint_interval {
-            durable_checkpoint(&state, &ctx, &config.topic)?;
+            durable_checkpoint(&state, &ctx)?;
             last_cp = Instant::now();
         }
         if last_progress.elapsed() >= Duration::from_secs(10) {
@@ -681,16 +314,7 @@ pub fn run(
             end.scheduler.queued()
         )));
     }
-    finish(config, &state, &ctx, &reader, applied, error)
-}
-
-fn ctx_init_fresh(root: &std::path::Path) -> Result<(), SlaveError> {
-    Replica::open(root)
-        .and_then(|r| r.init_fresh())
-        .map_err(|source| SlaveError::Root {
-            path: root.to_path_buf(),
-            source,
-        })
+    finish(&state, &ctx, &reader, applied, error)
 }
 
 fn caught_up(source: &dyn Source, next_read: &[i64]) -> Result<bool, SlaveError> {
@@ -703,33 +327,14 @@ fn caught_up(source: &dyn Source, next_read: &[i64]) -> Result<bool, SlaveError>
     Ok(true)
 }
 
-fn durable_checkpoint(state: &StateDir, ctx: &Ctx, topic: &str) -> Result<(), SlaveError> {
-    // Snapshot first, then sync: the checkpoint then covers only data that
-    // was applied before the sync began.
-    let positions: Vec<Position> = (0..ctx.positions.len() as u32)
-        .map(|p| ctx.position(p))
-        .collect();
-    ctx.replica.sync().map_err(|source| SlaveError::Root {
-        path: ctx.replica.root().to_path_buf(),
-        source,
-    })?;
-    ctx.ledger.sync()?;
-    state.store_checkpoint(&Checkpoint {
-        topic: topic.to_string(),
-        positions,
-    })?;
-    Ok(())
-}
-
 fn finish(
-    config: &SlaveConfig,
     state: &StateDir,
-    ctx: &Ctx,
+    ctx: &ReplicaState,
     reader: &Reader,
     applied: u64,
     error: Option<SlaveError>,
 ) -> Result<SlaveReport, SlaveError> {
-    let cp = durable_checkpoint(state, ctx, &config.topic);
+    let cp = durable_checkpoint(state, ctx);
     if let Some(e) = error {
         if let Err(cpe) = cp {
             tracing::error!("writing the final checkpoint failed too: {cpe}");
@@ -742,8 +347,6 @@ fn finish(
         errno_outcomes: ctx.errno_outcomes.load(Ordering::Relaxed),
         duplicates: reader.duplicates,
         skipped_bad: reader.skipped_bad,
-        positions: (0..ctx.positions.len() as u32)
-            .map(|p| ctx.position(p))
-            .collect(),
+        positions: ctx.positions(),
     })
 }

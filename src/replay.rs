@@ -1,0 +1,492 @@
+//! Applying journal entries to a replica with exact bookkeeping: the part
+//! shared by the slave and the master's own applier ("a slave is a master
+//! without the mount").
+//!
+//! An `Entry` is a record read from (or acknowledged by) the journal;
+//! `apply_entry` applies it, retrying replica failures, then advances the
+//! partition's ledger slot and finally reports the outcome to the entry's
+//! completion callback, if any. `Reader` decodes and checks messages;
+//! `restore` finds where a replica resumes; `durable_checkpoint` writes the
+//! atomic checkpoint after syncing the replica.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::apply::{Fingerprint, IntentLog, Outcome, Replica};
+use crate::checkpoint::{Checkpoint, Intent, Ledger, Position, Slot, StateDir};
+use crate::error::{CheckpointError, DecodeError, RecordPos, ReplicaFailure, SlaveError};
+use crate::journal::Message;
+use crate::op::STATE_DIR;
+use crate::record::Record;
+use crate::scheduler::Item;
+
+/// Called once an entry is applied and recorded in the ledger, with its
+/// outcome (`None` for an entry that was skipped).
+pub type Completion = Box<dyn FnOnce(Option<Outcome>) + Send>;
+
+/// A record to apply (or skip) at a journal position.
+pub struct Entry {
+    pub offset: i64,
+    pub pseq: u64,
+    pub kind: EntryKind,
+    /// Fingerprint of an interrupted earlier attempt at this record.
+    pub resume: Option<Fingerprint>,
+    /// Who waits for this entry (the master's caller).
+    pub done: Option<Completion>,
+}
+
+pub enum EntryKind {
+    Apply(Box<Record>),
+    /// Advance past this offset without applying anything.
+    Skip,
+}
+
+impl Entry {
+    pub fn apply(offset: i64, record: Record) -> Self {
+        Entry {
+            offset,
+            pseq: record.partition_seq,
+            kind: EntryKind::Apply(Box::new(record)),
+            resume: None,
+            done: None,
+        }
+    }
+
+    fn skip(offset: i64) -> Self {
+        Entry {
+            offset,
+            pseq: 0,
+            kind: EntryKind::Skip,
+            resume: None,
+            done: None,
+        }
+    }
+
+    /// The scheduler item for this entry.
+    pub fn into_item(self) -> Item<Entry> {
+        match &self.kind {
+            EntryKind::Apply(r) => Item {
+                seq: r.seq,
+                deps: r.deps.clone(),
+                payload: self,
+            },
+            EntryKind::Skip => Item {
+                seq: 0,
+                deps: Vec::new(),
+                payload: self,
+            },
+        }
+    }
+}
+
+/// Why a worker stopped.
+pub enum WorkError {
+    Stopped,
+    Fatal(SlaveError),
+}
+
+/// A replica with its ledger and per-partition positions.
+pub struct ReplicaState {
+    pub replica: Replica,
+    pub ledger: Ledger,
+    pub topic: String,
+    positions: Vec<std::sync::Mutex<Position>>,
+    pub stop: Arc<AtomicBool>,
+    pub errno_outcomes: AtomicU64,
+}
+
+impl ReplicaState {
+    pub fn new(
+        replica: Replica,
+        ledger: Ledger,
+        topic: &str,
+        positions: &[Position],
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        ReplicaState {
+            replica,
+            ledger,
+            topic: topic.to_string(),
+            positions: positions
+                .iter()
+                .map(|p| std::sync::Mutex::new(*p))
+                .collect(),
+            stop,
+            errno_outcomes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.positions.len() as u32
+    }
+
+    pub fn positions(&self) -> Vec<Position> {
+        (0..self.partitions()).map(|p| self.position(p)).collect()
+    }
+
+    pub fn position(&self, p: u32) -> Position {
+        match self.positions[p as usize].lock() {
+            Ok(g) => *g,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    pub fn set_position(&self, p: u32, pos: Position) {
+        match self.positions[p as usize].lock() {
+            Ok(mut g) => *g = pos,
+            Err(poisoned) => *poisoned.into_inner() = pos,
+        }
+    }
+
+    pub fn pos(&self, partition: u32, offset: i64) -> RecordPos {
+        RecordPos {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+        }
+    }
+}
+
+/// Persists a record's intent in its partition's ledger slot.
+struct LedgerIntent<'a> {
+    ledger: &'a Ledger,
+    partition: u32,
+    position: Position,
+    offset: i64,
+    last: Option<Fingerprint>,
+}
+
+impl IntentLog for LedgerIntent<'_> {
+    fn record(&mut self, fp: &Fingerprint) -> Result<(), ReplicaFailure> {
+        let slot = Slot {
+            position: self.position,
+            intent: Some(Intent {
+                offset: self.offset,
+                fingerprint: *fp,
+            }),
+        };
+        self.ledger
+            .write(self.partition, &slot)
+            .map_err(|e| ReplicaFailure {
+                op: "ledger",
+                path: e.to_string(),
+                errno: crate::error::Errno::IO,
+            })?;
+        self.last = Some(*fp);
+        Ok(())
+    }
+}
+
+/// Applies one entry, retrying replica failures until they clear or a stop
+/// is requested, then advances the partition's ledger slot, then calls the
+/// entry's completion.
+pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), WorkError> {
+    let before = ctx.position(p);
+    let mut after = Position {
+        next_offset: entry.offset + 1,
+        ..before
+    };
+    let result = if let EntryKind::Apply(rec) = &entry.kind {
+        let mut log = LedgerIntent {
+            ledger: &ctx.ledger,
+            partition: p,
+            position: before,
+            offset: entry.offset,
+            last: None,
+        };
+        let mut resume = entry.resume;
+        let mut backoff = Duration::from_millis(50);
+        let outcome = loop {
+            match ctx
+                .replica
+                .apply(&rec.op, rec.time, resume.as_ref(), &mut log)
+            {
+                Ok(Ok(())) => break Ok(()),
+                Ok(Err(errno)) => {
+                    tracing::debug!(
+                        "{}: {} {} -> {errno} (an outcome, same on every replica)",
+                        ctx.pos(p, entry.offset),
+                        rec.op.name(),
+                        rec.op.target()
+                    );
+                    ctx.errno_outcomes.fetch_add(1, Ordering::Relaxed);
+                    break Err(errno);
+                }
+                Err(failure) => {
+                    tracing::error!(
+                        "{}: replica failure: {failure}; position held, retrying in {backoff:?}",
+                        ctx.pos(p, entry.offset)
+                    );
+                    if log.last.is_some() {
+                        resume = log.last;
+                    }
+                    if sleep_unless_stopped(&ctx.stop, backoff) {
+                        // Keep what we learned for the next start.
+                        entry.resume = resume;
+                        return Err(WorkError::Stopped);
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        after.last_seq = rec.seq;
+        after.last_pseq = rec.partition_seq;
+        Some(outcome)
+    } else {
+        after.last_pseq = after.last_pseq.max(entry.pseq);
+        None
+    };
+    ctx.ledger
+        .write(
+            p,
+            &Slot {
+                position: after,
+                intent: None,
+            },
+        )
+        .map_err(|e| WorkError::Fatal(e.into()))?;
+    ctx.set_position(p, after);
+    if let Some(done) = entry.done.take() {
+        done(result);
+    }
+    Ok(())
+}
+
+/// Sleeps `d`, waking early when `stop` is set; returns true if stopped.
+pub fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) -> bool {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10).min(d));
+    }
+    stop.load(Ordering::Relaxed)
+}
+
+/// Decodes and checks messages, partition by partition.
+pub struct Reader {
+    topic: String,
+    max_record_bytes: usize,
+    skip_bad: bool,
+    skip_records: Vec<(u32, i64)>,
+    partitions: u32,
+    /// Per partition: last (pseq, seq) read.
+    last_read: Vec<(u64, u64)>,
+    /// Per partition: records skipped since the last good one (they may
+    /// explain a jump in the partition sequence).
+    skipped_since: Vec<u64>,
+    pub duplicates: u64,
+    pub skipped_bad: u64,
+}
+
+impl Reader {
+    pub fn new(
+        topic: &str,
+        max_record_bytes: usize,
+        skip_bad: bool,
+        skip_records: Vec<(u32, i64)>,
+        positions: &[Position],
+    ) -> Self {
+        Reader {
+            topic: topic.to_string(),
+            max_record_bytes,
+            skip_bad,
+            skip_records,
+            partitions: positions.len() as u32,
+            last_read: positions
+                .iter()
+                .map(|p| (p.last_pseq, p.last_seq))
+                .collect(),
+            skipped_since: vec![0; positions.len()],
+            duplicates: 0,
+            skipped_bad: 0,
+        }
+    }
+
+    /// The last (partition seq, seq) read from a partition.
+    pub fn last_read(&self, partition: u32) -> (u64, u64) {
+        self.last_read[partition as usize]
+    }
+
+    /// Decodes and checks a message: the entry to queue, or an error that
+    /// stops the reader (bad record, gap).
+    pub fn entry(&mut self, m: Message) -> Result<Entry, SlaveError> {
+        let p = m.partition;
+        let pos = RecordPos {
+            topic: self.topic.clone(),
+            partition: p,
+            offset: m.offset,
+        };
+        let rec = Record::decode_from(&m.payload, self.max_record_bytes, p).and_then(|r| {
+            match r.deps.iter().find(|d| d.partition >= self.partitions) {
+                Some(d) => Err(DecodeError::BadValue {
+                    field: "deps.partition",
+                    value: d.partition as u64,
+                }),
+                None => Ok(r),
+            }
+        });
+        let skip = |why: String, this: &mut Reader| {
+            tracing::warn!("{pos}: SKIPPING record ({why})");
+            this.skipped_bad += 1;
+            this.skipped_since[p as usize] += 1;
+            Ok(Entry::skip(m.offset))
+        };
+        if self.skip_records.contains(&(p, m.offset)) {
+            let what = match &rec {
+                Ok(r) => format!("{} {}", r.op.name(), r.op.target()),
+                Err(e) => e.to_string(),
+            };
+            return skip(format!("--skip-record {p}:{}: {what}", m.offset), self);
+        }
+        let rec = match rec {
+            Ok(r) => r,
+            Err(source) if self.skip_bad => {
+                return skip(format!("--skip-bad-records: {source}"), self);
+            }
+            Err(source) => return Err(SlaveError::BadRecord { pos, source }),
+        };
+        let (last_pseq, last_seq) = self.last_read[p as usize];
+        if rec.partition_seq <= last_pseq {
+            tracing::info!(
+                "{pos}: duplicate record (partition sequence {} already applied), skipped",
+                rec.partition_seq
+            );
+            self.duplicates += 1;
+            return Ok(Entry::skip(m.offset));
+        }
+        if rec.partition_seq > last_pseq + 1 + self.skipped_since[p as usize] {
+            return Err(SlaveError::Gap {
+                pos,
+                last: last_pseq,
+                found: rec.partition_seq,
+            });
+        }
+        if rec.seq <= last_seq {
+            return Err(SlaveError::BadRecord {
+                pos,
+                source: DecodeError::BadValue {
+                    field: "seq (not rising within the partition)",
+                    value: rec.seq,
+                },
+            });
+        }
+        self.last_read[p as usize] = (rec.partition_seq, rec.seq);
+        self.skipped_since[p as usize] = 0;
+        Ok(Entry::apply(m.offset, rec))
+    }
+}
+
+/// Is `root` empty apart from the state folder?
+pub fn root_is_empty(root: &std::path::Path) -> Result<bool, SlaveError> {
+    let rd = std::fs::read_dir(root).map_err(|source| SlaveError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    for e in rd {
+        let e = e.map_err(|source| SlaveError::Root {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        if e.file_name().as_encoded_bytes() != STATE_DIR {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Where a replica resumes.
+pub struct Restored {
+    pub ledger: Ledger,
+    pub positions: Vec<Position>,
+    /// Records interrupted mid-application, by partition.
+    pub intents: BTreeMap<u32, Intent>,
+    pub had_checkpoint: bool,
+}
+
+/// Restores positions: the ledger when this boot wrote it, else the durable
+/// checkpoint.
+pub fn restore(state: &StateDir, topic: &str, partitions: u32) -> Result<Restored, SlaveError> {
+    let cp = state.load_checkpoint()?;
+    if let Some(cp) = &cp {
+        if cp.topic != topic {
+            return Err(CheckpointError::WrongTopic {
+                recorded: cp.topic.clone(),
+                requested: topic.to_string(),
+            }
+            .into());
+        }
+        if cp.positions.len() as u32 != partitions {
+            return Err(CheckpointError::PartitionCount {
+                recorded: cp.positions.len() as u32,
+                actual: partitions,
+            }
+            .into());
+        }
+    }
+    let (ledger, slots) = state.open_ledger(partitions)?;
+    let mut positions = Vec::with_capacity(partitions as usize);
+    let mut intents = BTreeMap::new();
+    for p in 0..partitions {
+        let durable = cp
+            .as_ref()
+            .map(|c| c.positions[p as usize])
+            .unwrap_or_default();
+        match slots[p as usize] {
+            Some(slot) if slot.position.next_offset >= durable.next_offset => {
+                positions.push(slot.position);
+                if let Some(i) = slot.intent {
+                    intents.insert(p, i);
+                }
+            }
+            Some(slot) => {
+                tracing::warn!(
+                    "partition {p}: ledger ({}) is behind the durable checkpoint ({}); using the checkpoint",
+                    slot.position.next_offset,
+                    durable.next_offset
+                );
+                positions.push(durable);
+            }
+            None => positions.push(durable),
+        }
+    }
+    Ok(Restored {
+        ledger,
+        positions,
+        intents,
+        had_checkpoint: cp.is_some(),
+    })
+}
+
+/// Sets up a fresh replica root (see `Replica::init_fresh`).
+pub fn init_fresh(root: &std::path::Path) -> Result<(), SlaveError> {
+    Replica::open(root)
+        .and_then(|r| r.init_fresh())
+        .map_err(|source| SlaveError::Root {
+            path: root.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes the durable checkpoint: positions first, then syncfs, then the
+/// atomic file.
+pub fn durable_checkpoint(state: &StateDir, ctx: &ReplicaState) -> Result<(), SlaveError> {
+    // Snapshot first, then sync: the checkpoint then covers only data that
+    // was applied before the sync began.
+    let positions: Vec<Position> = (0..ctx.positions.len() as u32)
+        .map(|p| ctx.position(p))
+        .collect();
+    ctx.replica.sync().map_err(|source| SlaveError::Root {
+        path: ctx.replica.root().to_path_buf(),
+        source,
+    })?;
+    ctx.ledger.sync()?;
+    state.store_checkpoint(&Checkpoint {
+        topic: ctx.topic.clone(),
+        positions,
+    })?;
+    Ok(())
+}
