@@ -142,6 +142,11 @@ impl<T, E> Clone for Feeder<T, E> {
 }
 
 impl<T, E> Feeder<T, E> {
+    /// Looks at the scheduler under the lock.
+    pub fn inspect<R>(&self, f: impl FnOnce(&Scheduler<T>) -> R) -> R {
+        f(&self.shared.state.lock().sched)
+    }
+
     pub fn push(&self, partition: u32, item: Item<T>) {
         let mut st = self.shared.state.lock();
         st.sched.push(partition, item);

@@ -25,12 +25,26 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Mount a FUSE filesystem over DATA at MNT, journaling every mutation.
+    ///
+    /// Every mutating call (create, write, rename, chmod, setxattr, ...) is
+    /// written to the Kafka topic (acks=all) before it takes effect, then
+    /// applied to DATA, then answered. Reads are served from DATA. Without
+    /// --broker, an embedded Kafka-protocol broker is started in-process
+    /// (it keeps nothing after exit) and the command a slave uses to follow
+    /// it is printed. SIGINT/SIGTERM unmount and exit cleanly.
+    Master(MasterArgs),
     /// Follow a topic and apply it to a local directory.
     ///
     /// The directory holds its own checkpoint (in DATA/.kafkafs); a slave
     /// stopped at any instant (even with SIGKILL) resumes exactly where it
     /// left off. SIGINT/SIGTERM stop it cleanly.
     Slave(SlaveArgs),
+
+    /// Compare two directory trees fully (names, types, content, mode,
+    /// owner, symlink targets, hard links, xattrs, mtimes in ns), ignoring
+    /// the state folder .kafkafs. Exits 0 when equal, 1 when not.
+    Compare { first: PathBuf, second: PathBuf },
 }
 
 /// Where the journal lives.
@@ -57,6 +71,79 @@ impl KafkaArgs {
         for p in &self.properties {
             c.properties.push(parse_property(p)?);
         }
+        Ok(c)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct MasterArgs {
+    /// Kafka bootstrap servers; without it an embedded broker is started.
+    #[arg(short = 'b', long = "broker", env = "KAFKAFS_BROKERS")]
+    pub broker: Option<String>,
+
+    /// Topic holding the journal (created if missing).
+    #[arg(short = 't', long, env = "KAFKAFS_TOPIC", default_value = "kafkafs")]
+    pub topic: String,
+
+    /// Partitions of a new topic. An existing topic must have this many.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+
+    /// Replication factor of a new topic.
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: u32,
+
+    /// librdkafka property passed through (repeatable), as for `slave`.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+
+    /// Threads applying the journal to DATA (default: number of partitions, at least 2).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Seconds a call waits for the journal (Kafka) before failing with EIO.
+    #[arg(long, env = "KAFKAFS_JOURNAL_TIMEOUT", default_value_t = 30.0)]
+    pub journal_timeout: f64,
+
+    /// Threads that journal mutations (each waits for one call at a time).
+    #[arg(long, default_value_t = 64)]
+    pub dispatchers: usize,
+
+    /// Write to a topic last written by another master (only when that
+    /// master is gone for good: two masters must never write one topic).
+    #[arg(long)]
+    pub take_over: bool,
+
+    /// Seconds between durable checkpoints of DATA.
+    #[arg(long, default_value_t = 5.0)]
+    pub checkpoint_interval: f64,
+
+    /// The data-root: an empty directory, or one this master served before.
+    pub data: PathBuf,
+
+    /// Where to mount the filesystem.
+    pub mnt: PathBuf,
+}
+
+impl MasterArgs {
+    pub fn config(&self) -> crate::master::MasterConfig {
+        let mut c = crate::master::MasterConfig::new(&self.data);
+        c.threads = self
+            .threads
+            .unwrap_or(self.partitions.max(2) as usize)
+            .max(1);
+        c.journal_timeout = Duration::from_secs_f64(self.journal_timeout.max(0.1));
+        c.take_over = self.take_over;
+        c.checkpoint_interval = Duration::from_secs_f64(self.checkpoint_interval.max(0.1));
+        c
+    }
+
+    pub fn kafka(&self, brokers: &str) -> Result<KafkaConfig, JournalError> {
+        let mut c = KafkaConfig::new(brokers, &self.topic);
+        for p in &self.properties {
+            c.properties.push(parse_property(p)?);
+        }
+        c.send_timeout = Duration::from_secs_f64(self.journal_timeout.max(0.1));
         Ok(c)
     }
 }

@@ -194,3 +194,59 @@ impl From<io::Error> for ReplicaFailure {
         }
     }
 }
+
+/// A filesystem call's failure on the master, with the errno the caller
+/// gets. The mapping is exhaustive: every variant names its errno.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The operation's own outcome (the same errno every replica got).
+    #[error("{0}")]
+    Outcome(Errno),
+    /// The journal could not take the record within the timeout, or
+    /// refused it: nothing was acknowledged.
+    #[error("journal unavailable: {0}")]
+    Journal(String),
+    /// The kernel named an inode this master does not know.
+    #[error("unknown inode {0}")]
+    StaleInode(u64),
+    /// A name reserved by kafkafs (the state folder at the root).
+    #[error("name reserved by kafkafs")]
+    Reserved,
+    /// A name that cannot be journaled.
+    #[error("invalid name")]
+    InvalidName,
+    /// Reading the data-root failed.
+    #[error("reading the data-root: {0}")]
+    Read(Errno),
+    /// The master is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl FsError {
+    pub fn errno(&self) -> Errno {
+        match self {
+            FsError::Outcome(e) => *e,
+            FsError::Journal(_) => Errno::IO,
+            FsError::StaleInode(_) => Errno::STALE,
+            FsError::Reserved => Errno::PERM,
+            FsError::InvalidName => Errno::INVAL,
+            FsError::Read(e) => *e,
+            FsError::ShuttingDown => Errno::IO,
+        }
+    }
+}
+
+impl From<PathError> for FsError {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::Reserved => FsError::Reserved,
+            PathError::Absolute
+            | PathError::EmptyComponent
+            | PathError::Dot
+            | PathError::DotDot
+            | PathError::Nul
+            | PathError::Root => FsError::InvalidName,
+        }
+    }
+}

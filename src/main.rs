@@ -6,7 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 
-use kafkafs::cli::{Cli, Command};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kafkafs::cli::{Cli, Command, MasterArgs};
 use kafkafs::journal::kafka::KafkaSource;
 
 fn main() -> anyhow::Result<()> {
@@ -23,6 +26,18 @@ fn main() -> anyhow::Result<()> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
     match cli.command {
+        Command::Master(args) => run_master(&args, stop)?,
+        Command::Compare { first, second } => {
+            match kafkafs::tree::compare(&first, &second).context("reading the trees")? {
+                Ok(()) => println!("equal"),
+                Err(diffs) => {
+                    for d in diffs {
+                        println!("{d}");
+                    }
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Slave(args) => {
             let config = args.config();
             std::fs::create_dir_all(&config.root)
@@ -45,5 +60,65 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let embedded;
+    let brokers = match &args.broker {
+        Some(b) => b.clone(),
+        None => {
+            embedded = kafkafs::embedded::EmbeddedBroker::start(&args.topic, args.partitions)
+                .context("starting the embedded broker")?;
+            embedded.bootstrap_servers()
+        }
+    };
+    let kafka = args.kafka(&brokers)?;
+    if args.broker.is_some() {
+        kafka
+            .ensure_topic(args.partitions, args.replication_factor)
+            .with_context(|| format!("topic `{}` on {brokers}", args.topic))?;
+    }
+    let config = args.config();
+    let master = kafkafs::master::Master::start(&config, Arc::new(kafka), stop.clone())
+        .with_context(|| format!("starting the master on {}", config.data.display()))?;
+    if stop.load(Ordering::SeqCst) {
+        master.shutdown()?;
+        return Ok(());
+    }
+    let session = kafkafs::master::mount(&master, &args.mnt, args.dispatchers)
+        .with_context(|| format!("mounting {}", args.mnt.display()))?;
+    let data = std::fs::canonicalize(&args.data).unwrap_or_else(|_| args.data.clone());
+    println!(
+        "kafkafs master: {} is mounted at {}, journaling to topic `{}` ({} partition{}) on {}",
+        data.display(),
+        args.mnt.display(),
+        args.topic,
+        args.partitions,
+        if args.partitions == 1 { "" } else { "s" },
+        brokers
+    );
+    if args.broker.is_none() {
+        println!(
+            "kafkafs master: the broker at {brokers} is EMBEDDED in this process (librdkafka's \
+             mock cluster): it keeps nothing after this master exits. Use --broker for a real Kafka."
+        );
+    }
+    println!("Follow this master from another terminal with:");
+    println!(
+        "  kafkafs slave --broker {brokers} --topic {} --threads {} /path/to/replica",
+        args.topic,
+        args.partitions.max(1)
+    );
+    println!("Stop with Ctrl-C (unmounts cleanly).");
+    while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("unmounting {}", args.mnt.display());
+    if let Err(e) = session.umount_and_join() {
+        tracing::warn!("unmounting: {e}");
+    }
+    master.shutdown()?;
+    tracing::info!("master stopped; checkpoint written");
     Ok(())
 }

@@ -66,6 +66,38 @@ pub trait Source: Send {
     fn watermarks(&self, partition: u32) -> Result<(i64, i64), JournalError>;
 }
 
+/// Opens writers and readers of one topic (a new one after a failure).
+pub trait Journal: Send + Sync {
+    fn sink(&self) -> Result<std::sync::Arc<dyn Sink>, JournalError>;
+    fn source(&self) -> Result<Box<dyn Source>, JournalError>;
+    /// Topic name, for messages and checkpoints.
+    fn topic(&self) -> String;
+}
+
+impl Journal for memory::MemoryJournal {
+    fn sink(&self) -> Result<std::sync::Arc<dyn Sink>, JournalError> {
+        Ok(std::sync::Arc::new(self.clone()))
+    }
+    fn source(&self) -> Result<Box<dyn Source>, JournalError> {
+        Ok(Box::new(memory::MemoryJournal::source(self)))
+    }
+    fn topic(&self) -> String {
+        "memory".to_string()
+    }
+}
+
+impl Journal for kafka::KafkaConfig {
+    fn sink(&self) -> Result<std::sync::Arc<dyn Sink>, JournalError> {
+        Ok(std::sync::Arc::new(kafka::KafkaSink::new(self)?))
+    }
+    fn source(&self) -> Result<Box<dyn Source>, JournalError> {
+        Ok(Box::new(kafka::KafkaSource::new(self)?))
+    }
+    fn topic(&self) -> String {
+        self.topic.clone()
+    }
+}
+
 /// Parses `-X key=value` librdkafka properties.
 pub fn parse_property(s: &str) -> Result<(String, String), JournalError> {
     match s.split_once('=') {

@@ -1,0 +1,811 @@
+//! The master filesystem: every FUSE call as a plain method returning a
+//! `Result`, testable without a mount. Reads are served from the data-root
+//! through per-inode handles; mutations are planned (paths and keys from
+//! the inode table), journaled and applied through the `Pipeline`, and only
+//! then reflected in the inode table and answered.
+//!
+//! Mutating methods block (on Kafka and the applier): the FUSE adapter calls
+//! them from its dispatcher threads, never from the FUSE request loop.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
+
+use crate::error::{Errno, FsError};
+use crate::master::inodes::{InodeTable, ROOT};
+use crate::master::keys::{Key, KeySet};
+use crate::master::pipeline::{Applied, Pipeline, Planned};
+use crate::op::{
+    Op, RelPath, RenameFlags, Timestamp, XattrFlags, FALLOC_ALLOWED, PERM_BITS, STATE_DIR, S_IFMT,
+};
+use crate::record::Caller;
+use crate::sync::Mutex;
+
+const S_ISGID: u32 = 0o2000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFLNK: u32 = 0o120000;
+
+/// An inode as the kernel sees it: FUSE inode number and attributes.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub st: Stat,
+}
+
+/// A time given to setattr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(Timestamp),
+}
+
+/// One directory entry of a snapshot taken at opendir.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub ino: u64,
+    /// File type bits (S_IFMT), 0 if unknown.
+    pub kind: u32,
+    pub name: Vec<u8>,
+}
+
+struct Handle {
+    ino: u64,
+    fd: OwnedFd,
+}
+
+/// Largest write carried by one record (Kafka's default message limit is
+/// 1 MiB; the record header and protobuf framing need a little room).
+pub const DEFAULT_MAX_CHUNK: usize = 256 * 1024;
+
+pub struct MasterFs {
+    pipeline: Pipeline,
+    inodes: Arc<Mutex<InodeTable>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    next_fh: AtomicU64,
+    max_chunk: usize,
+}
+
+fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+fn read_err(e: Errno) -> FsError {
+    FsError::Read(e)
+}
+
+fn name_ok(parent: u64, name: &[u8]) -> Result<(), FsError> {
+    if parent == ROOT && name == STATE_DIR {
+        return Err(FsError::Reserved);
+    }
+    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+        return Err(FsError::InvalidName);
+    }
+    Ok(())
+}
+
+/// Keys for resolving `ino`'s path: every entry along it, shared.
+fn resolve_keys(ks: &mut KeySet, inodes: &InodeTable, ino: u64) -> Result<(), FsError> {
+    for (parent, name) in inodes.chain(ino)? {
+        ks.shared(Key::Entry(parent, name));
+    }
+    Ok(())
+}
+
+/// Keys for creating or removing entry `name` in `parent`.
+fn entry_keys(
+    ks: &mut KeySet,
+    inodes: &InodeTable,
+    parent: u64,
+    name: &[u8],
+) -> Result<(), FsError> {
+    resolve_keys(ks, inodes, parent)?;
+    ks.exclusive(Key::Entry(parent, name.to_vec()));
+    ks.shared(Key::DirTimes(parent));
+    Ok(())
+}
+
+/// Keys for changing `ino`'s content or attributes.
+fn inode_keys(ks: &mut KeySet, inodes: &InodeTable, ino: u64, times: bool) -> Result<(), FsError> {
+    resolve_keys(ks, inodes, ino)?;
+    ks.exclusive(Key::Inode(ino));
+    if times {
+        ks.exclusive(Key::DirTimes(ino));
+    }
+    Ok(())
+}
+
+fn planned(keys: KeySet, op: Op) -> Planned {
+    Planned {
+        keys,
+        build: Box::new(move |_| op),
+    }
+}
+
+impl MasterFs {
+    pub fn new(pipeline: Pipeline, inodes: Arc<Mutex<InodeTable>>, max_chunk: usize) -> Self {
+        MasterFs {
+            pipeline,
+            inodes,
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            max_chunk: max_chunk.max(4096),
+        }
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    fn fd(&self, ino: u64) -> Result<Arc<OwnedFd>, FsError> {
+        self.inodes.lock().fd(ino)
+    }
+
+    fn stat(&self, ino: u64) -> Result<Attr, FsError> {
+        let fd = self.fd(ino)?;
+        let st = rfs::fstat(&*fd).map_err(read_err)?;
+        Ok(Attr { ino, st })
+    }
+
+    fn submit(
+        &self,
+        caller: Caller,
+        mut plan: impl FnMut(&InodeTable) -> Result<Planned, FsError>,
+    ) -> Result<Applied, FsError> {
+        self.pipeline.submit(caller, &mut plan)
+    }
+
+    /// Opens `name` in `parent` in the data-root and tells the inode table
+    /// the kernel now knows it (one lookup).
+    fn learn(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let pfd = self.fd(parent)?;
+        let fd = rfs::openat(
+            &*pfd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(FsError::Outcome)?;
+        let st = rfs::fstat(&fd).map_err(read_err)?;
+        let ino = self.inodes.lock().learn(parent, name, fd, &st);
+        Ok(Attr { ino, st })
+    }
+
+    // ---- reads -------------------------------------------------------
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        if parent == ROOT && name == STATE_DIR {
+            return Err(FsError::Outcome(Errno::NOENT));
+        }
+        self.learn(parent, name)
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().forget(ino, n);
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.stat(ino)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let fd = self.fd(ino)?;
+        let target = rfs::readlinkat(&*fd, c"", Vec::new()).map_err(FsError::Outcome)?;
+        Ok(target.into_bytes())
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        let fd = self.fd(ino)?;
+        let acc = flags & libc::O_ACCMODE;
+        let mut of = OFlags::CLOEXEC;
+        of |= if acc == libc::O_RDONLY {
+            OFlags::RDONLY
+        } else {
+            OFlags::RDWR
+        };
+        let file = rfs::open(proc_path(fd.as_fd()).as_c_str(), of, Mode::empty())
+            .map_err(FsError::Outcome)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Handle { ino, fd: file });
+        Ok(fh)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let handles = self.handles.lock();
+        let h = handles.get(&fh).ok_or(FsError::Outcome(Errno::BADF))?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = rustix::io::pread(&h.fd, &mut buf[done..], offset + done as u64)
+                .map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let fd = self.fd(ino)?;
+        let dir = rfs::openat(
+            &*fd,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(FsError::Outcome)?;
+        let mut entries = Vec::new();
+        let parent = {
+            let inodes = self.inodes.lock();
+            inodes
+                .get(ino)
+                .ok()
+                .and_then(|n| n.names.first().map(|(p, _)| *p))
+                .unwrap_or(ROOT)
+        };
+        let mut d = rfs::Dir::read_from(&dir).map_err(read_err)?;
+        while let Some(e) = d.read() {
+            let e = e.map_err(read_err)?;
+            let name = e.file_name().to_bytes().to_vec();
+            if ino == ROOT && name == STATE_DIR {
+                continue;
+            }
+            let kind = match e.file_type() {
+                rfs::FileType::Directory => S_IFDIR,
+                rfs::FileType::RegularFile => crate::op::S_IFREG,
+                rfs::FileType::Symlink => S_IFLNK,
+                rfs::FileType::Fifo => crate::op::S_IFIFO,
+                rfs::FileType::Socket => crate::op::S_IFSOCK,
+                rfs::FileType::CharacterDevice => crate::op::S_IFCHR,
+                rfs::FileType::BlockDevice => crate::op::S_IFBLK,
+                rfs::FileType::Unknown => 0,
+            };
+            let child = if name == b"." {
+                ino
+            } else if name == b".." {
+                parent
+            } else {
+                self.inodes
+                    .lock()
+                    .child(ino, &name)
+                    .unwrap_or(e.ino() | (1 << 63))
+            };
+            entries.push(DirEntry {
+                ino: child,
+                kind,
+                name,
+            });
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, entries);
+        Ok(fh)
+    }
+
+    /// Entries of an open directory from `offset` (0-based index).
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        let dirs = self.dirs.lock();
+        let entries = dirs.get(&fh).ok_or(FsError::Outcome(Errno::BADF))?;
+        Ok(entries.iter().skip(offset as usize).cloned().collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    pub fn statfs(&self) -> Result<rfs::StatVfs, FsError> {
+        let fd = self.fd(ROOT)?;
+        rfs::fstatvfs(&*fd).map_err(read_err)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let fd = self.fd(ino)?;
+        let path = proc_path(fd.as_fd());
+        let mut buf = vec![0u8; 256];
+        loop {
+            match rfs::getxattr(path.as_c_str(), name, &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+                Err(e) => return Err(FsError::Outcome(e)),
+            }
+        }
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let fd = self.fd(ino)?;
+        let path = proc_path(fd.as_fd());
+        let mut buf = vec![0u8; 1024];
+        loop {
+            match rfs::listxattr(path.as_c_str(), &mut buf[..]) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+                Err(e) => return Err(FsError::Outcome(e)),
+            }
+        }
+    }
+
+    // ---- namespace changes -------------------------------------------
+
+    /// Owner of a new inode in `parent`: the caller, with the group of a
+    /// set-group-id directory; directories inherit its S_ISGID.
+    fn new_owner(&self, parent: u64, caller: &Caller) -> Result<(u32, u32, bool), FsError> {
+        let pst = self.stat(parent)?.st;
+        if pst.st_mode & S_ISGID != 0 {
+            Ok((caller.uid, pst.st_gid, true))
+        } else {
+            Ok((caller.uid, caller.gid, false))
+        }
+    }
+
+    fn create_entry(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        make: impl Fn(RelPath, u32, u32, bool) -> Op,
+    ) -> Result<(Applied, u32, u32), FsError> {
+        name_ok(parent, name)?;
+        let (uid, gid, sgid) = self.new_owner(parent, &caller)?;
+        let applied = self.submit(caller, |inodes| {
+            let path = inodes.child_path(parent, name)?;
+            let mut ks = KeySet::new();
+            entry_keys(&mut ks, inodes, parent, name)?;
+            Ok(planned(ks, make(path, uid, gid, sgid)))
+        })?;
+        Ok((applied, uid, gid))
+    }
+
+    /// create(2) with O_CREAT: makes the file (or opens an existing one
+    /// without O_EXCL) and opens it.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(Attr, u64), FsError> {
+        let perm = mode & !umask & PERM_BITS;
+        let (applied, _, _) =
+            self.create_entry(caller, parent, name, |path, uid, gid, _| Op::Create {
+                path,
+                mode: perm,
+                uid,
+                gid,
+            })?;
+        match applied.outcome {
+            Ok(()) => {}
+            Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
+                drop(applied);
+                let attr = self.learn(parent, name)?;
+                if flags & libc::O_TRUNC != 0 && attr.st.st_size != 0 {
+                    self.setattr(caller, attr.ino, None, None, None, Some(0), None, None)?;
+                }
+                let fh = self.open(attr.ino, flags)?;
+                return Ok((self.stat(attr.ino)?, fh));
+            }
+            Err(e) => return Err(FsError::Outcome(e)),
+        }
+        let attr = self.learn(parent, name)?;
+        drop(applied);
+        let fh = self.open(attr.ino, flags)?;
+        Ok((attr, fh))
+    }
+
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+    ) -> Result<Attr, FsError> {
+        let kind = mode & S_IFMT;
+        let perm = mode & !umask & PERM_BITS;
+        let kind = if kind == 0 { crate::op::S_IFREG } else { kind };
+        let (applied, _, _) =
+            self.create_entry(caller, parent, name, |path, uid, gid, _| Op::Mknod {
+                path,
+                mode: kind | perm,
+                rdev,
+                uid,
+                gid,
+            })?;
+        self.finish_entry(applied, parent, name)
+    }
+
+    pub fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+    ) -> Result<Attr, FsError> {
+        let perm = mode & !umask & PERM_BITS;
+        let (applied, _, _) =
+            self.create_entry(caller, parent, name, |path, uid, gid, sgid| Op::Mkdir {
+                path,
+                mode: if sgid { perm | S_ISGID } else { perm },
+                uid,
+                gid,
+            })?;
+        self.finish_entry(applied, parent, name)
+    }
+
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<Attr, FsError> {
+        if target.is_empty() || target.contains(&0) {
+            return Err(FsError::Outcome(Errno::INVAL));
+        }
+        let target = target.to_vec();
+        let (applied, _, _) =
+            self.create_entry(caller, parent, name, |path, uid, gid, _| Op::Symlink {
+                path,
+                target: target.clone(),
+                uid,
+                gid,
+            })?;
+        self.finish_entry(applied, parent, name)
+    }
+
+    fn finish_entry(&self, applied: Applied, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        applied.outcome.map_err(FsError::Outcome)?;
+        let attr = self.learn(parent, name);
+        drop(applied);
+        attr
+    }
+
+    pub fn link(
+        &self,
+        caller: Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &[u8],
+    ) -> Result<Attr, FsError> {
+        name_ok(newparent, newname)?;
+        let applied = self.submit(caller, |inodes| {
+            let src = inodes.path(ino)?;
+            let dst = inodes.child_path(newparent, newname)?;
+            let mut ks = KeySet::new();
+            resolve_keys(&mut ks, inodes, ino)?;
+            entry_keys(&mut ks, inodes, newparent, newname)?;
+            Ok(planned(ks, Op::Link { src, dst }))
+        })?;
+        self.finish_entry(applied, newparent, newname)
+    }
+
+    pub fn unlink(&self, caller: Caller, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.remove(caller, parent, name, false)
+    }
+
+    pub fn rmdir(&self, caller: Caller, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.remove(caller, parent, name, true)
+    }
+
+    fn remove(&self, caller: Caller, parent: u64, name: &[u8], dir: bool) -> Result<(), FsError> {
+        name_ok(parent, name)?;
+        let applied = self.submit(caller, |inodes| {
+            let path = inodes.child_path(parent, name)?;
+            let mut ks = KeySet::new();
+            entry_keys(&mut ks, inodes, parent, name)?;
+            Ok(planned(
+                ks,
+                if dir {
+                    Op::Rmdir { path }
+                } else {
+                    Op::Unlink { path }
+                },
+            ))
+        })?;
+        applied.outcome.map_err(FsError::Outcome)?;
+        self.inodes.lock().remove_name(parent, name);
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), FsError> {
+        name_ok(parent, name)?;
+        name_ok(newparent, newname)?;
+        let flags = RenameFlags::from_bits(flags).ok_or(FsError::Outcome(Errno::INVAL))?;
+        let applied = self.submit(caller, |inodes| {
+            let src = inodes.child_path(parent, name)?;
+            let dst = inodes.child_path(newparent, newname)?;
+            let mut ks = KeySet::new();
+            entry_keys(&mut ks, inodes, parent, name)?;
+            entry_keys(&mut ks, inodes, newparent, newname)?;
+            Ok(planned(ks, Op::Rename { src, dst, flags }))
+        })?;
+        applied.outcome.map_err(FsError::Outcome)?;
+        self.inodes
+            .lock()
+            .rename(parent, name, newparent, newname, flags.exchange);
+        Ok(())
+    }
+
+    // ---- content and attributes --------------------------------------
+
+    /// Journals an operation on inode `ino`'s content or attributes.
+    fn inode_op(
+        &self,
+        caller: Caller,
+        ino: u64,
+        times: bool,
+        make: impl Fn(RelPath) -> Op,
+    ) -> Result<(), FsError> {
+        let applied = self.submit(caller, |inodes| {
+            let path = inodes.path(ino)?;
+            let mut ks = KeySet::new();
+            inode_keys(&mut ks, inodes, ino, times)?;
+            Ok(planned(ks, make(path)))
+        })?;
+        applied.outcome.map_err(FsError::Outcome)
+    }
+
+    /// Is `ino` still reachable by a name (else it is an unlinked, open
+    /// file whose changes no replica can see, and which is not journaled)?
+    fn has_name(&self, ino: u64) -> bool {
+        let inodes = self.inodes.lock();
+        ino == ROOT || inodes.get(ino).is_ok_and(|n| !n.names.is_empty())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    ) -> Result<Attr, FsError> {
+        if !self.has_name(ino) {
+            self.setattr_unlinked(ino, mode, uid, gid, size, atime, mtime)?;
+            return self.stat(ino);
+        }
+        if uid.is_some() || gid.is_some() {
+            self.inode_op(caller, ino, false, |path| Op::Chown { path, uid, gid })?;
+        }
+        if let Some(mode) = mode {
+            let is_link = self.stat(ino)?.st.st_mode & S_IFMT == S_IFLNK;
+            if !is_link {
+                self.inode_op(caller, ino, false, |path| Op::Chmod {
+                    path,
+                    mode: mode & PERM_BITS,
+                })?;
+            }
+        }
+        if let Some(size) = size {
+            self.inode_op(caller, ino, false, |path| Op::Truncate { path, size })?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let applied = self.submit(caller, |inodes| {
+                let path = inodes.path(ino)?;
+                let mut ks = KeySet::new();
+                inode_keys(&mut ks, inodes, ino, mtime.is_some())?;
+                Ok(Planned {
+                    keys: ks,
+                    build: Box::new(move |now| {
+                        let resolve = |t: SetTime| match t {
+                            SetTime::Now => now,
+                            SetTime::At(t) => t,
+                        };
+                        Op::Utimens {
+                            path,
+                            atime: atime.map(resolve),
+                            mtime: mtime.map(resolve),
+                        }
+                    }),
+                })
+            })?;
+            applied.outcome.map_err(FsError::Outcome)?;
+        }
+        self.stat(ino)
+    }
+
+    /// setattr of an unlinked, open inode: applied locally only.
+    #[allow(clippy::too_many_arguments)]
+    fn setattr_unlinked(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    ) -> Result<(), FsError> {
+        let fd = self.fd(ino)?;
+        let path = proc_path(fd.as_fd());
+        if uid.is_some() || gid.is_some() {
+            rfs::chownat(
+                &*fd,
+                c"",
+                uid.map(rfs::Uid::from_raw),
+                gid.map(rfs::Gid::from_raw),
+                AtFlags::EMPTY_PATH,
+            )
+            .map_err(FsError::Outcome)?;
+        }
+        if let Some(mode) = mode {
+            rfs::chmod(path.as_c_str(), Mode::from_bits_retain(mode & PERM_BITS))
+                .map_err(FsError::Outcome)?;
+        }
+        if let Some(size) = size {
+            let f = rfs::open(
+                path.as_c_str(),
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(FsError::Outcome)?;
+            rfs::ftruncate(&f, size).map_err(FsError::Outcome)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let spec = |t: Option<SetTime>| match t {
+                None => rfs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rfs::UTIME_OMIT,
+                },
+                Some(SetTime::Now) => rfs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rfs::UTIME_NOW,
+                },
+                Some(SetTime::At(t)) => rfs::Timespec {
+                    tv_sec: t.sec,
+                    tv_nsec: t.nsec as _,
+                },
+            };
+            rfs::utimensat(
+                rfs::CWD,
+                path.as_c_str(),
+                &rfs::Timestamps {
+                    last_access: spec(atime),
+                    last_modification: spec(mtime),
+                },
+                AtFlags::empty(),
+            )
+            .map_err(FsError::Outcome)?;
+        }
+        Ok(())
+    }
+
+    /// write(2): journaled in chunks of at most `max_chunk` bytes.
+    pub fn write(
+        &self,
+        caller: Caller,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, FsError> {
+        if !self.has_name(ino) {
+            let handles = self.handles.lock();
+            let h = handles.get(&fh).ok_or(FsError::Outcome(Errno::BADF))?;
+            debug_assert_eq!(h.ino, ino);
+            let mut done = 0;
+            while done < data.len() {
+                let n = rustix::io::pwrite(&h.fd, &data[done..], offset + done as u64)
+                    .map_err(FsError::Outcome)?;
+                done += n.max(1);
+            }
+            return Ok(data.len() as u32);
+        }
+        for (i, chunk) in data.chunks(self.max_chunk).enumerate() {
+            let off = offset + (i * self.max_chunk) as u64;
+            self.inode_op(caller, ino, false, |path| Op::Write {
+                path,
+                offset: off,
+                data: chunk.to_vec(),
+            })?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    pub fn fallocate(
+        &self,
+        caller: Caller,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), FsError> {
+        let mode = mode as u32;
+        if mode & !FALLOC_ALLOWED != 0 {
+            return Err(FsError::Outcome(Errno::OPNOTSUPP));
+        }
+        self.inode_op(caller, ino, false, |path| Op::Fallocate {
+            path,
+            mode,
+            offset,
+            length,
+        })
+    }
+
+    pub fn fsync(&self, caller: Caller, ino: u64, datasync: bool) -> Result<(), FsError> {
+        if !self.has_name(ino) {
+            return Ok(());
+        }
+        let applied = self.submit(caller, |inodes| {
+            let path = inodes.path(ino)?;
+            let mut ks = KeySet::new();
+            resolve_keys(&mut ks, inodes, ino)?;
+            ks.shared(Key::Inode(ino));
+            Ok(planned(ks, Op::Fsync { path, datasync }))
+        })?;
+        applied.outcome.map_err(FsError::Outcome)
+    }
+
+    pub fn setxattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), FsError> {
+        let flags = XattrFlags::from_bits(flags as u32).ok_or(FsError::Outcome(Errno::INVAL))?;
+        if name.is_empty() || name.contains(&0) {
+            return Err(FsError::Outcome(Errno::INVAL));
+        }
+        if !self.has_name(ino) {
+            let fd = self.fd(ino)?;
+            let xf = match flags {
+                XattrFlags::Any => rfs::XattrFlags::empty(),
+                XattrFlags::Create => rfs::XattrFlags::CREATE,
+                XattrFlags::Replace => rfs::XattrFlags::REPLACE,
+            };
+            return rfs::setxattr(proc_path(fd.as_fd()).as_c_str(), name, value, xf)
+                .map_err(FsError::Outcome);
+        }
+        self.inode_op(caller, ino, false, |path| Op::SetXattr {
+            path,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+        })
+    }
+
+    pub fn removexattr(&self, caller: Caller, ino: u64, name: &[u8]) -> Result<(), FsError> {
+        if !self.has_name(ino) {
+            let fd = self.fd(ino)?;
+            return rfs::removexattr(proc_path(fd.as_fd()).as_c_str(), name)
+                .map_err(FsError::Outcome);
+        }
+        self.inode_op(caller, ino, false, |path| Op::RemoveXattr {
+            path,
+            name: name.to_vec(),
+        })
+    }
+}

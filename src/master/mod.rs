@@ -1,0 +1,436 @@
+//! The master: a FUSE filesystem over a data-root whose every mutation is
+//! journaled to Kafka before it takes effect, then applied by the master's
+//! own applier (the slave's code) and only then answered.
+//!
+//! Start-up: bring the data-root up to the journal (the slave's catch-up,
+//! from the data-root's own checkpoint), read the journal's tails to
+//! continue its sequence numbers, start the applier, the pipeline and the
+//! checkpointer; on a new topic, journal the root's attributes first. Then
+//! the caller mounts `fuse::FuseAdapter` over `fs::MasterFs`.
+
+pub mod fs;
+pub mod fuse;
+pub mod inodes;
+pub mod keys;
+pub mod pipeline;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::applier::{Pool, WorkFn};
+use crate::apply::Replica;
+use crate::checkpoint::StateDir;
+use crate::error::{CheckpointError, FsError, JournalError, SlaveError};
+use crate::journal::Journal;
+use crate::master::fs::MasterFs;
+use crate::master::inodes::{InodeTable, ROOT};
+use crate::master::keys::{Key, KeySet};
+use crate::master::pipeline::{read_last, Pipeline, PipelineStart, Planned, Tail};
+use crate::op::{Op, RelPath, Timestamp};
+use crate::record::{Caller, Writer};
+use crate::replay::{
+    apply_entry, durable_checkpoint, restore, root_is_empty, Entry, ReplicaState, WorkError,
+};
+use crate::scheduler::{Item, Scheduler};
+use crate::slave::{self, SlaveConfig};
+use crate::sync::Mutex;
+
+/// How to run a master.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    pub data: PathBuf,
+    /// Applier threads for the data-root.
+    pub threads: usize,
+    /// How long a call waits for the journal before failing with EIO.
+    pub journal_timeout: Duration,
+    /// Write to a topic last written by another master.
+    pub take_over: bool,
+    /// Largest write per record.
+    pub max_chunk: usize,
+    pub checkpoint_interval: Duration,
+    /// Inode-history size before it is folded into a full barrier.
+    pub history_limit: usize,
+}
+
+impl MasterConfig {
+    pub fn new(data: impl Into<PathBuf>) -> Self {
+        MasterConfig {
+            data: data.into(),
+            threads: 4,
+            journal_timeout: Duration::from_secs(30),
+            take_over: false,
+            max_chunk: fs::DEFAULT_MAX_CHUNK,
+            checkpoint_interval: Duration::from_secs(5),
+            history_limit: 1 << 21,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("bringing the data-root up to the journal: {0}")]
+    CatchUp(#[source] SlaveError),
+    #[error("{0}")]
+    Slave(#[from] SlaveError),
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} is not empty and holds no kafkafs checkpoint: it is not accounted for by the journal, so the master will not serve it (importing an existing tree is not supported yet). Use an empty directory.")]
+    NotAccounted(PathBuf),
+    #[error("the data-root's checkpoint is ahead of topic `{topic}` (partition {partition}: checkpoint at offset {checkpoint}, topic ends at {end}); is this a new or different topic (an embedded broker keeps nothing after exit)? Use an empty data-root for a new topic.")]
+    TopicBehind {
+        topic: String,
+        partition: u32,
+        checkpoint: i64,
+        end: i64,
+    },
+    #[error("topic `{topic}` was last written by another master (writer {other}); refusing to interleave. If that master is gone for good, pass --take-over.")]
+    OtherWriter { topic: String, other: String },
+    #[error("journaling the root's attributes: {0}")]
+    Init(FsError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
+    move |source| MasterError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A running master (without its mount).
+pub struct Master {
+    pub fs: Arc<MasterFs>,
+    pipeline: Pipeline,
+    pool: Option<Pool<Entry, WorkError>>,
+    state: Arc<ReplicaState>,
+    statedir: StateDir,
+    stop: Arc<AtomicBool>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// This data-root's writer identity (created on first use).
+fn writer_id(statedir: &StateDir) -> Result<Vec<u8>, MasterError> {
+    let path = statedir.path().join("writer-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let s = s.trim();
+            let bytes: Option<Vec<u8>> = (0..s.len() / 2)
+                .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            match bytes {
+                Some(b) if b.len() == 16 => return Ok(b),
+                _ => {
+                    return Err(MasterError::Checkpoint(CheckpointError::Corrupt {
+                        path,
+                        why: "writer-id is not 32 hex digits".into(),
+                    }))
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&path)(e)),
+    }
+    let mut id = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .map_err(io(Path::new("/dev/urandom")))?;
+    let tmp = statedir.path().join("writer-id.tmp");
+    std::fs::write(&tmp, format!("{}\n", hex(&id))).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(id.to_vec())
+}
+
+impl Master {
+    /// Brings the data-root up to the journal and starts serving it.
+    pub fn start(
+        config: &MasterConfig,
+        journal: Arc<dyn Journal>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Master, MasterError> {
+        let data = &config.data;
+        std::fs::create_dir_all(data).map_err(io(data))?;
+        let topic = journal.topic();
+        let statedir = StateDir::open(data)?;
+        let had_checkpoint = statedir.load_checkpoint()?.is_some();
+        if !had_checkpoint && !root_is_empty(data)? {
+            return Err(MasterError::NotAccounted(data.clone()));
+        }
+        // The checkpoint must not be ahead of the topic.
+        {
+            let source = journal.source()?;
+            if let Some(cp) = statedir.load_checkpoint()? {
+                for (p, pos) in cp.positions.iter().enumerate() {
+                    let (_, end) = source.watermarks(p as u32)?;
+                    if pos.next_offset > end {
+                        return Err(MasterError::TopicBehind {
+                            topic: topic.clone(),
+                            partition: p as u32,
+                            checkpoint: pos.next_offset,
+                            end,
+                        });
+                    }
+                }
+            }
+        }
+
+        // 1. Catch up with the journal.
+        let mut catch_up = SlaveConfig::new(data, &topic);
+        catch_up.exit_when_caught_up = true;
+        catch_up.threads = config.threads;
+        let report =
+            slave::run(&catch_up, journal.source()?, stop.clone()).map_err(MasterError::CatchUp)?;
+        if report.applied > 0 {
+            tracing::info!(
+                "data-root brought up to the journal: {} records applied",
+                report.applied
+            );
+        }
+
+        // 2. Where the journal stands; who wrote it last.
+        let id = writer_id(&statedir)?;
+        let last = read_last(journal.source()?.as_mut())?;
+        let newest = last.iter().flatten().max_by_key(|(_, r)| r.seq);
+        if let Some((_, r)) = newest {
+            if r.writer.id != id && !config.take_over {
+                return Err(MasterError::OtherWriter {
+                    topic,
+                    other: hex(&r.writer.id),
+                });
+            }
+        }
+        let epoch = last
+            .iter()
+            .flatten()
+            .map(|(_, r)| r.writer.epoch)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let last_time = last
+            .iter()
+            .flatten()
+            .map(|(_, r)| r.time)
+            .max()
+            .unwrap_or_default();
+        let tails: Vec<Tail> = report
+            .positions
+            .iter()
+            .map(|p| Tail {
+                next_offset: p.next_offset,
+                last_seq: p.last_seq,
+                last_pseq: p.last_pseq,
+            })
+            .collect();
+        let fresh_topic = tails.iter().all(|t| t.last_pseq == 0);
+
+        // 3. The data-root's own applier.
+        let replica = Replica::open(data).map_err(io(data))?;
+        let restored = restore(&statedir, &topic, tails.len() as u32)?;
+        let state = Arc::new(ReplicaState::new(
+            replica,
+            restored.ledger,
+            &topic,
+            &restored.positions,
+            stop.clone(),
+        ));
+        let work_state = state.clone();
+        let work: Box<WorkFn<Entry, WorkError>> = Box::new(move |p, item: &mut Item<Entry>| {
+            apply_entry(&work_state, p, &mut item.payload)
+        });
+        let applied_seqs: Vec<u64> = restored.positions.iter().map(|p| p.last_seq).collect();
+        let pool = Pool::start(config.threads, Scheduler::new(&applied_seqs), work);
+
+        // 4. Inodes, pipeline, filesystem.
+        let root_fd = rustix::fs::open(
+            data.as_path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io(data)(e.into()))?;
+        let root_st = rustix::fs::fstat(&root_fd).map_err(|e| io(data)(e.into()))?;
+        let inodes = Arc::new(Mutex::new(InodeTable::new(root_fd, &root_st)));
+        let pipeline = Pipeline::start(PipelineStart {
+            journal,
+            inodes: inodes.clone(),
+            feeder: pool.feeder(),
+            tails,
+            last_time,
+            writer: Writer { id, epoch },
+            timeout: config.journal_timeout,
+            history_limit: config.history_limit,
+        })?;
+        let fs = Arc::new(MasterFs::new(pipeline.clone(), inodes, config.max_chunk));
+
+        // 5. A new journal starts with the root's attributes.
+        if fresh_topic {
+            journal_root(&pipeline, &root_st).map_err(MasterError::Init)?;
+        }
+
+        // 6. Periodic durable checkpoints.
+        let cp_state = state.clone();
+        let cp_dir = statedir.clone();
+        let cp_stop = stop.clone();
+        let interval = config.checkpoint_interval;
+        let checkpointer = std::thread::Builder::new()
+            .name("kafkafs-checkpoint".into())
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                while !cp_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() >= interval {
+                        if let Err(e) = durable_checkpoint(&cp_dir, &cp_state) {
+                            tracing::error!("writing the checkpoint failed: {e}");
+                        }
+                        last = std::time::Instant::now();
+                    }
+                }
+            })
+            .map_err(io(data))?;
+
+        Ok(Master {
+            fs,
+            pipeline,
+            pool: Some(pool),
+            state,
+            statedir,
+            stop,
+            checkpointer: Some(checkpointer),
+        })
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Stops accepting calls, waits for the journal and the applier, writes
+    /// the final checkpoint.
+    pub fn shutdown(mut self) -> Result<(), MasterError> {
+        self.pipeline.stop();
+        if let Err(e) = self.pipeline.flush(Duration::from_secs(30)) {
+            tracing::warn!("flushing the journal: {e}");
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(pool) = self.pool.take() {
+            let end = pool.close();
+            if end.scheduler.queued() > 0 {
+                tracing::warn!(
+                    "{} acknowledged records were not applied before exit; the next start applies them",
+                    end.scheduler.queued()
+                );
+            }
+        }
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        durable_checkpoint(&self.statedir, &self.state)?;
+        Ok(())
+    }
+}
+
+/// Journals the root directory's mode, owner and times: the first records
+/// of a new topic, so every replica's root matches the master's.
+fn journal_root(pipeline: &Pipeline, st: &rustix::fs::Stat) -> Result<(), FsError> {
+    let caller = Caller::default();
+    let mut keys = KeySet::new();
+    keys.exclusive(Key::Inode(ROOT));
+    keys.exclusive(Key::DirTimes(ROOT));
+    let ops: Vec<Box<dyn Fn(Timestamp) -> Op + Send + Sync>> = vec![
+        Box::new({
+            let (uid, gid) = (st.st_uid, st.st_gid);
+            move |_| Op::Chown {
+                path: RelPath::root(),
+                uid: Some(uid),
+                gid: Some(gid),
+            }
+        }),
+        Box::new({
+            let mode = st.st_mode & 0o7777;
+            move |_| Op::Chmod {
+                path: RelPath::root(),
+                mode,
+            }
+        }),
+        Box::new(|t| Op::Utimens {
+            path: RelPath::root(),
+            atime: Some(t),
+            mtime: Some(t),
+        }),
+    ];
+    for op in ops {
+        let op = Arc::new(op);
+        let applied = pipeline.submit(caller, &mut |_| {
+            let op = op.clone();
+            Ok(Planned {
+                keys: keys.clone(),
+                build: Box::new(move |t| op(t)),
+            })
+        })?;
+        applied.outcome.map_err(FsError::Outcome)?;
+    }
+    Ok(())
+}
+
+/// Unmounts a FUSE mount left behind by a crashed master ("Transport
+/// endpoint is not connected").
+pub fn clean_stale_mount(mountpoint: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(
+                "{} is a mount left behind by a crashed master; unmounting it",
+                mountpoint.display()
+            );
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mountpoint)
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                let c = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+                rustix::mount::unmount(c.as_c_str(), rustix::mount::UnmountFlags::DETACH)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Mounts the master's filesystem at `mountpoint` (served by background
+/// threads until the returned session is dropped or unmounted).
+pub fn mount(
+    master: &Master,
+    mountpoint: &Path,
+    dispatchers: usize,
+) -> std::io::Result<::fuser::BackgroundSession> {
+    clean_stale_mount(mountpoint)?;
+    std::fs::create_dir_all(mountpoint)?;
+    let adapter = fuse::FuseAdapter::new(master.fs.clone(), dispatchers);
+    let mut config = ::fuser::Config::default();
+    config.mount_options = vec![
+        ::fuser::MountOption::FSName("kafkafs".into()),
+        ::fuser::MountOption::Subtype("kafkafs".into()),
+        ::fuser::MountOption::DefaultPermissions,
+        ::fuser::MountOption::Dev,
+        ::fuser::MountOption::Suid,
+        ::fuser::MountOption::RW,
+    ];
+    config.acl = ::fuser::SessionACL::All;
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    ::fuser::spawn_mount(adapter, mountpoint, &config)
+}

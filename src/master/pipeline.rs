@@ -1,0 +1,549 @@
+//! The master's write path: from a planned operation to an applied record.
+//!
+//! `submit` (called on a dispatcher thread, never on the FUSE loop):
+//!
+//! 1. plans the operation against the inode table (paths, keys) and waits
+//!    until no operation in flight conflicts with it;
+//! 2. under one lock: takes its keys, assigns the global sequence number,
+//!    the partition sequence number and the record time, computes its
+//!    dependencies, and hands the record to the journal (so records reach
+//!    every partition in sequence order);
+//! 3. waits for Kafka's acknowledgement (acks=all) up to the journal
+//!    timeout; the delivery report queues the record, in offset order, for
+//!    the master's own applier (the same scheduler and workers as a slave);
+//! 4. waits until the applier has applied it to the data-root and recorded
+//!    it in the ledger, and returns its outcome with the keys still held;
+//!    the caller updates the inode table, then drops the keys.
+//!
+//! A record that Kafka did not acknowledge in time (or refused) fails its
+//! caller with EIO and puts the master in *recovery*: new operations wait;
+//! once the journal answers again, the records that did reach it are read
+//! back and applied (the data-root stays a replay of the journal), sequence
+//! numbers are re-read from the log, a new producer is made, and operations
+//! resume.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::applier::Feeder;
+use crate::apply::Outcome;
+use crate::error::{Errno, FsError, JournalError};
+use crate::journal::{Journal, Message, Sink, Source};
+use crate::master::inodes::InodeTable;
+use crate::master::keys::{Conflicts, KeySet};
+use crate::op::{Op, Timestamp};
+use crate::partition::partition_for;
+use crate::record::{Caller, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP, HEADER_VERSION};
+use crate::replay::{Entry, WorkError};
+use crate::sync::{channel, Condvar, Mutex};
+
+/// A planned operation: what it touches, and how to build it once its
+/// record time is known (utimens "now" is the record time).
+pub struct Planned {
+    pub keys: KeySet,
+    pub build: Box<dyn FnOnce(Timestamp) -> Op + Send>,
+}
+
+/// Where each partition's log stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// Offset the next record will get.
+    pub next_offset: i64,
+    pub last_seq: u64,
+    pub last_pseq: u64,
+}
+
+/// The sequencing state, under the pipeline lock.
+struct SeqState {
+    conflicts: Conflicts,
+    seq: u64,
+    pseq: Vec<u64>,
+    time: Timestamp,
+    writer: Writer,
+    sink: Arc<dyn Sink>,
+}
+
+/// Delivery bookkeeping, shared with the producer's callback thread.
+struct Delivery {
+    /// Next offset expected per partition (everything below was queued for
+    /// the applier, by a delivery report or by recovery).
+    pushed: Vec<i64>,
+    /// (pseq, seq) of the last record queued per partition.
+    last: Vec<(u64, u64)>,
+}
+
+enum Progress {
+    Delivered,
+    Applied(Outcome),
+    Failed(JournalError),
+}
+
+struct Shared {
+    state: Mutex<SeqState>,
+    cv: Condvar,
+    inodes: Arc<Mutex<InodeTable>>,
+    feeder: Feeder<Entry, WorkError>,
+    delivery: Mutex<Delivery>,
+    /// Bumped when recovery takes over: older delivery reports are ignored.
+    generation: AtomicU64,
+    recovering: AtomicBool,
+    in_flight: AtomicU64,
+    stopping: AtomicBool,
+    journal: Arc<dyn Journal>,
+    timeout: Duration,
+    partitions: u32,
+}
+
+/// The write path (see module docs). Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    shared: Arc<Shared>,
+}
+
+/// A record applied to the data-root; its keys are held until dropped.
+pub struct Applied {
+    pub outcome: Outcome,
+    _keys: KeyGuard,
+}
+
+struct KeyGuard {
+    shared: Arc<Shared>,
+    keys: KeySet,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.shared.state.lock().conflicts.release(&self.keys);
+        self.shared.cv.notify_all();
+    }
+}
+
+/// Everything the pipeline starts from.
+pub struct PipelineStart {
+    pub journal: Arc<dyn Journal>,
+    pub inodes: Arc<Mutex<InodeTable>>,
+    pub feeder: Feeder<Entry, WorkError>,
+    pub tails: Vec<Tail>,
+    pub last_time: Timestamp,
+    pub writer: Writer,
+    pub timeout: Duration,
+    pub history_limit: usize,
+}
+
+impl Pipeline {
+    pub fn start(s: PipelineStart) -> Result<Pipeline, JournalError> {
+        let partitions = s.tails.len() as u32;
+        let sink = s.journal.sink()?;
+        let mut conflicts = Conflicts::new(partitions, s.history_limit);
+        conflicts.reset_to(&s.tails.iter().map(|t| t.last_seq).collect::<Vec<_>>());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(SeqState {
+                conflicts,
+                seq: s.tails.iter().map(|t| t.last_seq).max().unwrap_or(0),
+                pseq: s.tails.iter().map(|t| t.last_pseq).collect(),
+                time: s.last_time,
+                writer: s.writer,
+                sink,
+            }),
+            cv: Condvar::new(),
+            inodes: s.inodes,
+            feeder: s.feeder,
+            delivery: Mutex::new(Delivery {
+                pushed: s.tails.iter().map(|t| t.next_offset).collect(),
+                last: s.tails.iter().map(|t| (t.last_pseq, t.last_seq)).collect(),
+            }),
+            generation: AtomicU64::new(0),
+            recovering: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            journal: s.journal,
+            timeout: s.timeout,
+            partitions,
+        });
+        let pipeline = Pipeline { shared };
+        let recovery = pipeline.clone();
+        std::thread::Builder::new()
+            .name("kafkafs-recovery".into())
+            .spawn(move || recovery.recovery_loop())
+            .map_err(|_| JournalError::Closed)?;
+        Ok(pipeline)
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.shared.partitions
+    }
+
+    /// Is the master recovering from a journal failure?
+    pub fn recovering(&self) -> bool {
+        self.shared.recovering.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting operations (shutdown).
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.cv.notify_all();
+    }
+
+    /// Waits for every sent record to be acknowledged (shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), JournalError> {
+        let sink = self.shared.state.lock().sink.clone();
+        sink.flush(timeout)
+    }
+
+    /// Journals and applies one operation (see module docs).
+    pub fn submit(
+        &self,
+        caller: Caller,
+        plan: &mut dyn FnMut(&InodeTable) -> Result<Planned, FsError>,
+    ) -> Result<Applied, FsError> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.timeout;
+        let (tx, rx) = channel::unbounded::<Progress>();
+        let mut st = shared.state.lock();
+        let planned = loop {
+            if shared.stopping.load(Ordering::SeqCst) {
+                return Err(FsError::ShuttingDown);
+            }
+            let now = Instant::now();
+            if shared.recovering.load(Ordering::SeqCst) {
+                if now >= deadline {
+                    return Err(FsError::Journal(format!(
+                        "the journal did not recover within {:?}",
+                        shared.timeout
+                    )));
+                }
+                st = shared
+                    .cv
+                    .wait_timeout(st, (deadline - now).min(Duration::from_millis(100)));
+                continue;
+            }
+            let planned = {
+                let inodes = shared.inodes.lock();
+                plan(&inodes)?
+            };
+            if st.conflicts.can_acquire(&planned.keys) {
+                break planned;
+            }
+            // A conflicting operation is in flight: wait for it to finish
+            // (it releases its keys once applied, or once it failed).
+            st = shared.cv.wait_timeout(st, Duration::from_millis(100));
+        };
+        st.conflicts.acquire(&planned.keys);
+        let guard = KeyGuard {
+            shared: shared.clone(),
+            keys: planned.keys.clone(),
+        };
+        // Sequence numbers, time and dependencies.
+        let now = Timestamp::now();
+        let time = if now > st.time { now } else { st.time.succ() };
+        st.time = time;
+        let op = (planned.build)(time);
+        let p = partition_for(op.target().as_bytes(), shared.partitions);
+        st.seq += 1;
+        st.pseq[p as usize] += 1;
+        let seq = st.seq;
+        let deps = st.conflicts.record(&planned.keys, p, seq);
+        let record = Record {
+            writer: st.writer.clone(),
+            seq,
+            partition_seq: st.pseq[p as usize],
+            partition: p,
+            deps,
+            time,
+            caller,
+            op,
+        };
+        let payload = record.encode();
+        let key = record.op.target().as_bytes().to_vec();
+        let name = record.op.name();
+        let generation = shared.generation.load(Ordering::SeqCst);
+        let cb_shared = shared.clone();
+        let cb_tx = tx.clone();
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let sent = st.sink.send(
+            p,
+            &key,
+            &payload,
+            &[(HEADER_VERSION, b"1"), (HEADER_OP, name.as_bytes())],
+            Box::new(move |res| deliver(&cb_shared, generation, record, cb_tx, res)),
+        );
+        if let Err(e) = sent {
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // Nothing was queued: this partition sequence number is free again.
+            st.seq -= 1;
+            st.pseq[p as usize] -= 1;
+            drop(st);
+            self.enter_recovery(&format!("send failed: {e}"));
+            return Err(FsError::Journal(e.to_string()));
+        }
+        drop(st);
+
+        // Acknowledgement, within the journal timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok(Progress::Delivered) => {}
+            Ok(Progress::Applied(outcome)) => {
+                return Ok(Applied {
+                    outcome,
+                    _keys: guard,
+                })
+            }
+            Ok(Progress::Failed(e)) => {
+                self.enter_recovery(&format!("record not acknowledged: {e}"));
+                return Err(FsError::Journal(e.to_string()));
+            }
+            Err(_) => {
+                self.enter_recovery(&format!("no acknowledgement within {:?}", shared.timeout));
+                return Err(FsError::Journal(format!(
+                    "no acknowledgement from the journal within {:?}",
+                    shared.timeout
+                )));
+            }
+        }
+        // Applied to the data-root (no timeout: the record is in the
+        // journal, so it must be applied; replica failures are retried).
+        loop {
+            match rx.recv() {
+                Ok(Progress::Applied(outcome)) => {
+                    return Ok(Applied {
+                        outcome,
+                        _keys: guard,
+                    })
+                }
+                Ok(Progress::Delivered) => continue,
+                Ok(Progress::Failed(e)) => return Err(FsError::Journal(e.to_string())),
+                Err(_) => return Err(FsError::ShuttingDown),
+            }
+        }
+    }
+
+    fn enter_recovery(&self, why: &str) {
+        if !self.shared.recovering.swap(true, Ordering::SeqCst) {
+            tracing::error!("journal failure ({why}): operations fail with EIO until it recovers");
+        }
+        self.shared.cv.notify_all();
+    }
+
+    fn recovery_loop(&self) {
+        let shared = &self.shared;
+        loop {
+            if shared.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if !shared.recovering.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            match self.recover() {
+                Ok(()) => {
+                    shared.recovering.store(false, Ordering::SeqCst);
+                    shared.cv.notify_all();
+                    tracing::info!("journal recovered; operations resume");
+                }
+                Err(e) => {
+                    tracing::warn!("journal still unavailable: {e}; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Reconciles the data-root with what the journal actually holds.
+    fn recover(&self) -> Result<(), JournalError> {
+        let shared = &self.shared;
+        // Let outstanding deliveries report (librdkafka fails them after
+        // the message timeout at the latest).
+        let wait_until = Instant::now() + shared.timeout + Duration::from_secs(5);
+        while shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < wait_until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A fresh producer first: this fails while the journal is away.
+        let sink = shared.journal.sink()?;
+        let mut source = shared.journal.source()?;
+        // From here on, late reports of the old producer are ignored.
+        let (from, mut last) = {
+            let d = shared.delivery.lock();
+            shared.generation.fetch_add(1, Ordering::SeqCst);
+            (d.pushed.clone(), d.last.clone())
+        };
+        let found = read_from(source.as_mut(), &from)?;
+        let mut pushed = from.clone();
+        let mut applied_now = 0;
+        for m in found {
+            let p = m.partition;
+            let rec = match Record::decode_from(&m.payload, DEFAULT_MAX_RECORD_BYTES, p) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(JournalError::Injected(format!(
+                        "record at partition {p} offset {} unreadable during recovery: {e}",
+                        m.offset
+                    )))
+                }
+            };
+            if rec.partition_seq <= last[p as usize].0 {
+                pushed[p as usize] = m.offset + 1;
+                continue;
+            }
+            last[p as usize] = (rec.partition_seq, rec.seq);
+            pushed[p as usize] = m.offset + 1;
+            tracing::warn!(
+                "recovery: partition {p} offset {} ({} {}) reached the journal without an \
+                 acknowledgement; applying it to the data-root",
+                m.offset,
+                rec.op.name(),
+                rec.op.target()
+            );
+            shared
+                .feeder
+                .push(p, Entry::apply(m.offset, rec).into_item());
+            applied_now += 1;
+        }
+        {
+            let mut d = shared.delivery.lock();
+            d.pushed = pushed.clone();
+            d.last = last.clone();
+        }
+        if applied_now > 0 {
+            // Wait for the applier, then forget names recovery changed.
+            self.wait_applied(&last);
+            let check = |dir: &std::os::fd::OwnedFd, name: &[u8]| {
+                let st =
+                    rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                Some((st.st_dev, st.st_ino))
+            };
+            shared.inodes.lock().revalidate(check);
+        }
+        let mut st = shared.state.lock();
+        st.sink = sink;
+        // Records past the log's tails never reached it: their numbers are
+        // free again.
+        st.seq = last.iter().map(|l| l.1).max().unwrap_or(0);
+        st.pseq = last.iter().map(|l| l.0).collect();
+        st.writer.epoch += 1;
+        let tails: Vec<u64> = last.iter().map(|l| l.1).collect();
+        st.conflicts.reset_to(&tails);
+        Ok(())
+    }
+
+    /// Waits until the applier has applied up to `last` (seq) everywhere.
+    fn wait_applied(&self, last: &[(u64, u64)]) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            let done = self
+                .shared
+                .feeder
+                .inspect(|s| (0..s.partitions()).all(|p| s.applied_seq(p) >= last[p as usize].1));
+            if done {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The producer's delivery report for one record.
+fn deliver(
+    shared: &Arc<Shared>,
+    generation: u64,
+    record: Record,
+    tx: channel::Sender<Progress>,
+    res: Result<i64, JournalError>,
+) {
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    match res {
+        Ok(offset) => {
+            let p = record.partition;
+            let mut d = shared.delivery.lock();
+            if shared.generation.load(Ordering::SeqCst) != generation
+                || offset < d.pushed[p as usize]
+            {
+                // Recovery owns this record now (it read it from the log).
+                return;
+            }
+            d.pushed[p as usize] = offset + 1;
+            d.last[p as usize] = (record.partition_seq, record.seq);
+            let _ = tx.send(Progress::Delivered);
+            let mut entry = Entry::apply(offset, record);
+            entry.done = Some(Box::new(move |outcome| {
+                let _ = tx.send(Progress::Applied(outcome.unwrap_or(Ok(()))));
+            }));
+            // Under the delivery lock: entries reach the applier in offset order.
+            shared.feeder.push(p, entry.into_item());
+        }
+        Err(e) => {
+            shared.recovering.store(true, Ordering::SeqCst);
+            let _ = tx.send(Progress::Failed(e));
+        }
+    }
+}
+
+/// Reads every message from the given offsets to the current end.
+pub fn read_from(source: &mut dyn Source, from: &[i64]) -> Result<Vec<Message>, JournalError> {
+    let n = from.len() as u32;
+    let mut ends = Vec::with_capacity(n as usize);
+    let mut starts = Vec::new();
+    for p in 0..n {
+        let (_, high) = source.watermarks(p)?;
+        ends.push(high);
+        if from[p as usize] < high {
+            starts.push((p, from[p as usize]));
+        }
+    }
+    let mut out = Vec::new();
+    if starts.is_empty() {
+        return Ok(out);
+    }
+    source.assign(&starts)?;
+    let mut next: Vec<i64> = from.to_vec();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..n as usize).any(|p| next[p] < ends[p]) {
+        if Instant::now() > deadline {
+            return Err(JournalError::Timeout(Duration::from_secs(60)));
+        }
+        if let Some(m) = source.poll(Duration::from_millis(200))? {
+            let p = m.partition as usize;
+            if m.offset >= ends[p] || m.offset < next[p] {
+                continue;
+            }
+            next[p] = m.offset + 1;
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// The last record of every non-empty partition.
+pub fn read_last(source: &mut dyn Source) -> Result<Vec<Option<(i64, Record)>>, JournalError> {
+    let n = source.partitions();
+    let mut from = Vec::with_capacity(n as usize);
+    for p in 0..n {
+        let (low, high) = source.watermarks(p)?;
+        from.push(if high > low { high - 1 } else { high });
+    }
+    let mut last: Vec<Option<(i64, Record)>> = (0..n).map(|_| None).collect();
+    for m in read_from(source, &from)? {
+        let p = m.partition;
+        match Record::decode_from(&m.payload, DEFAULT_MAX_RECORD_BYTES, p) {
+            Ok(r) => last[p as usize] = Some((m.offset, r)),
+            Err(e) => {
+                return Err(JournalError::Injected(format!(
+                    "the last record of partition {p} (offset {}) is unreadable: {e}",
+                    m.offset
+                )))
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Outcome of an applied record as the caller's result.
+pub fn outcome(a: &Applied) -> Result<(), FsError> {
+    a.outcome.map_err(FsError::Outcome)
+}
+
+impl From<Errno> for FsError {
+    fn from(e: Errno) -> Self {
+        FsError::Outcome(e)
+    }
+}
