@@ -169,3 +169,150 @@ pub fn path_of(d: &tempfile::TempDir, name: &str) -> PathBuf {
 }
 
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A master running in this process on a temporary data-root, mounted on
+/// a temporary mountpoint.
+pub struct Mounted {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub mnt: PathBuf,
+    pub journal: std::sync::Arc<dyn kafkafs::journal::Journal>,
+    pub partitions: u32,
+    pub config: kafkafs::master::MasterConfig,
+    master: Option<kafkafs::master::Master>,
+    session: Option<fuser::BackgroundSession>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Mounted {
+    /// A master on a new topic of the real broker.
+    pub fn kafka(name: &str, partitions: u32) -> Mounted {
+        let cfg = kafka_topic(name, partitions);
+        Self::with_journal(std::sync::Arc::new(cfg), partitions, |_| {})
+    }
+
+    pub fn with_journal(
+        journal: std::sync::Arc<dyn kafkafs::journal::Journal>,
+        partitions: u32,
+        tune: impl FnOnce(&mut kafkafs::master::MasterConfig),
+    ) -> Mounted {
+        let dir = tempdir();
+        let data = dir.path().join("data");
+        let mnt = dir.path().join("mnt");
+        let mut config = kafkafs::master::MasterConfig::new(&data);
+        config.threads = partitions.max(2) as usize;
+        config.journal_timeout = Duration::from_secs(10);
+        tune(&mut config);
+        let mut m = Mounted {
+            dir,
+            data,
+            mnt,
+            journal,
+            partitions,
+            config,
+            master: None,
+            session: None,
+            stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        m.start();
+        m
+    }
+
+    /// (Re)starts the master on the same data-root and topic, and mounts it.
+    pub fn start(&mut self) {
+        self.stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let master =
+            kafkafs::master::Master::start(&self.config, self.journal.clone(), self.stop.clone())
+                .expect("master starts");
+        let session = kafkafs::master::mount(&master, &self.mnt, 16).expect("mount");
+        self.master = Some(master);
+        self.session = Some(session);
+    }
+
+    /// Unmounts and shuts the master down (final checkpoint).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.umount_and_join().expect("unmount");
+        }
+        if let Some(m) = self.master.take() {
+            m.shutdown().expect("master shutdown");
+        }
+    }
+
+    pub fn master(&self) -> &kafkafs::master::Master {
+        self.master.as_ref().expect("master running")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Replays the whole topic into a new directory with `threads` threads.
+    pub fn replay(&self, threads: usize) -> PathBuf {
+        let replica = self
+            .dir
+            .path()
+            .join(format!("replica-{}", unique_topic("r")));
+        let mut c = kafkafs::slave::SlaveConfig::new(&replica, self.journal.topic());
+        c.exit_when_caught_up = true;
+        c.threads = threads;
+        std::fs::create_dir_all(&replica).unwrap();
+        kafkafs::slave::run(
+            &c,
+            self.journal.source().expect("source"),
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        )
+        .expect("slave replays the topic");
+        replica
+    }
+
+    /// A slave replaying the topic equals the data-root, and the mount
+    /// shows exactly the data-root.
+    #[track_caller]
+    pub fn assert_converged(&self, context: &str) {
+        let replica = self.replay(self.partitions.max(1) as usize);
+        assert_trees_equal(
+            &self.data,
+            &replica,
+            &format!("{context}: slave vs data-root"),
+        );
+        if self.session.is_some() {
+            assert_trees_equal(
+                &self.mnt,
+                &self.data,
+                &format!("{context}: mount vs data-root"),
+            );
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+        if let Some(m) = self.master.take() {
+            let _ = m.shutdown();
+        }
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+#[track_caller]
+pub fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The errno of an io::Error.
+pub fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
