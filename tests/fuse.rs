@@ -137,8 +137,8 @@ fn every_operation_through_the_mount_replicates() {
         CWD,
         p("e/a2"),
         &Timestamps {
-            last_access: ts(0, rustix::fs::UTIME_NOW as i64),
-            last_modification: ts(0, rustix::fs::UTIME_NOW as i64),
+            last_access: ts(0, rustix::fs::UTIME_NOW),
+            last_modification: ts(0, rustix::fs::UTIME_NOW),
         },
         AtFlags::empty(),
     )
