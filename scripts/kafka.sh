@@ -13,6 +13,7 @@
 #   KAFKAFS_KAFKA_CACHE     where the jars are kept (default: $XDG_CACHE_HOME/kafkafs or ~/.cache/kafkafs)
 #   KAFKAFS_KAFKA_PORT      broker port on 127.0.0.1 (default 19092; the controller uses port+1)
 #   KAFKAFS_KAFKA_RUN       runtime folder: config, data, log, pid (default: a folder under the temp dir)
+#   KAFKAFS_KAFKA_KEEP=1    start: keep the data of an earlier run in the same folder (restart)
 set -euo pipefail
 
 VERSION="${KAFKAFS_KAFKA_VERSION:-4.1.1}"
@@ -64,6 +65,10 @@ start() {
     if running && serving; then echo "127.0.0.1:$PORT"; return 0; fi
     if running; then stop; fi
     fetch
+    if [ "${KAFKAFS_KAFKA_KEEP:-0}" = 1 ] && [ -f "$RUN/data/meta.properties" ]; then
+        launch
+        return
+    fi
     rm -rf "$RUN"
     mkdir -p "$RUN/data"
     cat >"$RUN/server.properties" <<PROPS
@@ -101,6 +106,12 @@ L4J
     java -Dlog4j2.configurationFile="$RUN/log4j2.properties" -cp "$cp" kafka.tools.StorageTool format \
         -t "$cluster_id" -c "$RUN/server.properties" >"$RUN/format.log" 2>&1 \
         || { cat "$RUN/format.log" >&2; die "formatting KRaft storage failed"; }
+    launch
+}
+
+launch() {
+    local cp="$LIB/*"
+    : >"$LOG"
     nohup java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
         -cp "$cp" kafka.Kafka "$RUN/server.properties" >"$RUN/stdout.log" 2>&1 &

@@ -397,6 +397,8 @@ impl Replica {
         let e = try_outcome!(self.entry(path), op, path);
         let pst = rfs::fstat(&e.parent).map_err(|x| fail(op, path, x))?;
         let _guard = self.lock_dir(&pst);
+        // The mtime "before" must be read under the lock.
+        let pst = rfs::fstat(&e.parent).map_err(|x| fail(op, path, x))?;
         let fp = match resume {
             Some(fp) => *fp,
             None => {
@@ -485,6 +487,7 @@ impl Replica {
         let f = |x| fail("link", dst, x);
         let dst_st = rfs::fstat(&d.parent).map_err(f)?;
         let _guard = self.lock_dir(&dst_st);
+        let dst_st = rfs::fstat(&d.parent).map_err(f)?;
         let fp = match resume {
             Some(fp) => *fp,
             None => {
@@ -527,6 +530,7 @@ impl Replica {
         let f = |x| fail(op, path, x);
         let pst = rfs::fstat(&e.parent).map_err(f)?;
         let _guard = self.lock_dir(&pst);
+        let pst = rfs::fstat(&e.parent).map_err(f)?;
         let fp = match resume {
             Some(fp) => *fp,
             None => {
@@ -573,6 +577,8 @@ impl Replica {
         let dstat = rfs::fstat(&d.parent).map_err(f)?;
         let same_dir = sst.st_ino == dstat.st_ino && sst.st_dev == dstat.st_dev;
         let _guards = self.lock_dirs(&sst, &dstat);
+        let sst = rfs::fstat(&s.parent).map_err(f)?;
+        let dstat = rfs::fstat(&d.parent).map_err(f)?;
         let fp = match resume {
             Some(fp) => *fp,
             None => {

@@ -139,6 +139,13 @@ pub enum SlaveError {
         last: u64,
         found: u64,
     },
+    #[error("{pos}: record seq {seq} claims partition sequence {pseq}, which the applied record seq {applied_seq} already holds: two writers (or a write that surfaced after a journal failure) interleaved; position held")]
+    Conflict {
+        pos: RecordPos,
+        pseq: u64,
+        seq: u64,
+        applied_seq: u64,
+    },
     #[error("{pos}: next offset was deleted by retention (earliest available is {low}); the replica cannot be brought up to date incrementally, resync it (see README)")]
     OffsetDeleted { pos: RecordPos, low: i64 },
     #[error("journal: {0}")]

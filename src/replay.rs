@@ -350,6 +350,15 @@ impl Reader {
             Err(source) => return Err(SlaveError::BadRecord { pos, source }),
         };
         let (last_pseq, last_seq) = self.last_read[p as usize];
+        if rec.partition_seq == last_pseq && rec.seq != last_seq {
+            // Not a duplicate: two different records claim one place.
+            return Err(SlaveError::Conflict {
+                pos,
+                pseq: rec.partition_seq,
+                seq: rec.seq,
+                applied_seq: last_seq,
+            });
+        }
         if rec.partition_seq <= last_pseq {
             tracing::info!(
                 "{pos}: duplicate record (partition sequence {} already applied), skipped",

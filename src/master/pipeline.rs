@@ -361,6 +361,11 @@ impl Pipeline {
         // A fresh producer first: this fails while the journal is away.
         let sink = shared.journal.sink()?;
         let mut source = shared.journal.source()?;
+        // Retire the old producer (its queue is purged) and give requests it
+        // already put on the wire a moment to land before the log is read.
+        let old = std::mem::replace(&mut shared.state.lock().sink, sink);
+        drop(old);
+        std::thread::sleep(Duration::from_secs(1));
         // From here on, late reports of the old producer are ignored.
         let (from, mut last) = {
             let d = shared.delivery.lock();
@@ -415,7 +420,6 @@ impl Pipeline {
             shared.inodes.lock().revalidate(check);
         }
         let mut st = shared.state.lock();
-        st.sink = sink;
         // Records past the log's tails never reached it: their numbers are
         // free again.
         st.seq = last.iter().map(|l| l.1).max().unwrap_or(0);

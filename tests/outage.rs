@@ -1,0 +1,234 @@
+//! The journal going away under a mounted master: calls fail with EIO
+//! within the journal timeout, nothing unacknowledged is reported as done,
+//! the mount works again once the journal is back, and every acknowledged
+//! operation reaches the slaves.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{errno_of, Mounted};
+use kafkafs::journal::memory::MemoryJournal;
+
+fn wait_recovered(m: &Mounted, within: Duration) {
+    let deadline = Instant::now() + within;
+    while m.master().pipeline().recovering() {
+        assert!(
+            Instant::now() < deadline,
+            "master did not recover within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// In-memory journal: acknowledgements withheld, then a journal that
+/// refuses everything.
+#[test]
+fn withheld_acknowledgements_fail_with_eio_then_recover() {
+    let j = MemoryJournal::new(2);
+    let timeout = Duration::from_secs(2);
+    let m = Mounted::with_journal(Arc::new(j.clone()), 2, |c| c.journal_timeout = timeout);
+    fs::write(m.path("ok"), b"1").unwrap();
+    fs::write(m.path("held"), b"").unwrap();
+    let mut held = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("held"))
+        .unwrap();
+
+    j.hold_acks(true);
+    let t = Instant::now();
+    let e = std::io::Write::write_all(&mut held, b"late").unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(errno_of(&e), libc::EIO, "{e}");
+    assert!(
+        took >= timeout && took < timeout * 4,
+        "failed after {took:?}"
+    );
+    // While recovering, other calls fail with EIO within the timeout too.
+    let t = Instant::now();
+    let e = fs::create_dir(m.path("during")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EIO);
+    assert!(t.elapsed() < timeout * 4);
+
+    // The journal answers again. The write did reach the journal (only its
+    // acknowledgement was lost): the data-root must hold it, as slaves do.
+    j.hold_acks(false);
+    wait_recovered(&m, Duration::from_secs(30));
+    drop(held);
+    assert_eq!(fs::read(m.path("held")).unwrap(), b"late");
+    fs::write(m.path("after"), b"2").unwrap();
+    m.assert_converged("after withheld acknowledgements");
+
+    // A journal that refuses records outright.
+    j.set_down(true);
+    let e = fs::write(m.path("refused"), b"x").unwrap_err();
+    assert_eq!(errno_of(&e), libc::EIO);
+    j.set_down(false);
+    wait_recovered(&m, Duration::from_secs(30));
+    assert!(
+        !m.path("refused").exists(),
+        "never acknowledged, never applied"
+    );
+    fs::write(m.path("final"), b"3").unwrap();
+    m.assert_converged("after a refused record");
+}
+
+/// A private broker instance controlled by this test.
+struct PrivateBroker {
+    run: PathBuf,
+    port: u16,
+}
+
+impl PrivateBroker {
+    fn script(&self, action: &str) -> std::process::Output {
+        std::process::Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh"))
+            .arg(action)
+            .env("KAFKAFS_KAFKA_PORT", self.port.to_string())
+            .env("KAFKAFS_KAFKA_RUN", &self.run)
+            .env("KAFKAFS_KAFKA_KEEP", "1")
+            .output()
+            .expect("kafka.sh")
+    }
+
+    fn start(run: PathBuf, port: u16) -> PrivateBroker {
+        let b = PrivateBroker { run, port };
+        let out = b.script("start");
+        assert!(
+            out.status.success(),
+            "starting a private broker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b
+    }
+
+    fn pid(&self) -> i32 {
+        fs::read_to_string(self.run.join("kafka.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.signal_safe(libc::SIGCONT);
+        let _ = self.script("stop");
+    }
+}
+
+impl PrivateBroker {
+    fn signal_safe(&self, sig: i32) {
+        if let Ok(pid) = fs::read_to_string(self.run.join("kafka.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+}
+
+/// A real Apache Kafka broker frozen (unreachable) and then stopped and
+/// restarted in the middle of a workload.
+#[test]
+fn real_broker_outage_mid_workload() {
+    let dir = common::tempdir();
+    let broker = PrivateBroker::start(dir.path().join("kafka"), 19392);
+    let addr = format!("127.0.0.1:{}", broker.port);
+    let mut cfg = kafkafs::journal::kafka::KafkaConfig::new(&addr, common::unique_topic("outage"));
+    let timeout = Duration::from_secs(3);
+    cfg.send_timeout = timeout;
+    cfg.request_timeout = Duration::from_secs(5);
+    cfg.ensure_topic(2, 1).unwrap();
+    let m = Mounted::with_journal(Arc::new(cfg), 2, |c| c.journal_timeout = timeout);
+
+    // A writer that records which writes were acknowledged and how long
+    // failed calls took.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mnt, acked, failures, done) =
+            (m.mnt.clone(), acked.clone(), failures.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !done.load(Ordering::SeqCst) {
+                let name = format!("f{}", i % 50);
+                let body = format!("version {i}");
+                let t = Instant::now();
+                match fs::write(mnt.join(&name), &body) {
+                    Ok(()) => acked.lock().unwrap().push((name, body)),
+                    Err(e) => {
+                        assert_eq!(errno_of(&e), libc::EIO, "{e}");
+                        failures.lock().unwrap().push(t.elapsed());
+                    }
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    // Unreachable: the broker process is frozen.
+    broker.signal(libc::SIGSTOP);
+    std::thread::sleep(timeout * 3);
+    broker.signal(libc::SIGCONT);
+    wait_recovered(&m, Duration::from_secs(90));
+    std::thread::sleep(Duration::from_secs(2));
+    // Stopped and restarted (same data).
+    let out = broker.script("stop");
+    assert!(out.status.success());
+    std::thread::sleep(timeout * 2);
+    let out = broker.script("start");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_recovered(&m, Duration::from_secs(90));
+    std::thread::sleep(Duration::from_secs(2));
+    done.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        !failures.is_empty(),
+        "the outage must have failed some calls"
+    );
+    for f in &failures {
+        assert!(
+            *f < timeout * 3,
+            "a call took {f:?} to fail (timeout {timeout:?})"
+        );
+    }
+    // Every acknowledged write is on the slave: the last acknowledged
+    // version of each file, or a later one that reached the journal.
+    let replica = m.replay(2);
+    let mut last: std::collections::BTreeMap<String, String> = Default::default();
+    for (name, body) in acked.lock().unwrap().iter() {
+        last.insert(name.clone(), body.clone());
+    }
+    for (name, body) in &last {
+        let got = fs::read_to_string(replica.join(name)).unwrap();
+        let v = |s: &str| s.trim_start_matches("version ").parse::<u64>().unwrap();
+        assert!(
+            v(&got) >= v(body),
+            "{name}: slave has `{got}`, acknowledged `{body}`"
+        );
+    }
+    common::assert_trees_equal(&m.data, &replica, "after a frozen and a restarted broker");
+    eprintln!(
+        "outage: {} writes acknowledged, {} failed with EIO (max {:?})",
+        acked.lock().unwrap().len(),
+        failures.len(),
+        failures.iter().max()
+    );
+}
