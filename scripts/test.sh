@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh git
+# The third-party POSIX conformance suite run against the mount.
+if ! [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/pjdfstest" ]; then
+    cargo install pjdfstest --version 0.2.2 --locked
+fi
 
 started=""
 if [ -z "${KAFKAFS_TEST_BROKERS:-}" ]; then

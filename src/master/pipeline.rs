@@ -93,6 +93,7 @@ struct Shared {
     journal: Arc<dyn Journal>,
     timeout: Duration,
     partitions: u32,
+    recovery: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The write path (see module docs). Cheap to clone.
@@ -160,13 +161,17 @@ impl Pipeline {
             journal: s.journal,
             timeout: s.timeout,
             partitions,
+            recovery: std::sync::Mutex::new(None),
         });
         let pipeline = Pipeline { shared };
         let recovery = pipeline.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("kafkafs-recovery".into())
             .spawn(move || recovery.recovery_loop())
             .map_err(|_| JournalError::Closed)?;
+        if let Ok(mut h) = pipeline.shared.recovery.lock() {
+            *h = Some(handle);
+        }
         Ok(pipeline)
     }
 
@@ -179,10 +184,14 @@ impl Pipeline {
         self.shared.recovering.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting operations (shutdown).
+    /// Stops accepting operations and ends the recovery thread (shutdown).
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.cv.notify_all();
+        let handle = self.shared.recovery.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     /// Waits for every sent record to be acknowledged (shutdown).

@@ -1,0 +1,200 @@
+//! The `kafkafs` binary as a newcomer uses it: the embedded-broker quick
+//! start (the master prints the slave command, which works as printed),
+//! clean shutdown on SIGINT, a crashed master's mount cleaned up on the
+//! next start, and helpful --help.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kafkafs");
+
+fn is_mounted(p: &Path) -> bool {
+    let canon = std::fs::canonicalize(p.parent().unwrap())
+        .unwrap()
+        .join(p.file_name().unwrap());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(canon.to_str().unwrap()))
+}
+
+/// A master process, killed (and its mount detached) if the test fails.
+struct MasterProc {
+    child: Child,
+    mnt: std::path::PathBuf,
+}
+
+impl Drop for MasterProc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Starts `kafkafs master DATA MNT` (embedded broker) and returns it with
+/// the slave command it printed.
+fn start_master(data: &Path, mnt: &Path) -> (MasterProc, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .arg("master")
+        .arg(data)
+        .arg(mnt)
+        .env_remove("KAFKAFS_BROKERS")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn master");
+    let out = child.stdout.take().unwrap();
+    let child = MasterProc {
+        child,
+        mnt: mnt.to_path_buf(),
+    };
+    let mut lines = BufReader::new(out).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "master printed: {printed:?}");
+        let line = lines.next().expect("master output").unwrap();
+        printed.push(line.clone());
+        if line.trim_start().starts_with("kafkafs slave ") {
+            let cmd = line.split_whitespace().map(str::to_string).collect();
+            // Keep reading in the background so the pipe never fills.
+            std::thread::spawn(move || for _ in lines {});
+            assert!(
+                printed
+                    .iter()
+                    .any(|l| l.contains("EMBEDDED") && l.contains("keeps nothing")),
+                "the master says plainly that the embedded broker keeps nothing: {printed:?}"
+            );
+            return (child, cmd);
+        }
+    }
+}
+
+fn sigint(p: &mut MasterProc) -> std::process::ExitStatus {
+    let child = &mut p.child;
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "master did not exit on SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn embedded_quick_start_replicates_to_the_printed_slave_command() {
+    let dir = common::tempdir();
+    let (data, mnt, replica) = (
+        dir.path().join("data"),
+        dir.path().join("mnt"),
+        dir.path().join("replica"),
+    );
+    let (mut master, cmd) = start_master(&data, &mnt);
+    assert!(is_mounted(&mnt));
+    std::fs::create_dir(mnt.join("docs")).unwrap();
+    std::fs::write(mnt.join("docs/readme"), b"hello from the master\n").unwrap();
+    std::os::unix::fs::symlink("docs/readme", mnt.join("link")).unwrap();
+    std::fs::rename(mnt.join("docs"), mnt.join("documents")).unwrap();
+
+    // The printed command, as printed, with a real replica path.
+    assert_eq!(&cmd[..2], ["kafkafs", "slave"]);
+    let args: Vec<String> = cmd[1..]
+        .iter()
+        .map(|a| {
+            if a == "/path/to/replica" {
+                replica.to_str().unwrap().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let out = Command::new(BIN)
+        .args(&args)
+        .arg("--exit-when-caught-up")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::assert_trees_equal(&data, &replica, "quick start");
+    common::assert_trees_equal(&mnt, &replica, "quick start (mount)");
+
+    let status = sigint(&mut master);
+    assert!(status.success(), "master exit status {status}");
+    assert!(!is_mounted(&mnt), "unmounted on SIGINT");
+}
+
+#[test]
+fn crashed_master_mount_is_cleaned_up_on_next_start() {
+    let dir = common::tempdir();
+    let mnt = dir.path().join("mnt");
+    let (mut master, _) = start_master(&dir.path().join("data1"), &mnt);
+    std::fs::write(mnt.join("x"), b"x").unwrap();
+    master.child.kill().unwrap();
+    master.child.wait().unwrap();
+    let e = std::fs::metadata(&mnt).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "a dead mount is left behind"
+    );
+    // The embedded broker kept nothing, so a new data-root; same mountpoint.
+    let (mut master, _) = start_master(&dir.path().join("data2"), &mnt);
+    std::fs::write(mnt.join("y"), b"y").unwrap();
+    assert!(sigint(&mut master).success());
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let top = common::run(Command::new(BIN).arg("--help"));
+    for word in ["master", "slave", "compare"] {
+        assert!(top.contains(word), "{top}");
+    }
+    let m = common::run(Command::new(BIN).args(["master", "--help"]));
+    for word in [
+        "--broker",
+        "--partitions",
+        "--journal-timeout",
+        "KAFKAFS_BROKERS",
+        "embedded",
+    ] {
+        assert!(m.contains(word), "master --help lacks {word}:\n{m}");
+    }
+    let s = common::run(Command::new(BIN).args(["slave", "--help"]));
+    for word in ["--threads", "--skip-record", "-X", "--exit-when-caught-up"] {
+        assert!(s.contains(word), "slave --help lacks {word}:\n{s}");
+    }
+    // A bad property is a clear error, not a crash.
+    let out = Command::new(BIN)
+        .args([
+            "slave",
+            "--broker",
+            "127.0.0.1:1",
+            "-X",
+            "acks=1",
+            "/tmp/x-never",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("acks=1"));
+}
