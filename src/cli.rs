@@ -118,6 +118,15 @@ pub struct MasterArgs {
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_interval: f64,
 
+    /// What slaves order each record after: `causal` (everything the master
+    /// had completed when the call began, plus conflicting records: a slave
+    /// never shows an effect without what a caller saw before it) or
+    /// `conflicts` (only records touching the same names/inodes: more
+    /// parallel replay, but a file written after reading another may show up
+    /// on a slave first).
+    #[arg(long, value_enum, default_value_t = OrderingArg::Causal)]
+    pub ordering: OrderingArg,
+
     /// The data-root: an empty directory, or one this master served before.
     pub data: PathBuf,
 
@@ -125,9 +134,19 @@ pub struct MasterArgs {
     pub mnt: PathBuf,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderingArg {
+    Causal,
+    Conflicts,
+}
+
 impl MasterArgs {
     pub fn config(&self) -> crate::master::MasterConfig {
         let mut c = crate::master::MasterConfig::new(&self.data);
+        c.ordering = match self.ordering {
+            OrderingArg::Causal => crate::master::pipeline::ReplayOrder::Causal,
+            OrderingArg::Conflicts => crate::master::pipeline::ReplayOrder::Conflicts,
+        };
         c.threads = self
             .threads
             .unwrap_or(self.partitions.max(2) as usize)

@@ -92,6 +92,11 @@ impl<T> Scheduler<T> {
         part.in_flight.is_none() && part.queue.front().is_some_and(|i| self.satisfied(p, i))
     }
 
+    /// Is any partition's head ready?
+    pub fn has_ready(&self) -> bool {
+        (0..self.partitions()).any(|p| self.is_ready(p))
+    }
+
     /// Hands out the ready record with the smallest sequence number and
     /// marks its partition busy, or `None` if nothing is ready.
     pub fn take(&mut self) -> Option<(u32, Item<T>)> {

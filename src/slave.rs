@@ -249,7 +249,7 @@ pub fn run(
                 paused[p] = false;
             }
         }
-        match source.poll(Duration::from_millis(100)) {
+        match source.poll(Duration::from_millis(20)) {
             Ok(Some(m)) => {
                 let p = m.partition;
                 if p >= partitions {
@@ -262,8 +262,11 @@ pub fn run(
                 }
             }
             Ok(None) => {
+                // Caught up: everything read, nothing being applied, nothing
+                // ready (records still queued wait for records that are not
+                // in the topic; they are reported below).
                 if config.exit_when_caught_up
-                    && pool.inspect(|s| s.is_idle())
+                    && pool.inspect(|s| s.in_flight() == 0 && !s.has_ready())
                     && caught_up(source.as_ref(), &next_read)?
                 {
                     break;

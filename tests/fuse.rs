@@ -274,7 +274,17 @@ fn unlinked_open_file_keeps_working() {
 
 #[test]
 fn real_programs_tar_cp_mv_git() {
-    let m = Mounted::kafka("programs", 1);
+    real_programs(1);
+}
+
+/// The partitioned design: a master with 8 partitions, slaves with 8 threads.
+#[test]
+fn real_programs_with_eight_partitions() {
+    real_programs(8);
+}
+
+fn real_programs(partitions: u32) {
+    let m = Mounted::kafka(&format!("programs{partitions}"), partitions);
     let src = m.dir.path().join("src");
     build_source_tree(&src);
     let tarball = m.dir.path().join("src.tar");
@@ -327,7 +337,7 @@ fn real_programs_tar_cp_mv_git() {
     let log = git(&["log", "--oneline"]);
     assert_eq!(log.lines().count(), 2, "{log}");
     assert!(git(&["status", "--porcelain"]).is_empty());
-    m.assert_converged("tar, cp -a, mv, git");
+    m.assert_converged(&format!("tar, cp -a, mv, git ({partitions} partitions)"));
 }
 
 /// A source tree with files, empty and nested directories, symlinks (also

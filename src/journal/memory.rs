@@ -46,7 +46,16 @@ impl MemoryJournal {
             pos: vec![None; n],
             paused: HashSet::new(),
             next_part: 0,
+            limits: None,
         }
+    }
+
+    /// A reader that sees only the first `limits[p]` records of each
+    /// partition (as if the rest had not arrived yet).
+    pub fn source_limited(&self, limits: Vec<i64>) -> MemorySource {
+        let mut s = self.source();
+        s.limits = Some(limits);
+        s
     }
 
     /// Makes the next `n` sends fail (delivery callback gets an error).
@@ -174,9 +183,17 @@ pub struct MemorySource {
     pos: Vec<Option<i64>>,
     paused: HashSet<u32>,
     next_part: usize,
+    limits: Option<Vec<i64>>,
 }
 
 impl MemorySource {
+    fn limit(&self, p: usize, len: usize) -> usize {
+        match &self.limits {
+            Some(l) => (l.get(p).copied().unwrap_or(0).max(0) as usize).min(len),
+            None => len,
+        }
+    }
+
     fn take_one(&mut self, s: &State) -> Option<Message> {
         let n = self.pos.len();
         for i in 0..n {
@@ -185,7 +202,8 @@ impl MemorySource {
                 continue;
             }
             if let Some(off) = self.pos[p] {
-                if let Some(m) = s.parts[p].get(off as usize) {
+                let visible = self.limit(p, s.parts[p].len());
+                if let Some(m) = s.parts[p][..visible].get(off as usize) {
                     self.pos[p] = Some(off + 1);
                     self.next_part = (p + 1) % n;
                     return Some(m.clone());
@@ -249,6 +267,6 @@ impl Source for MemorySource {
             .parts
             .get(partition as usize)
             .ok_or(JournalError::NoSuchPartition { partition, count })?;
-        Ok((0, part.len() as i64))
+        Ok((0, self.limit(partition as usize, part.len()) as i64))
     }
 }

@@ -30,7 +30,7 @@ use crate::journal::Journal;
 use crate::master::fs::MasterFs;
 use crate::master::inodes::{InodeTable, ROOT};
 use crate::master::keys::{Key, KeySet};
-use crate::master::pipeline::{read_last, Pipeline, PipelineStart, Planned, Tail};
+use crate::master::pipeline::{read_last, Pipeline, PipelineStart, Planned, ReplayOrder, Tail};
 use crate::op::{Op, RelPath, Timestamp};
 use crate::record::{Caller, Writer};
 use crate::replay::{
@@ -55,6 +55,8 @@ pub struct MasterConfig {
     pub checkpoint_interval: Duration,
     /// Inode-history size before it is folded into a full barrier.
     pub history_limit: usize,
+    /// What records are ordered after on slaves.
+    pub ordering: ReplayOrder,
 }
 
 impl MasterConfig {
@@ -67,6 +69,7 @@ impl MasterConfig {
             max_chunk: fs::DEFAULT_MAX_CHUNK,
             checkpoint_interval: Duration::from_secs(5),
             history_limit: 1 << 21,
+            ordering: ReplayOrder::Causal,
         }
     }
 }
@@ -265,6 +268,7 @@ impl Master {
         let root_st = rustix::fs::fstat(&root_fd).map_err(|e| io(data)(e.into()))?;
         let inodes = Arc::new(Mutex::new(InodeTable::new(root_fd, &root_st)));
         let pipeline = Pipeline::start(PipelineStart {
+            ordering: config.ordering,
             journal,
             inodes: inodes.clone(),
             feeder: pool.feeder(),

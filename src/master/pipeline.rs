@@ -38,6 +38,20 @@ use crate::record::{Caller, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP,
 use crate::replay::{Entry, WorkError};
 use crate::sync::{channel, Condvar, Mutex};
 
+/// What a record is ordered after on slaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReplayOrder {
+    /// After every record it conflicts with, and after every record the
+    /// master had applied when it was sequenced: whatever a caller saw done
+    /// before it issued an operation is on a slave before that operation
+    /// (real-time causality, across processes).
+    #[default]
+    Causal,
+    /// Only after the records it conflicts with (more parallel replay; a
+    /// file written after reading another may appear on a slave before it).
+    Conflicts,
+}
+
 /// A planned operation: what it touches, and how to build it once its
 /// record time is known (utimens "now" is the record time).
 pub struct Planned {
@@ -93,6 +107,7 @@ struct Shared {
     journal: Arc<dyn Journal>,
     timeout: Duration,
     partitions: u32,
+    ordering: ReplayOrder,
     recovery: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -122,6 +137,9 @@ impl Drop for KeyGuard {
 
 /// Everything the pipeline starts from.
 pub struct PipelineStart {
+    /// Order records after everything applied when they were sequenced
+    /// (see `ReplayOrder`).
+    pub ordering: ReplayOrder,
     pub journal: Arc<dyn Journal>,
     pub inodes: Arc<Mutex<InodeTable>>,
     pub feeder: Feeder<Entry, WorkError>,
@@ -161,6 +179,7 @@ impl Pipeline {
             journal: s.journal,
             timeout: s.timeout,
             partitions,
+            ordering: s.ordering,
             recovery: std::sync::Mutex::new(None),
         });
         let pipeline = Pipeline { shared };
@@ -252,7 +271,27 @@ impl Pipeline {
         st.seq += 1;
         st.pseq[p as usize] += 1;
         let seq = st.seq;
-        let deps = st.conflicts.record(&planned.keys, p, seq);
+        let mut deps = st.conflicts.record(&planned.keys, p, seq);
+        if shared.ordering == ReplayOrder::Causal {
+            // Everything applied (so possibly seen by a caller) comes first.
+            let applied: Vec<u64> = shared
+                .feeder
+                .inspect(|s| (0..s.partitions()).map(|q| s.applied_seq(q)).collect());
+            for (q, &a) in applied.iter().enumerate() {
+                let q = q as u32;
+                if q == p || a == 0 {
+                    continue;
+                }
+                match deps.iter_mut().find(|d| d.partition == q) {
+                    Some(d) => d.seq = d.seq.max(a),
+                    None => deps.push(crate::record::Dep {
+                        partition: q,
+                        seq: a,
+                    }),
+                }
+            }
+            deps.sort_by_key(|d| d.partition);
+        }
         let record = Record {
             writer: st.writer.clone(),
             seq,
