@@ -12,6 +12,7 @@ pub mod embedded;
 pub mod error;
 pub mod journal;
 pub mod master;
+pub mod metrics;
 pub mod op;
 pub mod partition;
 pub mod record;

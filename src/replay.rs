@@ -95,6 +95,8 @@ pub struct ReplicaState {
     positions: Vec<std::sync::Mutex<Position>>,
     pub stop: Arc<AtomicBool>,
     pub errno_outcomes: AtomicU64,
+    /// Replication lag: record time on the master to applied here.
+    pub lag: crate::metrics::Histogram,
 }
 
 impl ReplicaState {
@@ -115,6 +117,7 @@ impl ReplicaState {
                 .collect(),
             stop,
             errno_outcomes: AtomicU64::new(0),
+            lag: crate::metrics::Histogram::new(),
         }
     }
 
@@ -233,6 +236,9 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         };
         after.last_seq = rec.seq;
         after.last_pseq = rec.partition_seq;
+        let now = crate::op::Timestamp::now().as_nanos();
+        let lag = (now - rec.time.as_nanos()).max(0) as u64;
+        ctx.lag.record(Duration::from_nanos(lag));
         Some(outcome)
     } else {
         after.last_pseq = after.last_pseq.max(entry.pseq);

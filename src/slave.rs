@@ -77,6 +77,11 @@ pub struct SlaveReport {
     pub skipped_bad: u64,
     /// Final positions.
     pub positions: Vec<Position>,
+    /// Replication lag of the applied records (record time on the master
+    /// to applied here): median, 99th percentile, maximum.
+    pub lag_p50: Option<Duration>,
+    pub lag_p99: Option<Duration>,
+    pub lag_max: Option<Duration>,
 }
 
 /// Runs a slave until caught up (if configured), stopped via `stop`, or an
@@ -267,7 +272,7 @@ pub fn run(
                 // in the topic; they are reported below).
                 if config.exit_when_caught_up
                     && pool.inspect(|s| s.in_flight() == 0 && !s.has_ready())
-                    && caught_up(source.as_ref(), &next_read)?
+                    && source.caught_up(&next_read)?
                 {
                     break;
                 }
@@ -282,9 +287,11 @@ pub fn run(
             let applied = pool.applied();
             let secs = last_progress.elapsed().as_secs_f64();
             tracing::info!(
-                "applied {} records ({:.0}/s); next offsets {:?}",
+                "applied {} records ({:.0}/s); lag p50 {:?} p99 {:?}; next offsets {:?}",
                 applied_first + applied,
                 (applied - last_applied) as f64 / secs,
+                ctx.lag.quantile(0.5).unwrap_or_default(),
+                ctx.lag.quantile(0.99).unwrap_or_default(),
                 (0..partitions)
                     .map(|p| ctx.position(p).next_offset)
                     .collect::<Vec<_>>()
@@ -320,16 +327,6 @@ pub fn run(
     finish(&state, &ctx, &reader, applied, error)
 }
 
-fn caught_up(source: &dyn Source, next_read: &[i64]) -> Result<bool, SlaveError> {
-    for (p, &next) in next_read.iter().enumerate() {
-        let (_, high) = source.watermarks(p as u32)?;
-        if next < high {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 fn finish(
     state: &StateDir,
     ctx: &ReplicaState,
@@ -351,5 +348,8 @@ fn finish(
         duplicates: reader.duplicates,
         skipped_bad: reader.skipped_bad,
         positions: ctx.positions(),
+        lag_p50: ctx.lag.quantile(0.5),
+        lag_p99: ctx.lag.quantile(0.99),
+        lag_max: (ctx.lag.count() > 0).then(|| ctx.lag.max()),
     })
 }

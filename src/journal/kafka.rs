@@ -33,6 +33,8 @@ pub struct KafkaConfig {
     pub send_timeout: Duration,
     /// Timeout for metadata and admin requests.
     pub request_timeout: Duration,
+    /// Topic-level configs for a topic this creates (e.g. max.message.bytes).
+    pub topic_config: Vec<(String, String)>,
 }
 
 impl KafkaConfig {
@@ -43,6 +45,7 @@ impl KafkaConfig {
             properties: Vec::new(),
             send_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
+            topic_config: Vec::new(),
         }
     }
 
@@ -106,7 +109,7 @@ impl KafkaConfig {
         c.set("group.id", format!("kafkafs-reader-{}", self.topic))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
+            .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "50")
             .set("queued.max.messages.kbytes", "262144");
@@ -127,11 +130,14 @@ impl KafkaConfig {
         }
         let admin: AdminClient<DefaultClientContext> =
             self.with_properties(self.base()).create()?;
-        let topic = NewTopic::new(
+        let mut topic = NewTopic::new(
             &self.topic,
             partitions as i32,
             TopicReplication::Fixed(replication as i32),
         );
+        for (k, v) in &self.topic_config {
+            topic = topic.set(k, v);
+        }
         let opts = AdminOptions::new().operation_timeout(Some(self.request_timeout));
         let results = futures_executor::block_on(admin.create_topics([&topic], &opts))?;
         for r in results {
@@ -293,6 +299,9 @@ pub struct KafkaSource {
     topic: String,
     partitions: u32,
     timeout: Duration,
+    /// Per partition: the consumer reached the end (librdkafka's partition
+    /// EOF event) and nothing arrived since.
+    at_end: Vec<bool>,
 }
 
 impl KafkaSource {
@@ -305,6 +314,7 @@ impl KafkaSource {
             topic: config.topic.clone(),
             partitions,
             timeout: config.request_timeout,
+            at_end: vec![false; partitions as usize],
         })
     }
 
@@ -338,14 +348,25 @@ impl Source for KafkaSource {
     fn poll(&mut self, timeout: Duration) -> Result<Option<Message>, JournalError> {
         match self.consumer.poll(timeout) {
             None => Ok(None),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if let Some(e) = self.at_end.get_mut(p as usize) {
+                    *e = true;
+                }
+                Ok(None)
+            }
             Some(Err(e)) => Err(JournalError::Kafka(e)),
-            Some(Ok(m)) => Ok(Some(Message {
-                partition: m.partition() as u32,
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                timestamp_ms: m.timestamp().to_millis(),
-            })),
+            Some(Ok(m)) => {
+                if let Some(e) = self.at_end.get_mut(m.partition() as usize) {
+                    *e = false;
+                }
+                Ok(Some(Message {
+                    partition: m.partition() as u32,
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                }))
+            }
         }
     }
 
@@ -363,5 +384,11 @@ impl Source for KafkaSource {
         Ok(self
             .consumer
             .fetch_watermarks(&self.topic, partition as i32, self.timeout)?)
+    }
+
+    fn caught_up(&mut self, _next_read: &[i64]) -> Result<bool, JournalError> {
+        // Every partition reported its end and nothing arrived since: no
+        // request to the broker needed.
+        Ok(self.at_end.iter().all(|&e| e))
     }
 }

@@ -64,6 +64,18 @@ pub trait Source: Send {
 
     /// (earliest available offset, offset the next record will get).
     fn watermarks(&self, partition: u32) -> Result<(i64, i64), JournalError>;
+
+    /// Has every partition been read to its end, given the next offset the
+    /// caller will read from each? The default asks for the watermarks.
+    fn caught_up(&mut self, next_read: &[i64]) -> Result<bool, JournalError> {
+        for (p, &next) in next_read.iter().enumerate() {
+            let (_, high) = self.watermarks(p as u32)?;
+            if next < high {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Opens writers and readers of one topic (a new one after a failure).

@@ -1,0 +1,452 @@
+//! Slave apply throughput from a pre-filled topic on the real broker, for
+//! partition counts 1, 2, 4, 8, 16 with threads = partitions and threads =
+//! cores, on three mixes, next to a baseline measured in the same run: the
+//! same operations applied directly with the same syscalls and no Kafka.
+//!
+//!   cargo bench --bench apply            (KAFKAFS_BENCH_SCALE=0.1 for a quick run)
+//!
+//! Broker: KAFKAFS_TEST_BROKERS, else scripts/kafka.sh start. Prints a table
+//! of ops/s, MB/s and the ratio to the baseline, and writes it to
+//! target/kafkafs-bench/apply.md.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use kafkafs::apply::{NoIntentLog, Replica};
+use kafkafs::journal::kafka::KafkaConfig;
+use kafkafs::master::keys::{Conflicts, Key, KeySet};
+use kafkafs::op::{Op, RelPath, Timestamp};
+use kafkafs::partition::partition_for;
+use kafkafs::record::{Caller, Record, Writer};
+use kafkafs::slave::{self, SlaveConfig};
+
+const PARTITIONS: [u32; 5] = [1, 2, 4, 8, 16];
+
+fn scale() -> f64 {
+    std::env::var("KAFKAFS_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
+}
+
+fn id(path: &str) -> u64 {
+    kafkafs::partition::murmur2(path.as_bytes()) as u32 as u64 + 2
+}
+
+/// Builds records with the master's dependency rules (keys by path; the
+/// mixes never rename directories, so paths identify inodes).
+struct Builder {
+    partitions: u32,
+    conflicts: Conflicts,
+    pseq: Vec<u64>,
+    records: Vec<Record>,
+}
+
+impl Builder {
+    fn new(partitions: u32) -> Self {
+        Builder {
+            partitions,
+            conflicts: Conflicts::new(partitions, 1 << 22),
+            pseq: vec![0; partitions as usize],
+            records: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, op: Op, keys: KeySet) {
+        let seq = self.records.len() as u64 + 1;
+        let p = partition_for(op.target().as_bytes(), self.partitions);
+        self.pseq[p as usize] += 1;
+        let deps = self.conflicts.record(&keys, p, seq);
+        self.records.push(Record {
+            writer: Writer {
+                id: b"bench".to_vec(),
+                epoch: 1,
+            },
+            seq,
+            partition_seq: self.pseq[p as usize],
+            partition: p,
+            deps,
+            time: Timestamp::new(
+                1_700_000_000 + seq as i64 / 1000,
+                (seq % 1000) as u32 * 1000,
+            ),
+            caller: Caller::default(),
+            op,
+        });
+    }
+
+    fn mkdir(&mut self, d: &str) {
+        let mut ks = KeySet::new();
+        ks.exclusive(Key::Entry(1, d.as_bytes().to_vec()));
+        ks.shared(Key::DirTimes(1));
+        self.push(
+            Op::Mkdir {
+                path: RelPath::new(d).unwrap(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+            ks,
+        );
+    }
+
+    /// Keys of an op on file `name` in top-level dir `d`.
+    fn file_keys(d: &str, name: &str, entry_excl: bool, inode_excl: bool) -> KeySet {
+        let mut ks = KeySet::new();
+        ks.shared(Key::Entry(1, d.as_bytes().to_vec()));
+        let e = Key::Entry(id(d), name.as_bytes().to_vec());
+        if entry_excl {
+            ks.exclusive(e);
+            ks.shared(Key::DirTimes(id(d)));
+        } else {
+            ks.shared(e);
+            if inode_excl {
+                ks.exclusive(Key::Inode(id(&format!("{d}/{name}"))));
+            } else {
+                ks.shared(Key::Inode(id(&format!("{d}/{name}"))));
+            }
+        }
+        ks
+    }
+
+    fn file_op(&mut self, d: &str, name: &str, op: Op) {
+        let ks = match &op {
+            Op::Create { .. } | Op::Unlink { .. } => Self::file_keys(d, name, true, false),
+            Op::Fsync { .. } => Self::file_keys(d, name, false, false),
+            _ => Self::file_keys(d, name, false, true),
+        };
+        self.push(op, ks);
+    }
+
+    fn rename(&mut self, d: &str, from: &str, to: &str) {
+        let mut ks = Self::file_keys(d, from, true, false);
+        ks.exclusive(Key::Entry(id(d), to.as_bytes().to_vec()));
+        self.push(
+            Op::Rename {
+                src: RelPath::new(format!("{d}/{from}")).unwrap(),
+                dst: RelPath::new(format!("{d}/{to}")).unwrap(),
+                flags: Default::default(),
+            },
+            ks,
+        );
+    }
+}
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s).unwrap()
+}
+
+/// The three mixes: (name, records, bytes written).
+fn mixes(partitions: u32) -> Vec<(&'static str, Vec<Record>, u64)> {
+    let s = scale();
+    let dirs = 16;
+    let mut out = Vec::new();
+
+    // Metadata-heavy small files: create, 4 KiB write, chmod, rename, unlink.
+    let files = ((2000.0 * s) as usize).max(16);
+    let mut b = Builder::new(partitions);
+    for i in 0..dirs {
+        b.mkdir(&format!("d{i}"));
+    }
+    for i in 0..files {
+        let d = format!("d{}", i % dirs);
+        let f = format!("f{i}");
+        let g = format!("g{i}");
+        b.file_op(
+            &d,
+            &f,
+            Op::Create {
+                path: p(&format!("{d}/{f}")),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        b.file_op(
+            &d,
+            &f,
+            Op::Write {
+                path: p(&format!("{d}/{f}")),
+                offset: 0,
+                data: vec![i as u8; 4096],
+            },
+        );
+        b.file_op(
+            &d,
+            &f,
+            Op::Chmod {
+                path: p(&format!("{d}/{f}")),
+                mode: 0o600,
+            },
+        );
+        b.rename(&d, &f, &g);
+        if i % 2 == 0 {
+            b.file_op(
+                &d,
+                &g,
+                Op::Unlink {
+                    path: p(&format!("{d}/{g}")),
+                },
+            );
+        }
+    }
+    out.push(("small-files", b.records, files as u64 * 4096));
+
+    // Large sequential writes: 1 MiB per record into a few files.
+    let per_file = ((32.0 * s) as usize).max(2);
+    let nfiles = 4;
+    let mut b = Builder::new(partitions);
+    b.mkdir("big");
+    for f in 0..nfiles {
+        let name = format!("file{f}");
+        b.file_op(
+            "big",
+            &name,
+            Op::Create {
+                path: p(&format!("big/{name}")),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        );
+    }
+    for chunk in 0..per_file {
+        for f in 0..nfiles {
+            let name = format!("file{f}");
+            b.file_op(
+                "big",
+                &name,
+                Op::Write {
+                    path: p(&format!("big/{name}")),
+                    offset: chunk as u64 * (1 << 20),
+                    data: vec![(chunk + f) as u8; 1 << 20],
+                },
+            );
+        }
+    }
+    out.push(("large-1MiB", b.records, ((per_file * nfiles) as u64) << 20));
+
+    // fsync-heavy: create, 4 KiB write, fsync.
+    let files = ((300.0 * s) as usize).max(8);
+    let mut b = Builder::new(partitions);
+    for i in 0..dirs {
+        b.mkdir(&format!("d{i}"));
+    }
+    for i in 0..files {
+        let d = format!("d{}", i % dirs);
+        let f = format!("s{i}");
+        b.file_op(
+            &d,
+            &f,
+            Op::Create {
+                path: p(&format!("{d}/{f}")),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        b.file_op(
+            &d,
+            &f,
+            Op::Write {
+                path: p(&format!("{d}/{f}")),
+                offset: 0,
+                data: vec![7; 4096],
+            },
+        );
+        b.file_op(
+            &d,
+            &f,
+            Op::Fsync {
+                path: p(&format!("{d}/{f}")),
+                datasync: false,
+            },
+        );
+    }
+    out.push(("fsync-heavy", b.records, files as u64 * 4096));
+    out
+}
+
+fn fresh_dir(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(format!("{name}-{}", common::unique_topic("d")));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn baseline(base: &Path, records: &[Record]) -> (Duration, PathBuf) {
+    let dir = fresh_dir(base, "baseline");
+    let r = Replica::open(&dir).unwrap();
+    r.init_fresh().unwrap();
+    let t = Instant::now();
+    for rec in records {
+        let _ = r.apply(&rec.op, rec.time, None, &mut NoIntentLog).unwrap();
+    }
+    (t.elapsed(), dir)
+}
+
+fn replay(base: &Path, cfg: &KafkaConfig, threads: usize) -> (Duration, PathBuf) {
+    let dir = fresh_dir(base, "replica");
+    let mut c = SlaveConfig::new(&dir, &cfg.topic);
+    c.exit_when_caught_up = true;
+    c.threads = threads;
+    c.checkpoint_interval = Duration::from_secs(3600);
+    let source = common::kafka_source(cfg);
+    let t = Instant::now();
+    slave::run(&c, source, Arc::new(AtomicBool::new(false))).expect("replay");
+    (t.elapsed(), dir)
+}
+
+type Results = Mutex<BTreeMap<(String, String), Vec<Duration>>>;
+
+fn main() {
+    let results: Results = Mutex::new(BTreeMap::new());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let tmp = tempfile::Builder::new()
+        .prefix("kafkafs-bench")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path();
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5))
+        .configure_from_args();
+    let mut meta: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (mix_index, mix_name) in ["small-files", "large-1MiB", "fsync-heavy"]
+        .iter()
+        .enumerate()
+    {
+        let mut g = c.benchmark_group(format!("apply/{mix_name}"));
+        // Baseline (partitioning does not change the ops; use 1 partition's records).
+        let (_, records, bytes) = mixes(1).swap_remove(mix_index);
+        meta.insert(mix_name.to_string(), (records.len() as u64, bytes));
+        g.throughput(Throughput::Elements(records.len() as u64));
+        g.bench_function("baseline-direct", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (d, dir) = baseline(base, &records);
+                    let _ = std::fs::remove_dir_all(dir);
+                    results
+                        .lock()
+                        .unwrap()
+                        .entry((mix_name.to_string(), "baseline".into()))
+                        .or_default()
+                        .push(d);
+                    total += d;
+                }
+                total
+            })
+        });
+        let (_, reference) = baseline(base, &records);
+        for partitions in PARTITIONS {
+            let (_, records, _) = mixes(partitions).swap_remove(mix_index);
+            let mut cfg = KafkaConfig::new(
+                common::brokers(),
+                common::unique_topic(&format!("bench-{mix_name}-{partitions}")),
+            );
+            cfg.topic_config
+                .push(("max.message.bytes".into(), "8388608".into()));
+            cfg.properties
+                .push(("message.max.bytes".into(), "8388608".into()));
+            cfg.ensure_topic(partitions, 1).expect("bench topic");
+            common::produce(&common::kafka_sink(&cfg), &records);
+            let mut thread_counts = vec![partitions as usize];
+            if cores != partitions as usize {
+                thread_counts.push(cores);
+            }
+            for threads in thread_counts {
+                // Correctness first: the replica equals the baseline.
+                let (_, dir) = replay(base, &cfg, threads);
+                common::assert_trees_equal(
+                    &reference,
+                    &dir,
+                    &format!("{mix_name} p{partitions} t{threads}"),
+                );
+                let _ = std::fs::remove_dir_all(dir);
+                let label = format!("p{partitions}-t{threads}");
+                g.bench_with_input(
+                    BenchmarkId::new("slave", &label),
+                    &threads,
+                    |b, &threads| {
+                        b.iter_custom(|iters| {
+                            let mut total = Duration::ZERO;
+                            for _ in 0..iters {
+                                let (d, dir) = replay(base, &cfg, threads);
+                                let _ = std::fs::remove_dir_all(dir);
+                                results
+                                    .lock()
+                                    .unwrap()
+                                    .entry((mix_name.to_string(), label.clone()))
+                                    .or_default()
+                                    .push(d);
+                                total += d;
+                            }
+                            total
+                        })
+                    },
+                );
+            }
+            let _ = cfg.delete_topic();
+        }
+        let _ = std::fs::remove_dir_all(reference);
+        g.finish();
+    }
+    c.final_summary();
+    report(&results, &meta, cores);
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn report(results: &Results, meta: &BTreeMap<String, (u64, u64)>, cores: usize) {
+    let results = results.lock().unwrap();
+    let mut out = format!(
+        "Slave apply throughput from a pre-filled topic (median of the runs), {cores} cores, scale {}\n\n\
+         | mix | config | records | median time | ops/s | MB/s | ratio to baseline |\n\
+         |-----|--------|---------|-------------|-------|------|-------------------|\n",
+        scale()
+    );
+    for (mix, (n, bytes)) in meta {
+        let Some(base) = results.get(&(mix.clone(), "baseline".into())) else {
+            continue;
+        };
+        let base = median(base);
+        for ((m, label), runs) in results.iter() {
+            if m != mix {
+                continue;
+            }
+            let t = median(runs);
+            let secs = t.as_secs_f64();
+            out.push_str(&format!(
+                "| {mix} | {} | {n} | {:.3} s | {:.0} | {:.1} | {:.2} |\n",
+                if label == "baseline" {
+                    "baseline (direct, no Kafka)"
+                } else {
+                    label
+                },
+                secs,
+                *n as f64 / secs,
+                *bytes as f64 / secs / 1e6,
+                base.as_secs_f64() / secs,
+            ));
+        }
+    }
+    println!("\n{out}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafkafs-bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("apply.md"), out);
+}

@@ -1,0 +1,333 @@
+//! End-to-end comparison, side by side on one machine and one filesystem:
+//! the native directory, bindfs (a plain FUSE passthrough), the kafkafs
+//! master with 1 and 8 partitions (real broker, a slave following each
+//! topic), and lsyncd replicating a native directory to a second one.
+//!
+//!   cargo bench --bench e2e
+//!
+//! Workloads: untar of a tree of small files (KAFKAFS_BENCH_FILES, default
+//! 10000), one sequential write (KAFKAFS_BENCH_BIG_MB, default 1024 MiB,
+//! fsync at the end), a rename storm (KAFKAFS_BENCH_RENAMES, default 10000).
+//! Figures: wall time and its ratio to native and to bindfs; for kafkafs
+//! the slave's convergence time after the workload ends and the
+//! replication lag (record time on the master to applied on the slave)
+//! p50/p99; for lsyncd its convergence time. Writes the table to
+//! target/kafkafs-bench/e2e.md.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Default, Clone)]
+struct Row {
+    secs: f64,
+    converge: Option<f64>,
+    lag_p50: Option<Duration>,
+    lag_p99: Option<Duration>,
+}
+
+fn make_tarball(dir: &Path, files: u64) -> PathBuf {
+    let src = dir.join("tree");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    for i in 0..files {
+        let d = src.join(format!("dir{:03}/sub{}", i / 100, i % 3));
+        std::fs::create_dir_all(&d).unwrap();
+        let len = rng.random_range(0..4096);
+        let body: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        std::fs::write(d.join(format!("file{i}.txt")), body).unwrap();
+        if i % 50 == 0 {
+            std::os::unix::fs::symlink(format!("file{i}.txt"), d.join(format!("link{i}"))).unwrap();
+        }
+        if i % 97 == 0 {
+            std::fs::hard_link(d.join(format!("file{i}.txt")), d.join(format!("hard{i}"))).unwrap();
+        }
+    }
+    let tar = dir.join("tree.tar");
+    common::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    );
+    tar
+}
+
+/// The three workloads, run in `dir` (inside the filesystem under test).
+fn untar(dir: &Path, tar: &Path) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let t = Instant::now();
+    common::run(Command::new("tar").arg("-C").arg(dir).arg("-xf").arg(tar));
+    t.elapsed().as_secs_f64()
+}
+
+fn seq_write(dir: &Path, mb: u64) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(dir.join("big")).unwrap();
+    for _ in 0..mb {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+fn rename_storm(dir: &Path, renames: u64) -> f64 {
+    let files = (renames / 10).max(1);
+    for d in 0..10 {
+        std::fs::create_dir_all(dir.join(format!("d{d}"))).unwrap();
+    }
+    for i in 0..files {
+        std::fs::write(dir.join(format!("d0/f{i}")), b"x").unwrap();
+    }
+    let t = Instant::now();
+    for round in 0..10u64 {
+        for i in 0..files {
+            let from = dir.join(format!("d{round}/f{i}"));
+            let to = dir.join(format!("d{}/f{i}", (round + 1) % 10));
+            std::fs::rename(from, to).unwrap();
+        }
+    }
+    t.elapsed().as_secs_f64()
+}
+
+const WORKLOADS: [&str; 3] = ["untar", "seq-write", "rename-storm"];
+
+fn run_workload(name: &str, dir: &Path, tar: &Path) -> f64 {
+    let mb = env_num("KAFKAFS_BENCH_BIG_MB", 1024);
+    let renames = env_num("KAFKAFS_BENCH_RENAMES", 10_000);
+    match name {
+        "untar" => untar(dir, tar),
+        "seq-write" => seq_write(dir, mb),
+        _ => rename_storm(dir, renames),
+    }
+}
+
+fn bindfs_mount(src: &Path, mnt: &Path) {
+    std::fs::create_dir_all(src).unwrap();
+    std::fs::create_dir_all(mnt).unwrap();
+    common::run(Command::new("bindfs").arg(src).arg(mnt));
+}
+
+fn unmount(mnt: &Path) {
+    let _ = Command::new("fusermount3").arg("-u").arg(mnt).status();
+}
+
+/// A kafkafs master (real broker) with a slave following its topic; returns
+/// the wall time, the slave's convergence time and its lag.
+fn kafkafs_run(partitions: u32, workload: &str, tar: &Path) -> Row {
+    let m = common::Mounted::kafka(&format!("e2e-{workload}-p{partitions}"), partitions);
+    let replica = m.dir.path().join("replica");
+    std::fs::create_dir_all(&replica).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let slave = {
+        let (replica, stop, journal) = (replica.clone(), stop.clone(), m.journal.clone());
+        std::thread::spawn(move || {
+            let mut c = kafkafs::slave::SlaveConfig::new(&replica, journal.topic());
+            c.threads = partitions as usize;
+            kafkafs::slave::run(&c, journal.source().unwrap(), stop).unwrap()
+        })
+    };
+    let secs = run_workload(workload, &m.path(workload), tar);
+    // Convergence: the slave's ledger reaches every partition's end.
+    let end = Instant::now();
+    let source = m.journal.source().unwrap();
+    let highs: Vec<i64> = (0..partitions)
+        .map(|p| source.watermarks(p).unwrap().1)
+        .collect();
+    let sd = kafkafs::checkpoint::StateDir::open(&replica).unwrap();
+    loop {
+        let (_, slots) = sd.open_ledger(partitions).unwrap();
+        let done = slots
+            .iter()
+            .zip(&highs)
+            .all(|(s, h)| s.map(|s| s.position.next_offset).unwrap_or(0) >= *h);
+        if done {
+            break;
+        }
+        assert!(
+            end.elapsed() < Duration::from_secs(3600),
+            "slave never converged"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let converge = end.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    let report = slave.join().unwrap();
+    common::assert_trees_equal(
+        &m.data,
+        &replica,
+        &format!("{workload} on {partitions} partitions"),
+    );
+    Row {
+        secs,
+        converge: Some(converge),
+        lag_p50: report.lag_p50,
+        lag_p99: report.lag_p99,
+    }
+}
+
+/// What rsync as lsyncd runs it replicates: names, types, content, symlink
+/// targets (not modes, owners, times or hard links).
+fn lsyncd_equal(a: &Path, b: &Path) -> bool {
+    let (Ok(x), Ok(y)) = (kafkafs::tree::snapshot(a), kafkafs::tree::snapshot(b)) else {
+        return false;
+    };
+    let proj = |t: &kafkafs::tree::Tree| -> BTreeMap<Vec<u8>, (char, Option<(u64, u64)>, Option<Vec<u8>>)> {
+        t.nodes
+            .iter()
+            .filter(|(k, _)| !k.is_empty())
+            .map(|(k, n)| (k.clone(), (n.kind, n.content, n.target.clone())))
+            .collect()
+    };
+    proj(&x) == proj(&y)
+}
+
+fn lsyncd_run(dir: &Path, workload: &str, tar: &Path) -> Row {
+    let src = dir.join(format!("lsyncd-src-{workload}"));
+    let dst = dir.join(format!("lsyncd-dst-{workload}"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let log = dir.join(format!("lsyncd-{workload}.log"));
+    let mut child: Child = Command::new("lsyncd")
+        .args(["-nodaemon", "-delay", "0", "-logfile"])
+        .arg(&log)
+        .arg("-rsync")
+        .arg(&src)
+        .arg(&dst)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lsyncd (apt install lsyncd)");
+    // Wait for its start-up sync.
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("finished")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "lsyncd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = run_workload(workload, &src.join(workload), tar);
+    let end = Instant::now();
+    while !lsyncd_equal(&src, &dst) {
+        assert!(
+            end.elapsed() < Duration::from_secs(3600),
+            "lsyncd never converged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let converge = end.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    Row {
+        secs,
+        converge: Some(converge),
+        ..Row::default()
+    }
+}
+
+fn fmt_d(d: Option<Duration>) -> String {
+    match d {
+        Some(d) if d >= Duration::from_secs(1) => format!("{:.2} s", d.as_secs_f64()),
+        Some(d) => format!("{:.1} ms", d.as_secs_f64() * 1e3),
+        None => "-".into(),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // useful: the harness always runs at the configured sizes.
+    let files = env_num("KAFKAFS_BENCH_FILES", 10_000);
+    let tmp = tempfile::Builder::new()
+        .prefix("kafkafs-e2e")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let tar = make_tarball(dir, files);
+    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    for w in WORKLOADS {
+        let native = run_workload(w, &dir.join(format!("native-{w}")), &tar);
+        rows.insert(
+            (w.into(), "native".into()),
+            Row {
+                secs: native,
+                ..Row::default()
+            },
+        );
+
+        let (src, mnt) = (
+            dir.join(format!("bindfs-src-{w}")),
+            dir.join(format!("bindfs-mnt-{w}")),
+        );
+        bindfs_mount(&src, &mnt);
+        let b = run_workload(w, &mnt.join(w), &tar);
+        unmount(&mnt);
+        rows.insert(
+            (w.into(), "bindfs".into()),
+            Row {
+                secs: b,
+                ..Row::default()
+            },
+        );
+
+        for p in [1u32, 8] {
+            rows.insert((w.into(), format!("kafkafs-{p}p")), kafkafs_run(p, w, &tar));
+        }
+        rows.insert((w.into(), "lsyncd".into()), lsyncd_run(dir, w, &tar));
+        eprintln!("e2e: {w} done");
+    }
+
+    let mut out = format!(
+        "End-to-end, {} small files, {} MiB sequential write, {} renames\n\n\
+         | workload | system | wall time | ÷ native | ÷ bindfs | replica converged after | lag p50 | lag p99 |\n\
+         |----------|--------|-----------|----------|----------|-------------------------|---------|---------|\n",
+        files,
+        env_num("KAFKAFS_BENCH_BIG_MB", 1024),
+        env_num("KAFKAFS_BENCH_RENAMES", 10_000)
+    );
+    for w in WORKLOADS {
+        let native = rows[&(w.to_string(), "native".to_string())].secs;
+        let bindfs = rows[&(w.to_string(), "bindfs".to_string())].secs;
+        for sys in ["native", "bindfs", "kafkafs-1p", "kafkafs-8p", "lsyncd"] {
+            let r = &rows[&(w.to_string(), sys.to_string())];
+            out.push_str(&format!(
+                "| {w} | {sys} | {:.3} s | {:.2} | {:.2} | {} | {} | {} |\n",
+                r.secs,
+                r.secs / native,
+                r.secs / bindfs,
+                r.converge
+                    .map(|c| format!("{c:.3} s"))
+                    .unwrap_or_else(|| "-".into()),
+                fmt_d(r.lag_p50),
+                fmt_d(r.lag_p99),
+            ));
+        }
+    }
+    println!("\n{out}");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafkafs-bench");
+    let _ = std::fs::create_dir_all(&target);
+    let _ = std::fs::write(target.join("e2e.md"), out);
+}
