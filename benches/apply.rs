@@ -10,7 +10,6 @@
 //! target/kafkafs-bench/apply.md.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;

@@ -15,7 +15,6 @@
 //! target/kafkafs-bench/e2e.md.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;
@@ -192,7 +191,8 @@ fn lsyncd_equal(a: &Path, b: &Path) -> bool {
     let (Ok(x), Ok(y)) = (kafkafs::tree::snapshot(a), kafkafs::tree::snapshot(b)) else {
         return false;
     };
-    let proj = |t: &kafkafs::tree::Tree| -> BTreeMap<Vec<u8>, (char, Option<(u64, u64)>, Option<Vec<u8>>)> {
+    type Projection = BTreeMap<Vec<u8>, (char, Option<(u64, u64)>, Option<Vec<u8>>)>;
+    let proj = |t: &kafkafs::tree::Tree| -> Projection {
         t.nodes
             .iter()
             .filter(|(k, _)| !k.is_empty())

@@ -93,7 +93,7 @@ impl KafkaConfig {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
-            .set("linger.ms", "1")
+            .set("linger.ms", "0")
             .set(
                 "message.timeout.ms",
                 self.send_timeout.as_millis().to_string(),
