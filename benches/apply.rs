@@ -424,10 +424,17 @@ fn report(results: &Results, meta: &BTreeMap<String, (u64, u64)>, cores: usize) 
             continue;
         };
         let base = median(base);
-        for ((m, label), runs) in results.iter() {
-            if m != mix {
-                continue;
-            }
+        // Baseline first, then by partitions and threads.
+        let order = |label: &str| -> (u32, u32) {
+            let mut it = label
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap_or(0));
+            (it.next().unwrap_or(0), it.next().unwrap_or(0))
+        };
+        let mut runs_of: Vec<_> = results.iter().filter(|((m, _), _)| m == mix).collect();
+        runs_of.sort_by_key(|((_, label), _)| order(label));
+        for ((_, label), runs) in runs_of {
             let t = median(runs);
             let secs = t.as_secs_f64();
             out.push_str(&format!(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use kafkafs::journal::memory::MemoryJournal;
 use kafkafs::journal::{Journal, Source};
-use kafkafs::master::fs::{MasterFs, SetTime};
+use kafkafs::master::fs::{MasterFs, SetAttr, SetTime};
 use kafkafs::master::inodes::ROOT;
 use kafkafs::master::pipeline::ReplayOrder;
 use kafkafs::master::{Master, MasterConfig};
@@ -125,9 +125,14 @@ impl Writer<'_> {
             42..=45 => {
                 if let Some(t) = target {
                     let size = self.rng.random_range(0..10000);
-                    let _ = self
-                        .fs
-                        .setattr(c, t, None, None, None, Some(size), None, None);
+                    let _ = self.fs.setattr(
+                        c,
+                        t,
+                        SetAttr {
+                            size: Some(size),
+                            ..SetAttr::default()
+                        },
+                    );
                 }
             }
             46..=60 => {
@@ -160,9 +165,14 @@ impl Writer<'_> {
             83..=86 => {
                 if let Some(t) = target {
                     let mode = [0o600, 0o755, 0o2775, 0o4711][self.rng.random_range(0..4)];
-                    let _ = self
-                        .fs
-                        .setattr(c, t, Some(mode), None, None, None, None, None);
+                    let _ = self.fs.setattr(
+                        c,
+                        t,
+                        SetAttr {
+                            mode: Some(mode),
+                            ..SetAttr::default()
+                        },
+                    );
                 }
             }
             87..=91 => {
@@ -172,9 +182,14 @@ impl Writer<'_> {
                 } else {
                     SetTime::At(Timestamp::new(self.rng.random_range(0..2_000_000_000), 7))
                 };
-                let _ = self
-                    .fs
-                    .setattr(c, t, None, None, None, None, None, Some(when));
+                let _ = self.fs.setattr(
+                    c,
+                    t,
+                    SetAttr {
+                        mtime: Some(when),
+                        ..SetAttr::default()
+                    },
+                );
             }
             92..=96 => {
                 if let Some(t) = target {

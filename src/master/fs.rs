@@ -43,6 +43,17 @@ pub enum SetTime {
     At(Timestamp),
 }
 
+/// The attribute changes of one setattr call (`None`: unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
 /// One directory entry of a snapshot taken at opendir.
 #[derive(Clone, Debug)]
 pub struct DirEntry {
@@ -396,7 +407,11 @@ impl MasterFs {
                 drop(applied);
                 let attr = self.learn(parent, name)?;
                 if flags & libc::O_TRUNC != 0 && attr.st.st_size != 0 {
-                    self.setattr(caller, attr.ino, None, None, None, Some(0), None, None)?;
+                    let truncate = SetAttr {
+                        size: Some(0),
+                        ..SetAttr::default()
+                    };
+                    self.setattr(caller, attr.ino, truncate)?;
                 }
                 let fh = self.open(attr.ino, flags)?;
                 return Ok((self.stat(attr.ino)?, fh));
@@ -579,22 +594,21 @@ impl MasterFs {
         ino == ROOT || inodes.get(ino).is_ok_and(|n| !n.names.is_empty())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn setattr(
-        &self,
-        caller: Caller,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<SetTime>,
-        mtime: Option<SetTime>,
-    ) -> Result<Attr, FsError> {
+    /// setattr(2): chown, chmod, truncate, utimens, journaled in that order
+    /// (chown clears set-id bits, so the mode comes after it).
+    pub fn setattr(&self, caller: Caller, ino: u64, attr: SetAttr) -> Result<Attr, FsError> {
         if !self.has_name(ino) {
-            self.setattr_unlinked(ino, mode, uid, gid, size, atime, mtime)?;
+            self.setattr_unlinked(ino, &attr)?;
             return self.stat(ino);
         }
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        } = attr;
         if uid.is_some() || gid.is_some() {
             self.inode_op(caller, ino, false, |path| Op::Chown { path, uid, gid })?;
         }
@@ -636,17 +650,15 @@ impl MasterFs {
     }
 
     /// setattr of an unlinked, open inode: applied locally only.
-    #[allow(clippy::too_many_arguments)]
-    fn setattr_unlinked(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<SetTime>,
-        mtime: Option<SetTime>,
-    ) -> Result<(), FsError> {
+    fn setattr_unlinked(&self, ino: u64, attr: &SetAttr) -> Result<(), FsError> {
+        let SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        } = *attr;
         let fd = self.fd(ino)?;
         let path = proc_path(fd.as_fd());
         if uid.is_some() || gid.is_some() {

@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use crate::error::FsError;
-use crate::master::fs::{Attr, MasterFs, SetTime};
+use crate::master::fs::{Attr, MasterFs, SetAttr, SetTime};
 use crate::op::Timestamp;
 use crate::record::Caller;
 use crate::sync::channel;
@@ -214,13 +214,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let c = caller(req);
-        let (atime, mtime) = (set_time(atime), set_time(mtime));
-        self.dispatch(move |fs| {
-            reply_attr(
-                reply,
-                fs.setattr(c, ino.0, mode, uid, gid, size, atime, mtime),
-            )
-        });
+        let attr = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        self.dispatch(move |fs| reply_attr(reply, fs.setattr(c, ino.0, attr)));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
