@@ -471,3 +471,62 @@ fn concurrent_writers_converge() {
     }
     m.assert_converged("six concurrent writers");
 }
+
+/// New files, directories, nodes and symlinks belong to the calling user
+/// (and to a set-group-id directory's group), on the master and replicas.
+#[test]
+fn new_inodes_belong_to_the_caller() {
+    let m = Mounted::kafka("owner", 1);
+    fs::create_dir(m.path("shared")).unwrap();
+    fs::set_permissions(m.path("shared"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::create_dir(m.path("sgid")).unwrap();
+    std::os::unix::fs::chown(m.path("sgid"), Some(0), Some(4242)).unwrap();
+    fs::set_permissions(m.path("sgid"), fs::Permissions::from_mode(0o2777)).unwrap();
+    let as_nobody = |script: &str| {
+        run(Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .current_dir(&m.mnt))
+    };
+    as_nobody(
+        "echo hi > shared/file && mkdir shared/dir && ln -s file shared/link && mkfifo shared/fifo",
+    );
+    as_nobody("echo hi > sgid/file && mkdir sgid/dir");
+    for name in ["shared/file", "shared/dir", "shared/link", "shared/fifo"] {
+        let md = fs::symlink_metadata(m.path(name)).unwrap();
+        assert_eq!((md.uid(), md.gid()), (65534, 65534), "{name}");
+    }
+    let f = fs::metadata(m.path("sgid/file")).unwrap();
+    assert_eq!(
+        (f.uid(), f.gid()),
+        (65534, 4242),
+        "group of a set-group-id directory"
+    );
+    let d = fs::metadata(m.path("sgid/dir")).unwrap();
+    assert_eq!(d.gid(), 4242);
+    assert!(d.mode() & 0o2000 != 0, "subdirectories inherit S_ISGID");
+    // The kernel checks permissions against the caller.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            "echo x > rootfile",
+        ])
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "nobody cannot write in a 0755 root directory"
+    );
+    m.assert_converged("ownership");
+}

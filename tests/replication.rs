@@ -347,3 +347,58 @@ fn corrupt_and_unknown_version_records_are_reported() {
     assert_eq!(report.applied, 0);
     assert!(replica.join("a").exists());
 }
+
+/// An existing topic with another partition count is an error, never a remap.
+#[test]
+fn partition_count_mismatch_is_refused() {
+    let cfg = common::kafka_topic("mismatch", 3);
+    assert_eq!(cfg.ensure_topic(3, 1).unwrap(), 3, "same count: fine");
+    let err = cfg.ensure_topic(4, 1).unwrap_err().to_string();
+    assert!(
+        err.contains("3 partitions") && err.contains("4 were requested"),
+        "{err}"
+    );
+}
+
+/// SIGTERM and SIGINT stop a following slave cleanly: exit status 0 and a
+/// checkpoint of what it applied.
+#[test]
+fn slave_stops_cleanly_on_sigterm_and_sigint() {
+    let records = common::records(&Workload::new(5).ops(200), 1, START);
+    let cfg = common::kafka_topic("sigterm", 1);
+    common::produce(&common::kafka_sink(&cfg), &records);
+    let dir = common::tempdir();
+    for (i, sig) in [libc::SIGTERM, libc::SIGINT].into_iter().enumerate() {
+        let replica = common::path_of(&dir, &format!("replica{i}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kafkafs"))
+            .args([
+                "slave",
+                "--broker",
+                cfg.broker_list(),
+                "--topic",
+                &cfg.topic,
+            ])
+            .arg(&replica)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Following: wait until it applied everything, then signal it.
+        let sd = kafkafs::checkpoint::StateDir::open(&replica).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, slots) = sd.open_ledger(1).unwrap();
+            if slots[0].is_some_and(|s| s.position.next_offset == records.len() as i64) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "slave made no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "signal {sig}: exit status {status}");
+        let cp = sd.load_checkpoint().unwrap().expect("final checkpoint");
+        assert_eq!(cp.positions[0].next_offset, records.len() as i64);
+    }
+}
