@@ -207,6 +207,11 @@ pub struct SlaveArgs {
     #[arg(long)]
     pub allow_non_empty: bool,
 
+    /// Run without root: ownership, device nodes and set-id bits cannot be
+    /// reproduced, so the replica may differ from the master.
+    #[arg(long)]
+    pub unprivileged: bool,
+
     /// The replica directory (created if missing).
     pub data: PathBuf,
 }
@@ -221,6 +226,7 @@ impl SlaveArgs {
         c.checkpoint_interval = Duration::from_secs_f64(self.checkpoint_interval.max(0.1));
         c.max_record_bytes = self.max_record_bytes;
         c.allow_non_empty = self.allow_non_empty;
+        c.unprivileged = self.unprivileged;
         c
     }
 }

@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Slave(args) => {
             let config = args.config();
+            kafkafs::slave::check_privileges(&config)?;
             std::fs::create_dir_all(&config.root)
                 .with_context(|| format!("creating {}", config.root.display()))?;
             let kafka = args.kafka.config()?;

@@ -45,6 +45,9 @@ pub struct SlaveConfig {
     pub max_queued_per_partition: usize,
     /// Accept a non-empty directory without a checkpoint.
     pub allow_non_empty: bool,
+    /// Run without root (ownership, device nodes and set-id bits then
+    /// cannot be reproduced and the replica may differ).
+    pub unprivileged: bool,
 }
 
 impl SlaveConfig {
@@ -60,6 +63,7 @@ impl SlaveConfig {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_queued_per_partition: 10_000,
             allow_non_empty: false,
+            unprivileged: false,
         }
     }
 }
@@ -84,6 +88,19 @@ pub struct SlaveReport {
     pub lag_max: Option<Duration>,
 }
 
+/// A slave reproduces ownership, device nodes and set-id bits, which needs
+/// root; without it the replica could silently differ.
+pub fn check_privileges(config: &SlaveConfig) -> Result<(), SlaveError> {
+    if !config.unprivileged && !rustix::process::geteuid().is_root() {
+        return Err(SlaveError::Config(
+            "a slave must run as root to reproduce ownership, device nodes and set-id bits \
+             exactly (pass --unprivileged to accept a replica that may differ)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs a slave until caught up (if configured), stopped via `stop`, or an
 /// error. Always leaves a durable checkpoint of what was applied.
 pub fn run(
@@ -91,6 +108,7 @@ pub fn run(
     mut source: Box<dyn Source>,
     stop: Arc<AtomicBool>,
 ) -> Result<SlaveReport, SlaveError> {
+    check_privileges(config)?;
     let partitions = source.partitions();
     if partitions == 0 {
         return Err(SlaveError::Config(format!(

@@ -183,6 +183,23 @@ fn help_explains_the_commands() {
     for word in ["--threads", "--skip-record", "-X", "--exit-when-caught-up"] {
         assert!(s.contains(word), "slave --help lacks {word}:\n{s}");
     }
+    // A slave without root is refused (it could not reproduce ownership).
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args([
+            "slave",
+            "--broker",
+            "127.0.0.1:1",
+            "/tmp/kafkafs-never-created",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("must run as root") && err.contains("--unprivileged"),
+        "{err}"
+    );
     // A bad property is a clear error, not a crash.
     let out = Command::new(BIN)
         .args([
