@@ -8,6 +8,7 @@ DATA="${1:-/tmp/kafkafs-data}"
 MNT="${2:-/tmp/kafkafs-mnt}"
 shift $(( $# > 2 ? 2 : $# ))
 scripts/deps.sh
-cargo build --release --quiet
+echo "kafkafs: building (the first build compiles librdkafka, a few minutes)" >&2
+cargo build --release
 echo "kafkafs: data-root $DATA, mountpoint $MNT" >&2
 exec target/release/kafkafs master "$DATA" "$MNT" "$@"
