@@ -11,7 +11,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -186,8 +186,8 @@ impl KafkaConfig {
     }
 }
 
-fn topic_partitions(
-    consumer: &BaseConsumer,
+fn topic_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<u32>, JournalError> {
@@ -203,6 +203,21 @@ fn topic_partitions(
         },
     }
 }
+
+/// The consumer's context: end-of-partition is a normal event for a
+/// follower (used to detect "caught up"), not an error worth logging.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            e => tracing::error!("kafka: {e}: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 /// Routes librdkafka's delivery reports to the per-record callbacks.
 pub struct DeliveryContext;
@@ -295,7 +310,7 @@ impl Sink for KafkaSink {
 
 /// Reads a Kafka topic at positions kafkafs chooses.
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderContext>,
     topic: String,
     partitions: u32,
     timeout: Duration,
@@ -306,7 +321,9 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     pub fn new(config: &KafkaConfig) -> Result<Self, JournalError> {
-        let consumer: BaseConsumer = config.consumer_config()?.create()?;
+        let consumer: BaseConsumer<ReaderContext> = config
+            .consumer_config()?
+            .create_with_context(ReaderContext)?;
         let partitions = topic_partitions(&consumer, &config.topic, config.request_timeout)?
             .ok_or_else(|| JournalError::NoSuchTopic(config.topic.clone()))?;
         Ok(KafkaSource {
