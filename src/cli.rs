@@ -41,6 +41,20 @@ pub enum Command {
     /// left off. SIGINT/SIGTERM stop it cleanly.
     Slave(SlaveArgs),
 
+    /// Show where a replica (or a master's data-root) stands: per partition
+    /// the next offset to apply and, with --broker, the topic's end and how
+    /// far behind it is.
+    Status {
+        /// Kafka bootstrap servers (to compare with the topic's end).
+        #[arg(short = 'b', long = "broker", env = "KAFKAFS_BROKERS")]
+        broker: Option<String>,
+        /// librdkafka property passed through (repeatable).
+        #[arg(short = 'X', value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+        /// The replica or data-root.
+        data: PathBuf,
+    },
+
     /// Compare two directory trees fully (names, types, content, mode,
     /// owner, symlink targets, hard links, xattrs, mtimes in ns), ignoring
     /// the state folder .kafkafs. Exits 0 when equal, 1 when not.
@@ -127,6 +141,11 @@ pub struct MasterArgs {
     #[arg(long, value_enum, default_value_t = OrderingArg::Causal)]
     pub ordering: OrderingArg,
 
+    /// Serve Prometheus metrics (applied records, offsets, lag, journal
+    /// state) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// The data-root: an empty directory, or one this master served before.
     pub data: PathBuf,
 
@@ -153,6 +172,7 @@ impl MasterArgs {
             .max(1);
         c.journal_timeout = Duration::from_secs_f64(self.journal_timeout.max(0.1));
         c.take_over = self.take_over;
+        c.metrics = self.metrics;
         c.checkpoint_interval = Duration::from_secs_f64(self.checkpoint_interval.max(0.1));
         c
     }
@@ -212,6 +232,11 @@ pub struct SlaveArgs {
     #[arg(long)]
     pub unprivileged: bool,
 
+    /// Serve Prometheus metrics (applied records, per-partition offsets,
+    /// lag quantiles) at http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// The replica directory (created if missing).
     pub data: PathBuf,
 }
@@ -227,6 +252,7 @@ impl SlaveArgs {
         c.max_record_bytes = self.max_record_bytes;
         c.allow_non_empty = self.allow_non_empty;
         c.unprivileged = self.unprivileged;
+        c.metrics = self.metrics;
         c
     }
 }

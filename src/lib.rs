@@ -19,5 +19,6 @@ pub mod record;
 pub mod replay;
 pub mod scheduler;
 pub mod slave;
+pub mod status;
 pub mod sync;
 pub mod tree;

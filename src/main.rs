@@ -27,6 +27,22 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Master(args) => run_master(&args, stop)?,
+        Command::Status {
+            broker,
+            properties,
+            data,
+        } => {
+            let mut status = kafkafs::status::read(&data)?;
+            if let Some(b) = broker {
+                let mut kafka = kafkafs::journal::kafka::KafkaConfig::new(b, &status.topic);
+                for p in &properties {
+                    kafka.properties.push(kafkafs::journal::parse_property(p)?);
+                }
+                let source = KafkaSource::new(&kafka)?;
+                status = kafkafs::status::with_ends(status, &source)?;
+            }
+            print!("{status}");
+        }
         Command::Compare { first, second } => {
             match kafkafs::tree::compare(&first, &second).context("reading the trees")? {
                 Ok(()) => println!("equal"),

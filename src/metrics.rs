@@ -108,3 +108,36 @@ mod tests {
         }
     }
 }
+
+/// Serves `render()` as Prometheus text on `GET /metrics` (anything else:
+/// 404) from a background thread. Returns the bound address.
+pub fn serve(
+    addr: std::net::SocketAddr,
+    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<std::net::SocketAddr> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("kafkafs-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut request = String::new();
+                let ok = BufReader::new(&conn).read_line(&mut request).is_ok();
+                let (status, body) = if ok && request.starts_with("GET /metrics") {
+                    ("200 OK", render())
+                } else {
+                    ("404 Not Found", "try GET /metrics\n".to_string())
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(local)
+}

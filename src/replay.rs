@@ -97,6 +97,8 @@ pub struct ReplicaState {
     pub errno_outcomes: AtomicU64,
     /// Replication lag: record time on the master to applied here.
     pub lag: crate::metrics::Histogram,
+    /// Records applied (or skipped) since start.
+    pub applied: AtomicU64,
 }
 
 impl ReplicaState {
@@ -118,6 +120,7 @@ impl ReplicaState {
             stop,
             errno_outcomes: AtomicU64::new(0),
             lag: crate::metrics::Histogram::new(),
+            applied: AtomicU64::new(0),
         }
     }
 
@@ -254,10 +257,48 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         )
         .map_err(|e| WorkError::Fatal(e.into()))?;
     ctx.set_position(p, after);
+    ctx.applied.fetch_add(1, Ordering::Relaxed);
     if let Some(done) = entry.done.take() {
         done(result);
     }
     Ok(())
+}
+
+impl ReplicaState {
+    /// Prometheus text for this replica's progress.
+    pub fn render_metrics(&self) -> String {
+        let mut s = String::new();
+        s.push_str(
+            "# HELP kafkafs_applied_records_total Records applied (or skipped) since start.\n",
+        );
+        s.push_str("# TYPE kafkafs_applied_records_total counter\n");
+        s.push_str(&format!(
+            "kafkafs_applied_records_total {}\n",
+            self.applied.load(Ordering::Relaxed)
+        ));
+        s.push_str("# HELP kafkafs_errno_outcomes_total Records whose outcome was an errno.\n");
+        s.push_str("# TYPE kafkafs_errno_outcomes_total counter\n");
+        s.push_str(&format!(
+            "kafkafs_errno_outcomes_total {}\n",
+            self.errno_outcomes.load(Ordering::Relaxed)
+        ));
+        s.push_str("# HELP kafkafs_partition_next_offset Offset of the next record to apply.\n");
+        s.push_str("# TYPE kafkafs_partition_next_offset gauge\n");
+        for (p, pos) in self.positions().iter().enumerate() {
+            s.push_str(&format!(
+                "kafkafs_partition_next_offset{{topic=\"{}\",partition=\"{p}\"}} {}\n",
+                self.topic, pos.next_offset
+            ));
+        }
+        s.push_str("# HELP kafkafs_lag_seconds Record time on the master to applied here.\n");
+        s.push_str("# TYPE kafkafs_lag_seconds summary\n");
+        for q in [0.5, 0.9, 0.99] {
+            let v = self.lag.quantile(q).unwrap_or_default().as_secs_f64();
+            s.push_str(&format!("kafkafs_lag_seconds{{quantile=\"{q}\"}} {v}\n"));
+        }
+        s.push_str(&format!("kafkafs_lag_seconds_count {}\n", self.lag.count()));
+        s
+    }
 }
 
 /// Sleeps `d`, waking early when `stop` is set; returns true if stopped.

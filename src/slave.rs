@@ -48,6 +48,8 @@ pub struct SlaveConfig {
     /// Run without root (ownership, device nodes and set-id bits then
     /// cannot be reproduced and the replica may differ).
     pub unprivileged: bool,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl SlaveConfig {
@@ -64,6 +66,7 @@ impl SlaveConfig {
             max_queued_per_partition: 10_000,
             allow_non_empty: false,
             unprivileged: false,
+            metrics: None,
         }
     }
 }
@@ -168,6 +171,12 @@ pub fn run(
         &positions,
         stop.clone(),
     ));
+    if let Some(addr) = config.metrics {
+        let m = ctx.clone();
+        let bound = crate::metrics::serve(addr, Arc::new(move || m.render_metrics()))
+            .map_err(|e| SlaveError::Config(format!("serving metrics on {addr}: {e}")))?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     let mut reader = Reader::new(
         &config.topic,
         config.max_record_bytes,

@@ -402,3 +402,88 @@ fn slave_stops_cleanly_on_sigterm_and_sigint() {
         assert_eq!(cp.positions[0].next_offset, records.len() as i64);
     }
 }
+
+/// `kafkafs status` shows where a replica stands against the topic, and a
+/// following slave serves its progress as Prometheus metrics.
+#[test]
+fn status_command_and_metrics_endpoint() {
+    use std::io::{Read, Write};
+    let records = common::records(&Workload::new(11).ops(300), 1, START);
+    let cfg = common::kafka_topic("status", 1);
+    common::produce(&common::kafka_sink(&cfg), &records[..200]);
+    let dir = common::tempdir();
+    let replica = common::path_of(&dir, "replica");
+    let bin = env!("CARGO_BIN_EXE_kafkafs");
+    let status = |extra: &[&str]| {
+        common::run(
+            Command::new(bin)
+                .arg("status")
+                .args(extra)
+                .arg(&replica)
+                .env_remove("KAFKAFS_BROKERS"),
+        )
+    };
+    slave::run(
+        &slave_config(&replica, &cfg.topic),
+        common::kafka_source(&cfg),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    let s = status(&["--broker", cfg.broker_list()]);
+    assert!(s.contains(&cfg.topic) && s.contains("caught up"), "{s}");
+    assert!(s.contains(" 200 "), "next offset 200: {s}");
+    common::produce(&common::kafka_sink(&cfg), &records[200..]);
+    let s = status(&["--broker", cfg.broker_list()]);
+    assert!(s.contains("100 records behind"), "{s}");
+    let s = status(&[]);
+    assert!(s.contains("pass --broker"), "{s}");
+
+    // A following slave with a metrics endpoint.
+    let addr = "127.0.0.1:19464";
+    let mut child = Command::new(bin)
+        .args([
+            "slave",
+            "--broker",
+            cfg.broker_list(),
+            "--topic",
+            &cfg.topic,
+        ])
+        .args(["--metrics", addr])
+        .arg(&replica)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the catch-up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+            continue;
+        };
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        if body.contains("kafkafs_applied_records_total 100\n") {
+            break body;
+        }
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(
+        body.contains("kafkafs_partition_next_offset{topic=\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("kafkafs_lag_seconds{quantile=\"0.99\"}"),
+        "{body}"
+    );
+    let s = status(&["--broker", cfg.broker_list()]);
+    assert!(s.contains("caught up"), "{s}");
+}

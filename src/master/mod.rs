@@ -57,6 +57,8 @@ pub struct MasterConfig {
     pub history_limit: usize,
     /// What records are ordered after on slaves.
     pub ordering: ReplayOrder,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl MasterConfig {
@@ -70,6 +72,7 @@ impl MasterConfig {
             checkpoint_interval: Duration::from_secs(5),
             history_limit: 1 << 21,
             ordering: ReplayOrder::Causal,
+            metrics: None,
         }
     }
 }
@@ -279,6 +282,19 @@ impl Master {
             history_limit: config.history_limit,
         })?;
         let fs = Arc::new(MasterFs::new(pipeline.clone(), inodes, config.max_chunk));
+        if let Some(addr) = config.metrics {
+            let (m, p) = (state.clone(), pipeline.clone());
+            let render = move || {
+                format!(
+                    "{}# HELP kafkafs_journal_recovering 1 while the journal is unavailable.\n\
+                     # TYPE kafkafs_journal_recovering gauge\nkafkafs_journal_recovering {}\n",
+                    m.render_metrics(),
+                    u8::from(p.recovering())
+                )
+            };
+            let bound = crate::metrics::serve(addr, Arc::new(render)).map_err(io(data))?;
+            tracing::info!("metrics on http://{bound}/metrics");
+        }
 
         // 5. A new journal starts with the root's attributes.
         if fresh_topic {

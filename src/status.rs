@@ -1,0 +1,140 @@
+//! `kafkafs status`: where a replica (or a master's data-root) stands —
+//! per partition, the next offset it will apply, and (with a broker) the
+//! topic's end offset and how many records it is behind.
+
+use std::fmt;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::checkpoint::{Position, StateDir};
+use crate::error::{CheckpointError, JournalError};
+use crate::journal::Source;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{0} holds no kafkafs checkpoint (not a replica or data-root, or never started)")]
+    NoCheckpoint(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// One partition's progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub position: Position,
+    /// The topic's end offset, when a broker was asked.
+    pub end: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub root: String,
+    pub topic: String,
+    /// A master's data-root (it has a writer id), not a slave's replica.
+    pub master: bool,
+    pub checkpoint_age: Option<std::time::Duration>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+impl Status {
+    /// Records the replica is behind the topic (None without a broker).
+    pub fn behind(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .map(|p| p.end.map(|e| (e - p.position.next_offset).max(0)))
+            .sum()
+    }
+}
+
+/// Reads a replica's progress: the ledger when this boot wrote it (newer),
+/// else the durable checkpoint.
+pub fn read(root: &Path) -> Result<Status, StatusError> {
+    let sd = StateDir::open(root)?;
+    let cp = sd
+        .load_checkpoint()?
+        .ok_or_else(|| StatusError::NoCheckpoint(root.display().to_string()))?;
+    let (_, slots) = sd.open_ledger(cp.positions.len() as u32)?;
+    let partitions = cp
+        .positions
+        .iter()
+        .enumerate()
+        .map(|(p, durable)| {
+            let position = match slots[p] {
+                Some(s) if s.position.next_offset >= durable.next_offset => s.position,
+                _ => *durable,
+            };
+            PartitionStatus {
+                partition: p as u32,
+                position,
+                end: None,
+            }
+        })
+        .collect();
+    let age = std::fs::metadata(sd.checkpoint_path())
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok());
+    Ok(Status {
+        root: root.display().to_string(),
+        topic: cp.topic,
+        master: sd.path().join("writer-id").exists(),
+        checkpoint_age: age,
+        partitions,
+    })
+}
+
+/// Adds the topic's end offsets.
+pub fn with_ends(mut s: Status, source: &dyn Source) -> Result<Status, StatusError> {
+    for p in &mut s.partitions {
+        p.end = Some(source.watermarks(p.partition)?.1);
+    }
+    Ok(s)
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} {} follows topic `{}` ({} partition{})",
+            if self.master { "data-root" } else { "replica" },
+            self.root,
+            self.topic,
+            self.partitions.len(),
+            if self.partitions.len() == 1 { "" } else { "s" }
+        )?;
+        if let Some(age) = self.checkpoint_age {
+            writeln!(
+                f,
+                "durable checkpoint written {:.1} s ago",
+                age.as_secs_f64()
+            )?;
+        }
+        writeln!(
+            f,
+            "{:>9}  {:>12}  {:>12}  {:>8}  {:>10}",
+            "partition", "next offset", "end offset", "behind", "last seq"
+        )?;
+        for p in &self.partitions {
+            let (end, behind) = match p.end {
+                Some(e) => (
+                    e.to_string(),
+                    (e - p.position.next_offset).max(0).to_string(),
+                ),
+                None => ("?".into(), "?".into()),
+            };
+            writeln!(
+                f,
+                "{:>9}  {:>12}  {:>12}  {:>8}  {:>10}",
+                p.partition, p.position.next_offset, end, behind, p.position.last_seq
+            )?;
+        }
+        match self.behind() {
+            Some(0) => writeln!(f, "caught up"),
+            Some(n) => writeln!(f, "{n} records behind"),
+            None => writeln!(f, "(pass --broker to compare with the topic's end)"),
+        }
+    }
+}
