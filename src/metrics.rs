@@ -85,30 +85,6 @@ impl Histogram {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_are_within_resolution() {
-        let h = Histogram::new();
-        for us in 1..=10_000u64 {
-            h.record(Duration::from_micros(us));
-        }
-        let p50 = h.quantile(0.5).unwrap().as_micros() as f64;
-        let p99 = h.quantile(0.99).unwrap().as_micros() as f64;
-        assert!((p50 - 5000.0).abs() / 5000.0 < 0.07, "p50 {p50}");
-        assert!((p99 - 9900.0).abs() / 9900.0 < 0.07, "p99 {p99}");
-        assert_eq!(h.count(), 10_000);
-        assert_eq!(h.max(), Duration::from_micros(10_000));
-        for us in [0u64, 1, 15, 16, 17, 1000, 123_456_789] {
-            let b = bucket_of(us);
-            assert!(lower_bound(b) <= us, "{us}");
-            assert!(us < lower_bound(b + 1), "{us}");
-        }
-    }
-}
-
 /// Serves `render()` as Prometheus text on `GET /metrics` (anything else:
 /// 404) from a background thread. Returns the bound address.
 pub fn serve(
@@ -140,4 +116,28 @@ pub fn serve(
             }
         })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_resolution() {
+        let h = Histogram::new();
+        for us in 1..=10_000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.quantile(0.5).unwrap().as_micros() as f64;
+        let p99 = h.quantile(0.99).unwrap().as_micros() as f64;
+        assert!((p50 - 5000.0).abs() / 5000.0 < 0.07, "p50 {p50}");
+        assert!((p99 - 9900.0).abs() / 9900.0 < 0.07, "p99 {p99}");
+        assert_eq!(h.count(), 10_000);
+        assert_eq!(h.max(), Duration::from_micros(10_000));
+        for us in [0u64, 1, 15, 16, 17, 1000, 123_456_789] {
+            let b = bucket_of(us);
+            assert!(lower_bound(b) <= us, "{us}");
+            assert!(us < lower_bound(b + 1), "{us}");
+        }
+    }
 }
