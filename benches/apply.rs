@@ -125,6 +125,30 @@ impl Builder {
         self.push(op, ks);
     }
 
+    /// Create file `name` in `d` and write `data` at offset 0.
+    fn create_with(&mut self, d: &str, name: &str, data: Vec<u8>) {
+        let path = format!("{d}/{name}");
+        self.file_op(
+            d,
+            name,
+            Op::Create {
+                path: p(&path),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        self.file_op(
+            d,
+            name,
+            Op::Write {
+                path: p(&path),
+                offset: 0,
+                data,
+            },
+        );
+    }
+
     fn rename(&mut self, d: &str, from: &str, to: &str) {
         let mut ks = Self::file_keys(d, from, true, false);
         ks.exclusive(Key::Entry(id(d), to.as_bytes().to_vec()));
@@ -159,25 +183,7 @@ fn mixes(partitions: u32) -> Vec<(&'static str, Vec<Record>, u64)> {
         let d = format!("d{}", i % dirs);
         let f = format!("f{i}");
         let g = format!("g{i}");
-        b.file_op(
-            &d,
-            &f,
-            Op::Create {
-                path: p(&format!("{d}/{f}")),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            },
-        );
-        b.file_op(
-            &d,
-            &f,
-            Op::Write {
-                path: p(&format!("{d}/{f}")),
-                offset: 0,
-                data: vec![i as u8; 4096],
-            },
-        );
+        b.create_with(&d, &f, vec![i as u8; 4096]);
         b.file_op(
             &d,
             &f,
@@ -242,25 +248,7 @@ fn mixes(partitions: u32) -> Vec<(&'static str, Vec<Record>, u64)> {
     for i in 0..files {
         let d = format!("d{}", i % dirs);
         let f = format!("s{i}");
-        b.file_op(
-            &d,
-            &f,
-            Op::Create {
-                path: p(&format!("{d}/{f}")),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            },
-        );
-        b.file_op(
-            &d,
-            &f,
-            Op::Write {
-                path: p(&format!("{d}/{f}")),
-                offset: 0,
-                data: vec![7; 4096],
-            },
-        );
+        b.create_with(&d, &f, vec![7; 4096]);
         b.file_op(
             &d,
             &f,

@@ -542,8 +542,6 @@ fn randomized_convergence_real_broker() {
 /// threads, killed at random points, restarted, ends equal to the master.
 #[test]
 fn multi_partition_slave_killed_with_sigkill_converges() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
     let seed = 4242;
     let partitions = 4;
     let cfg = common::kafka_topic("sigkill-multi", partitions);
@@ -555,57 +553,20 @@ fn multi_partition_slave_killed_with_sigkill_converges() {
         .map(|p| source.watermarks(p).unwrap().1)
         .sum();
     let replica = dir.path().join("replica");
-    std::fs::create_dir_all(&replica).unwrap();
-    let sd = kafkafs::checkpoint::StateDir::open(&replica).unwrap();
-    let applied = || -> i64 {
-        let (_, slots) = sd.open_ledger(partitions).unwrap();
-        slots
-            .iter()
-            .map(|s| s.map(|s| s.position.next_offset).unwrap_or(0))
-            .sum()
-    };
-    let run = |extra: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kafkafs"));
-        c.args([
-            "slave",
-            "--broker",
-            cfg.broker_list(),
-            "--topic",
-            &cfg.topic,
-        ])
-        .args(["--threads", "4", "--checkpoint-interval", "0.3"])
-        .args(extra)
-        .arg(&replica)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        c
-    };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut targets: Vec<i64> = (0..6).map(|_| rng.random_range(1..total - 1)).collect();
     targets.sort();
-    let mut at = Vec::new();
-    for target in targets {
-        let mut child = run(&[]).spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while applied() < target {
-            assert!(child.try_wait().unwrap().is_none(), "slave exited early");
-            assert!(Instant::now() < deadline, "no progress to {target}");
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        at.push(applied());
-    }
+    let at = common::replay_with_sigkills(
+        env!("CARGO_BIN_EXE_kafkafs"),
+        &cfg,
+        &replica,
+        partitions,
+        4,
+        &targets,
+    );
     assert!(
         at.iter().all(|&a| a < total),
         "kills landed mid-replay: {at:?} of {total}"
-    );
-    let out = run(&["--exit-when-caught-up"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     common::assert_trees_equal(
         &data,

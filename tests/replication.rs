@@ -94,63 +94,26 @@ fn slave_killed_with_sigkill_resumes_exactly() {
     let replica = common::path_of(&dir, "replica");
     common::apply_direct(&reference, &records);
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let run = |extra: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kafkafs"));
-        c.args([
-            "slave",
-            "--broker",
-            cfg.broker_list(),
-            "--topic",
-            &cfg.topic,
-        ])
-        .args(["--checkpoint-interval", "0.2"])
-        .args(extra)
-        .arg(&replica)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        c
-    };
     // Kill at increasing, random points of the replay, observed through
     // the replica's ledger, so every kill lands mid-replay.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let n = records.len() as i64;
     let mut targets: Vec<i64> = (0..8).map(|_| rng.random_range(1..n - 1)).collect();
     targets.sort();
-    let applied = || {
-        let sd = kafkafs::checkpoint::StateDir::open(&replica).unwrap();
-        let (_, slots) = sd.open_ledger(1).unwrap();
-        slots[0].map(|s| s.position.next_offset).unwrap_or(0)
-    };
-    let mut kills = 0;
-    let mut progress = Vec::new();
-    for target in targets {
-        let mut child = run(&[]).spawn().expect("spawn slave");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while applied() < target {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("slave exited early ({status})");
-            }
-            assert!(Instant::now() < deadline, "no progress to offset {target}");
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        kills += 1;
-        progress.push(applied());
-    }
+    let progress = common::replay_with_sigkills(
+        env!("CARGO_BIN_EXE_kafkafs"),
+        &cfg,
+        &replica,
+        1,
+        1,
+        &targets,
+    );
     assert!(
         progress.iter().all(|&p| p < n),
         "every kill landed mid-replay: {progress:?}"
     );
-    let out = run(&["--exit-when-caught-up"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "final run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let kills = progress.len();
     assert_eq!(kills, 8);
-    eprintln!("positions after each kill: {progress:?}");
     common::assert_trees_equal(
         &reference,
         &replica,

@@ -316,3 +316,75 @@ pub fn run(cmd: &mut std::process::Command) -> String {
 pub fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
+
+/// Records a replica has applied: the sum of its ledger's next offsets.
+pub fn ledger_applied(replica: &Path, partitions: u32) -> i64 {
+    let sd = kafkafs::checkpoint::StateDir::open(replica).unwrap();
+    let (_, slots) = sd.open_ledger(partitions).unwrap();
+    slots
+        .iter()
+        .map(|s| s.map(|s| s.position.next_offset).unwrap_or(0))
+        .sum()
+}
+
+/// Runs the `kafkafs slave` binary on `replica`, SIGKILLs it as soon as the
+/// replica has applied each of `targets` records in turn (restarting it
+/// every time), then runs it once more to the end. Returns how far it had
+/// got at each kill.
+pub fn replay_with_sigkills(
+    bin: &str,
+    cfg: &KafkaConfig,
+    replica: &Path,
+    partitions: u32,
+    threads: usize,
+    targets: &[i64],
+) -> Vec<i64> {
+    let slave = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin);
+        c.args([
+            "slave",
+            "--broker",
+            cfg.broker_list(),
+            "--topic",
+            &cfg.topic,
+        ])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--checkpoint-interval",
+            "0.2",
+        ])
+        .args(extra)
+        .arg(replica)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        c
+    };
+    std::fs::create_dir_all(replica).unwrap();
+    let mut at = Vec::new();
+    for &target in targets {
+        let mut child = slave(&[]).spawn().expect("spawn slave");
+        let deadline = std::time::Instant::now() + WAIT;
+        while ledger_applied(replica, partitions) < target {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("slave exited early ({status})");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress to {target}"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        at.push(ledger_applied(replica, partitions));
+    }
+    let out = slave(&["--exit-when-caught-up"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "final run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    at
+}
