@@ -24,6 +24,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::Timespec;
@@ -31,6 +32,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Tim
 use rustix::fs::{Stat, UTIME_OMIT};
 
 use crate::error::{is_outcome, Errno, ReplicaFailure};
+use crate::limits::Limits;
 use crate::op::{Op, RelPath, Timestamp, XattrFlags, PERM_BITS, S_IFMT};
 use crate::sync::{Mutex, MutexGuard};
 
@@ -84,7 +86,14 @@ pub struct Replica {
     /// inode number): the read-modify-write of `max(before, time)` must not
     /// interleave with another namespace change in the same directory.
     dir_locks: Box<[Mutex<()>]>,
+    /// The limits the topic declared (portable ones until it declares any).
+    limits: Mutex<Limits>,
+    /// Ownership, device numbers and trusted xattrs are not reproduced.
+    unprivileged: bool,
 }
+
+/// File in the state folder holding the declared limits.
+const LIMITS_FILE: &str = "limits";
 
 /// A resolved final component: its parent directory (open for reading) and name.
 struct Entry {
@@ -161,11 +170,87 @@ impl Replica {
             Mode::empty(),
         )?;
         let dir_locks = (0..DIR_LOCK_STRIPES).map(|_| Mutex::new(())).collect();
+        let limits = load_limits(root)?.unwrap_or_else(Limits::portable);
         Ok(Replica {
             root: root.to_path_buf(),
             root_fd,
             dir_locks,
+            limits: Mutex::new(limits),
+            unprivileged: false,
         })
+    }
+
+    /// Neither ownership nor device nodes nor trusted.* xattrs are
+    /// reproduced (a replica kept without root); everything else is exact.
+    pub fn set_unprivileged(&mut self, unprivileged: bool) {
+        self.unprivileged = unprivileged;
+    }
+
+    /// The limits every record is judged by.
+    pub fn limits(&self) -> Limits {
+        self.limits.lock().clone()
+    }
+
+    /// What this replica's filesystem can hold.
+    pub fn capacity(&self) -> std::io::Result<Limits> {
+        let state = self.state_dir()?;
+        let name = CString::new(format!("limits-probe.{}", std::process::id()))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let mut have = crate::limits::probe(state.as_fd(), &name)?;
+        if self.unprivileged {
+            // trusted.* needs privileges; it is not reproduced here anyway.
+            have.xattr_namespaces.push("trusted.".into());
+        }
+        Ok(have)
+    }
+
+    /// Why this replica cannot honour `limits`, if it cannot.
+    pub fn unmet(&self, limits: &Limits) -> std::io::Result<Option<String>> {
+        Ok(limits.unmet_by(&self.capacity()?))
+    }
+
+    fn state_dir(&self) -> std::io::Result<OwnedFd> {
+        let name = CString::new(crate::op::STATE_DIR).unwrap_or_default();
+        match rfs::mkdirat(&self.root_fd, &name, Mode::from_bits_retain(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(rfs::openat(
+            &self.root_fd,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    /// Adopts the topic's declared limits (kept in the state folder).
+    fn declare_limits(&self, limits: &Limits) -> Result<Outcome, ReplicaFailure> {
+        let f = |e: std::io::Error| ReplicaFailure {
+            op: "limits",
+            path: format!("{}/.kafkafs/{LIMITS_FILE}", self.root.display()),
+            errno: Errno::from_io_error(&e).unwrap_or(Errno::IO),
+        };
+        let dir = self
+            .root
+            .join(std::ffi::OsStr::from_bytes(crate::op::STATE_DIR));
+        self.state_dir().map_err(f)?;
+        let tmp = dir.join(format!("{LIMITS_FILE}.tmp"));
+        let text = format!(
+            "max_file_size={}\nname_max={}\nxattr_bytes_max={}\nxattr_namespaces={}\n",
+            limits.max_file_size,
+            limits.name_max,
+            limits.xattr_bytes_max,
+            limits.xattr_namespaces.join(",")
+        );
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, dir.join(LIMITS_FILE))
+        };
+        write().map_err(f)?;
+        *self.limits.lock() = limits.clone();
+        Ok(Ok(()))
     }
 
     pub fn root(&self) -> &Path {
@@ -288,6 +373,9 @@ impl Replica {
     ) -> Result<Outcome, ReplicaFailure> {
         let span = tracing::trace_span!("apply", op = op.name(), path = %op.target());
         let _enter = span.enter();
+        if let Some(errno) = self.limits.lock().refuse(op) {
+            return Ok(Err(errno));
+        }
         match op {
             Op::Create {
                 path,
@@ -379,6 +467,7 @@ impl Replica {
             } => self.setxattr(path, name, value, *flags),
             Op::RemoveXattr { path, name } => self.removexattr(path, name),
             Op::Fsync { path, datasync } => self.fsync(path, *datasync),
+            Op::Limits(limits) => self.declare_limits(limits),
         }
     }
 
@@ -429,6 +518,16 @@ impl Replica {
                 NewInode::Dir { mode } => {
                     rfs::mkdirat(&e.parent, &e.name, Mode::from_bits_retain(mode & PERM_BITS))
                 }
+                NewInode::Node { mode, .. } if self.unprivileged && is_device(mode) => {
+                    // A device node needs privileges: an empty file stands in.
+                    rfs::openat(
+                        &e.parent,
+                        &e.name,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW,
+                        Mode::from_bits_retain(mode & PERM_BITS),
+                    )
+                    .map(drop)
+                }
                 NewInode::Node { mode, rdev } => rfs::mknodat(
                     &e.parent,
                     &e.name,
@@ -446,14 +545,16 @@ impl Replica {
         // Ownership, exact mode (no umask; chown clears set-id bits, so the
         // mode is set after it), times. Every step is idempotent.
         let f = |x| fail(op, path, x);
-        rfs::chownat(
-            &e.parent,
-            &e.name,
-            Some(rfs::Uid::from_raw(uid)),
-            Some(rfs::Gid::from_raw(gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(f)?;
+        if !self.unprivileged {
+            rfs::chownat(
+                &e.parent,
+                &e.name,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(f)?;
+        }
         if let Some(mode) = kind.perm() {
             let fd = rfs::openat(
                 &e.parent,
@@ -711,6 +812,9 @@ impl Replica {
         gid: Option<u32>,
     ) -> Result<Outcome, ReplicaFailure> {
         let fd = try_outcome!(self.open_path(path), "chown", path);
+        if self.unprivileged {
+            return Ok(Ok(()));
+        }
         try_outcome!(
             rfs::chownat(
                 &fd,
@@ -760,6 +864,15 @@ impl Replica {
         flags: XattrFlags,
     ) -> Result<Outcome, ReplicaFailure> {
         let fd = try_outcome!(self.open_path(path), "setxattr", path);
+        if self.unprivileged && name.starts_with(b"trusted.") {
+            return Ok(Ok(()));
+        }
+        let limits = self.limits.lock().clone();
+        try_outcome!(
+            limits.refuse_xattr(proc_fd_path(fd.as_fd()).as_c_str(), name, value),
+            "setxattr",
+            path
+        );
         let name = try_outcome!(cstring(name), "setxattr", path);
         let xf = match flags {
             XattrFlags::Any => rfs::XattrFlags::empty(),
@@ -863,6 +976,47 @@ impl NewInode<'_> {
             NewInode::Symlink { .. } => None,
         }
     }
+}
+
+fn is_device(mode: u32) -> bool {
+    matches!(mode & S_IFMT, crate::op::S_IFCHR | crate::op::S_IFBLK)
+}
+
+/// The limits a replica adopted from its topic, if it adopted any.
+fn load_limits(root: &Path) -> std::io::Result<Option<Limits>> {
+    let path = root
+        .join(std::ffi::OsStr::from_bytes(crate::op::STATE_DIR))
+        .join(LIMITS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {why}", path.display()),
+        )
+    };
+    let mut limits = Limits::portable();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (key, value) = line.split_once('=').ok_or_else(|| bad("not key=value"))?;
+        let number = || value.trim().parse::<u64>().map_err(|_| bad("not a number"));
+        match key.trim() {
+            "max_file_size" => limits.max_file_size = number()?,
+            "name_max" => limits.name_max = number()?.min(u32::MAX as u64) as u32,
+            "xattr_bytes_max" => limits.xattr_bytes_max = number()?.min(u32::MAX as u64) as u32,
+            "xattr_namespaces" => {
+                limits.xattr_namespaces = value
+                    .split(',')
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
+            other => return Err(bad(&format!("unknown key `{other}`"))),
+        }
+    }
+    Ok(Some(limits))
 }
 
 fn openat2_retry(

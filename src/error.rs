@@ -74,6 +74,13 @@ pub enum JournalError {
     Closed,
     #[error("injected fault: {0}")]
     Injected(String),
+    #[error("partition {partition} offset {offset}: cannot decode record: {source}")]
+    Undecodable {
+        partition: u32,
+        offset: i64,
+        #[source]
+        source: DecodeError,
+    },
 }
 
 /// A replica-side failure: the replica could not carry out a record for a
@@ -146,6 +153,8 @@ pub enum SlaveError {
         seq: u64,
         applied_seq: u64,
     },
+    #[error("{pos}: this replica's filesystem cannot honour the limits the topic declares: it must hold {why}. Put the replica on a filesystem that can (see README, \"Limits\"); nothing past this record was applied")]
+    Incapable { pos: RecordPos, why: String },
     #[error("{pos}: next offset was deleted by retention (earliest available is {low}); the replica cannot be brought up to date incrementally, resync it (see README)")]
     OffsetDeleted { pos: RecordPos, low: i64 },
     #[error("journal: {0}")]
@@ -228,6 +237,18 @@ pub enum FsError {
     /// The master is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// Refused before journaling: the call exceeds the topic's limits or
+    /// the data-root's free space (the errno a local filesystem gives).
+    #[error("refused before journaling: {0}")]
+    Refused(Errno),
+    /// The record is in the journal, but the data-root did not apply it
+    /// within the journal timeout (it is failing; the record is retried).
+    #[error("the data-root did not apply the journaled record within {0:?}")]
+    NotApplied(std::time::Duration),
+    /// The inode has no name any more (an open, unlinked file): nothing a
+    /// replica could see; the call is served on the data-root alone.
+    #[error("unlinked inode")]
+    Unlinked,
 }
 
 impl FsError {
@@ -240,6 +261,9 @@ impl FsError {
             FsError::InvalidName => Errno::INVAL,
             FsError::Read(e) => *e,
             FsError::ShuttingDown => Errno::IO,
+            FsError::Refused(e) => *e,
+            FsError::NotApplied(_) => Errno::IO,
+            FsError::Unlinked => Errno::NOENT,
         }
     }
 }

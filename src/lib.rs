@@ -11,6 +11,7 @@ pub mod cli;
 pub mod embedded;
 pub mod error;
 pub mod journal;
+pub mod limits;
 pub mod master;
 pub mod metrics;
 pub mod op;

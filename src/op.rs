@@ -18,6 +18,9 @@ pub const STATE_DIR: &[u8] = b".kafkafs";
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct RelPath(Vec<u8>);
 
+/// The replica root itself.
+pub static ROOT_PATH: RelPath = RelPath(Vec::new());
+
 impl RelPath {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, PathError> {
         let bytes = bytes.into();
@@ -337,6 +340,8 @@ pub enum Op {
         path: RelPath,
         datasync: bool,
     },
+    /// The limits every replica honours (see `crate::limits`); targets the root.
+    Limits(crate::limits::Limits),
 }
 
 impl Op {
@@ -360,6 +365,7 @@ impl Op {
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
             Op::Fsync { .. } => "fsync",
+            Op::Limits(_) => "limits",
         }
     }
 
@@ -383,6 +389,7 @@ impl Op {
             | Op::RemoveXattr { path, .. }
             | Op::Fsync { path, .. } => path,
             Op::Link { dst, .. } | Op::Rename { dst, .. } => dst,
+            Op::Limits(_) => &ROOT_PATH,
         }
     }
 

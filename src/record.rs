@@ -221,6 +221,12 @@ fn to_pb(r: &Record) -> pb::Record {
             path: path.as_bytes().to_vec(),
             datasync: *datasync,
         }),
+        Op::Limits(l) => P::Limits(pb::Limits {
+            max_file_size: l.max_file_size,
+            name_max: l.name_max,
+            xattr_bytes_max: l.xattr_bytes_max,
+            xattr_namespaces: l.xattr_namespaces.clone(),
+        }),
     };
     pb::Record {
         version: FORMAT_VERSION,
@@ -430,6 +436,12 @@ fn from_pb(r: pb::Record) -> Result<Record, DecodeError> {
             path: path("fsync.path", f.path)?,
             datasync: f.datasync,
         },
+        P::Limits(l) => Op::Limits(crate::limits::Limits {
+            max_file_size: l.max_file_size,
+            name_max: l.name_max,
+            xattr_bytes_max: l.xattr_bytes_max,
+            xattr_namespaces: l.xattr_namespaces,
+        }),
     };
     Ok(Record {
         writer: Writer {

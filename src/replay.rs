@@ -195,6 +195,9 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         ..before
     };
     let result = if let EntryKind::Apply(rec) = &entry.kind {
+        if let crate::op::Op::Limits(limits) = &rec.op {
+            check_capable(ctx, p, entry.offset, limits)?;
+        }
         let mut log = LedgerIntent {
             ledger: &ctx.ledger,
             partition: p,
@@ -262,6 +265,38 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         done(result);
     }
     Ok(())
+}
+
+/// Refuses to go past a topic's limits this replica cannot honour (a
+/// failure to measure them is retried like any replica failure).
+fn check_capable(
+    ctx: &ReplicaState,
+    p: u32,
+    offset: i64,
+    limits: &crate::limits::Limits,
+) -> Result<(), WorkError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match ctx.replica.unmet(limits) {
+            Ok(None) => return Ok(()),
+            Ok(Some(why)) => {
+                return Err(WorkError::Fatal(SlaveError::Incapable {
+                    pos: ctx.pos(p, offset),
+                    why,
+                }))
+            }
+            Err(e) => {
+                tracing::error!(
+                    "{}: measuring the replica's filesystem: {e}; position held, retrying in {backoff:?}",
+                    ctx.pos(p, offset)
+                );
+                if sleep_unless_stopped(&ctx.stop, backoff) {
+                    return Err(WorkError::Stopped);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 impl ReplicaState {

@@ -74,6 +74,8 @@ pub const DEFAULT_MAX_CHUNK: usize = 256 * 1024;
 
 pub struct MasterFs {
     pipeline: Pipeline,
+    /// Largest file size the topic declares (writes beyond are short).
+    max_file_size: u64,
     inodes: Arc<Mutex<InodeTable>>,
     handles: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
@@ -101,6 +103,9 @@ fn name_ok(parent: u64, name: &[u8]) -> Result<(), FsError> {
 
 /// Keys for resolving `ino`'s path: every entry along it, shared.
 fn resolve_keys(ks: &mut KeySet, inodes: &InodeTable, ino: u64) -> Result<(), FsError> {
+    if ino != ROOT && inodes.get(ino)?.names.is_empty() {
+        return Err(FsError::Unlinked);
+    }
     for (parent, name) in inodes.chain(ino)? {
         ks.shared(Key::Entry(parent, name));
     }
@@ -138,9 +143,15 @@ fn planned(keys: KeySet, op: Op) -> Planned {
 }
 
 impl MasterFs {
-    pub fn new(pipeline: Pipeline, inodes: Arc<Mutex<InodeTable>>, max_chunk: usize) -> Self {
+    pub fn new(
+        pipeline: Pipeline,
+        inodes: Arc<Mutex<InodeTable>>,
+        max_chunk: usize,
+        max_file_size: u64,
+    ) -> Self {
         MasterFs {
             pipeline,
+            max_file_size,
             inodes,
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -166,7 +177,7 @@ impl MasterFs {
     fn submit(
         &self,
         caller: Caller,
-        mut plan: impl FnMut(&InodeTable) -> Result<Planned, FsError>,
+        mut plan: impl FnMut(&mut InodeTable) -> Result<Planned, FsError>,
     ) -> Result<Applied, FsError> {
         self.pipeline.submit(caller, &mut plan)
     }
@@ -221,6 +232,7 @@ impl MasterFs {
         };
         let file = rfs::open(proc_path(fd.as_fd()).as_c_str(), of, Mode::empty())
             .map_err(FsError::Outcome)?;
+        self.inodes.lock().pin(ino)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, Handle { ino, fd: file });
         Ok(fh)
@@ -244,7 +256,10 @@ impl MasterFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        let handle = self.handles.lock().remove(&fh);
+        if let Some(h) = handle {
+            self.inodes.lock().unpin(h.ino);
+        }
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
@@ -579,28 +594,35 @@ impl MasterFs {
         make: impl Fn(RelPath) -> Op,
     ) -> Result<(), FsError> {
         let applied = self.submit(caller, |inodes| {
-            let path = inodes.path(ino)?;
             let mut ks = KeySet::new();
             inode_keys(&mut ks, inodes, ino, times)?;
+            let path = inodes.path(ino)?;
             Ok(planned(ks, make(path)))
         })?;
         applied.outcome.map_err(FsError::Outcome)
     }
 
-    /// Is `ino` still reachable by a name (else it is an unlinked, open
-    /// file whose changes no replica can see, and which is not journaled)?
-    fn has_name(&self, ino: u64) -> bool {
-        let inodes = self.inodes.lock();
-        ino == ROOT || inodes.get(ino).is_ok_and(|n| !n.names.is_empty())
+    /// setattr(2): chown, chmod, truncate, utimens, journaled in that order
+    /// (chown clears set-id bits, so the mode comes after it). On an open
+    /// file that lost its last name they are applied to the data-root alone.
+    pub fn setattr(&self, caller: Caller, ino: u64, attr: SetAttr) -> Result<Attr, FsError> {
+        match self.setattr_journaled(caller, ino, attr) {
+            Err((FsError::Unlinked, rest)) => self.setattr_unlinked(ino, &rest)?,
+            Err((e, _)) => return Err(e),
+            Ok(()) => {}
+        }
+        self.stat(ino)
     }
 
-    /// setattr(2): chown, chmod, truncate, utimens, journaled in that order
-    /// (chown clears set-id bits, so the mode comes after it).
-    pub fn setattr(&self, caller: Caller, ino: u64, attr: SetAttr) -> Result<Attr, FsError> {
-        if !self.has_name(ino) {
-            self.setattr_unlinked(ino, &attr)?;
-            return self.stat(ino);
-        }
+    /// Journals each part of a setattr; on failure, returns the error and
+    /// the parts not yet done.
+    fn setattr_journaled(
+        &self,
+        caller: Caller,
+        ino: u64,
+        attr: SetAttr,
+    ) -> Result<(), (FsError, SetAttr)> {
+        let mut rest = attr;
         let SetAttr {
             mode,
             uid,
@@ -610,43 +632,60 @@ impl MasterFs {
             mtime,
         } = attr;
         if uid.is_some() || gid.is_some() {
-            self.inode_op(caller, ino, false, |path| Op::Chown { path, uid, gid })?;
+            self.inode_op(caller, ino, false, |path| Op::Chown { path, uid, gid })
+                .map_err(|e| (e, rest))?;
+            (rest.uid, rest.gid) = (None, None);
         }
         if let Some(mode) = mode {
-            let is_link = self.stat(ino)?.st.st_mode & S_IFMT == S_IFLNK;
+            let is_link = self.stat(ino).map_err(|e| (e, rest))?.st.st_mode & S_IFMT == S_IFLNK;
             if !is_link {
                 self.inode_op(caller, ino, false, |path| Op::Chmod {
                     path,
                     mode: mode & PERM_BITS,
-                })?;
+                })
+                .map_err(|e| (e, rest))?;
             }
+            rest.mode = None;
         }
         if let Some(size) = size {
-            self.inode_op(caller, ino, false, |path| Op::Truncate { path, size })?;
+            self.inode_op(caller, ino, false, |path| Op::Truncate { path, size })
+                .map_err(|e| (e, rest))?;
+            rest.size = None;
         }
         if atime.is_some() || mtime.is_some() {
-            let applied = self.submit(caller, |inodes| {
-                let path = inodes.path(ino)?;
-                let mut ks = KeySet::new();
-                inode_keys(&mut ks, inodes, ino, mtime.is_some())?;
-                Ok(Planned {
-                    keys: ks,
-                    build: Box::new(move |now| {
-                        let resolve = |t: SetTime| match t {
-                            SetTime::Now => now,
-                            SetTime::At(t) => t,
-                        };
-                        Op::Utimens {
-                            path,
-                            atime: atime.map(resolve),
-                            mtime: mtime.map(resolve),
-                        }
-                    }),
-                })
-            })?;
-            applied.outcome.map_err(FsError::Outcome)?;
+            self.utimens(caller, ino, atime, mtime)
+                .map_err(|e| (e, rest))?;
         }
-        self.stat(ino)
+        Ok(())
+    }
+
+    fn utimens(
+        &self,
+        caller: Caller,
+        ino: u64,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    ) -> Result<(), FsError> {
+        let applied = self.submit(caller, |inodes| {
+            let mut ks = KeySet::new();
+            inode_keys(&mut ks, inodes, ino, mtime.is_some())?;
+            let path = inodes.path(ino)?;
+            Ok(Planned {
+                keys: ks,
+                build: Box::new(move |now| {
+                    let resolve = |t: SetTime| match t {
+                        SetTime::Now => now,
+                        SetTime::At(t) => t,
+                    };
+                    Op::Utimens {
+                        path,
+                        atime: atime.map(resolve),
+                        mtime: mtime.map(resolve),
+                    }
+                }),
+            })
+        })?;
+        applied.outcome.map_err(FsError::Outcome)
     }
 
     /// setattr of an unlinked, open inode: applied locally only.
@@ -713,7 +752,10 @@ impl MasterFs {
         Ok(())
     }
 
-    /// write(2): journaled in chunks of at most `max_chunk` bytes.
+    /// write(2): journaled in chunks of at most `max_chunk` bytes. A write
+    /// that fails after some chunks returns the short count; beyond the
+    /// topic's largest file size it is short too (EFBIG at the limit), as
+    /// on a local filesystem.
     pub fn write(
         &self,
         caller: Caller,
@@ -722,27 +764,49 @@ impl MasterFs {
         offset: u64,
         data: &[u8],
     ) -> Result<u32, FsError> {
-        if !self.has_name(ino) {
-            let handles = self.handles.lock();
-            let h = handles.get(&fh).ok_or(FsError::Outcome(Errno::BADF))?;
-            debug_assert_eq!(h.ino, ino);
-            let mut done = 0;
-            while done < data.len() {
-                let n = rustix::io::pwrite(&h.fd, &data[done..], offset + done as u64)
-                    .map_err(FsError::Outcome)?;
-                done += n.max(1);
-            }
-            return Ok(data.len() as u32);
+        if offset >= self.max_file_size && !data.is_empty() {
+            return Err(FsError::Refused(Errno::FBIG));
         }
-        for (i, chunk) in data.chunks(self.max_chunk).enumerate() {
-            let off = offset + (i * self.max_chunk) as u64;
-            self.inode_op(caller, ino, false, |path| Op::Write {
+        let fits = (self.max_file_size - offset).min(data.len() as u64) as usize;
+        let data = &data[..fits];
+        let mut done = 0;
+        for chunk in data.chunks(self.max_chunk) {
+            let off = offset + done as u64;
+            let journaled = self.inode_op(caller, ino, false, |path| Op::Write {
                 path,
                 offset: off,
                 data: chunk.to_vec(),
-            })?;
+            });
+            match journaled {
+                Ok(()) => done += chunk.len(),
+                Err(FsError::Unlinked) => {
+                    done += self.write_unlinked(fh, off, &data[done..])?;
+                    break;
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(e) => {
+                    tracing::debug!("write of inode {ino} short after {done} bytes: {e}");
+                    break;
+                }
+            }
         }
-        Ok(data.len() as u32)
+        Ok(done as u32)
+    }
+
+    /// A write to an open file that has no name: the data-root alone.
+    fn write_unlinked(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        let handles = self.handles.lock();
+        let h = handles.get(&fh).ok_or(FsError::Outcome(Errno::BADF))?;
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&h.fd, &data[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if done == 0 => return Err(FsError::Outcome(e)),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
     }
 
     pub fn fallocate(
@@ -757,26 +821,47 @@ impl MasterFs {
         if mode & !FALLOC_ALLOWED != 0 {
             return Err(FsError::Outcome(Errno::OPNOTSUPP));
         }
-        self.inode_op(caller, ino, false, |path| Op::Fallocate {
+        let journaled = self.inode_op(caller, ino, false, |path| Op::Fallocate {
             path,
             mode,
             offset,
             length,
-        })
+        });
+        match journaled {
+            Err(FsError::Unlinked) => {
+                let fd = self.fd(ino)?;
+                let file = rfs::open(
+                    proc_path(fd.as_fd()).as_c_str(),
+                    OFlags::WRONLY,
+                    Mode::empty(),
+                )
+                .map_err(FsError::Outcome)?;
+                rfs::fallocate(
+                    &file,
+                    rfs::FallocateFlags::from_bits_retain(mode),
+                    offset,
+                    length,
+                )
+                .map_err(FsError::Outcome)
+            }
+            other => other,
+        }
     }
 
     pub fn fsync(&self, caller: Caller, ino: u64, datasync: bool) -> Result<(), FsError> {
-        if !self.has_name(ino) {
-            return Ok(());
-        }
         let applied = self.submit(caller, |inodes| {
-            let path = inodes.path(ino)?;
             let mut ks = KeySet::new();
             resolve_keys(&mut ks, inodes, ino)?;
             ks.shared(Key::Inode(ino));
+            let path = inodes.path(ino)?;
             Ok(planned(ks, Op::Fsync { path, datasync }))
-        })?;
-        applied.outcome.map_err(FsError::Outcome)
+        });
+        match applied {
+            // Nothing a replica could see; the data-root syncs at checkpoints.
+            Err(FsError::Unlinked) => Ok(()),
+            Err(e) => Err(e),
+            Ok(a) => a.outcome.map_err(FsError::Outcome),
+        }
     }
 
     pub fn setxattr(
@@ -791,33 +876,33 @@ impl MasterFs {
         if name.is_empty() || name.contains(&0) {
             return Err(FsError::Outcome(Errno::INVAL));
         }
-        if !self.has_name(ino) {
-            let fd = self.fd(ino)?;
-            let xf = match flags {
-                XattrFlags::Any => rfs::XattrFlags::empty(),
-                XattrFlags::Create => rfs::XattrFlags::CREATE,
-                XattrFlags::Replace => rfs::XattrFlags::REPLACE,
-            };
-            return rfs::setxattr(proc_path(fd.as_fd()).as_c_str(), name, value, xf)
-                .map_err(FsError::Outcome);
-        }
-        self.inode_op(caller, ino, false, |path| Op::SetXattr {
+        let journaled = self.inode_op(caller, ino, false, |path| Op::SetXattr {
             path,
             name: name.to_vec(),
             value: value.to_vec(),
             flags,
-        })
+        });
+        if !matches!(journaled, Err(FsError::Unlinked)) {
+            return journaled;
+        }
+        let fd = self.fd(ino)?;
+        let xf = match flags {
+            XattrFlags::Any => rfs::XattrFlags::empty(),
+            XattrFlags::Create => rfs::XattrFlags::CREATE,
+            XattrFlags::Replace => rfs::XattrFlags::REPLACE,
+        };
+        rfs::setxattr(proc_path(fd.as_fd()).as_c_str(), name, value, xf).map_err(FsError::Outcome)
     }
 
     pub fn removexattr(&self, caller: Caller, ino: u64, name: &[u8]) -> Result<(), FsError> {
-        if !self.has_name(ino) {
-            let fd = self.fd(ino)?;
-            return rfs::removexattr(proc_path(fd.as_fd()).as_c_str(), name)
-                .map_err(FsError::Outcome);
-        }
-        self.inode_op(caller, ino, false, |path| Op::RemoveXattr {
+        let journaled = self.inode_op(caller, ino, false, |path| Op::RemoveXattr {
             path,
             name: name.to_vec(),
-        })
+        });
+        if !matches!(journaled, Err(FsError::Unlinked)) {
+            return journaled;
+        }
+        let fd = self.fd(ino)?;
+        rfs::removexattr(proc_path(fd.as_fd()).as_c_str(), name).map_err(FsError::Outcome)
     }
 }

@@ -1,6 +1,16 @@
 //! The master's inode table: FUSE inode numbers for the inodes of the
-//! data-root, their names (parent + name; several for hard links), the
-//! kernel's lookup counts, and an `O_PATH` handle on each.
+//! data-root, their names (parent + name; several for hard links) and the
+//! kernel's lookup counts, plus a *bounded* set of `O_PATH` handles.
+//!
+//! Descriptors are bounded by configuration, not by the tree: an inode the
+//! kernel knows holds no descriptor of its own. Handles live in an LRU
+//! cache of `capacity` entries, and only inodes with open files (which may
+//! lose their last name while open) pin one. A handle that is not cached is
+//! re-resolved from its parent's handle and its name with `openat` (never
+//! by joining long paths), and checked against the inode's identity
+//! (st_dev, st_ino): the master is the data-root's only writer, and the
+//! table's names change only when an applied operation changed them.
+//! Memory per known inode: about 300 bytes plus twice its name's length.
 //!
 //! Reads go through the handles, so they are immune to concurrent renames;
 //! mutations are journaled by path, and the path of an inode is derived
@@ -12,11 +22,11 @@
 //! root's own inode numbers (which the filesystem may reuse) only map to a
 //! FUSE inode while the inode still has a name.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use rustix::fs::Stat;
+use rustix::fs::{self as rfs, Mode, OFlags, Stat};
 
 use crate::error::FsError;
 use crate::op::RelPath;
@@ -28,8 +38,11 @@ pub const ROOT: u64 = 1;
 const MAX_DEPTH: usize = 1 << 16;
 
 pub struct Node {
-    /// `O_PATH | O_NOFOLLOW` handle on the inode in the data-root.
-    pub fd: Arc<OwnedFd>,
+    /// A handle held while files of the inode are open (`opens > 0`): an
+    /// open file can lose its last name, and then it cannot be re-resolved.
+    pinned: Option<Arc<OwnedFd>>,
+    /// Open files of the inode.
+    opens: u32,
     /// (st_dev, st_ino) in the data-root.
     pub backing: (u64, u64),
     /// File type bits (S_IFMT).
@@ -45,6 +58,45 @@ pub struct InodeTable {
     by_backing: HashMap<(u64, u64), u64>,
     by_name: HashMap<(u64, Vec<u8>), u64>,
     next: u64,
+    cache: HandleCache,
+}
+
+/// Least-recently-used `O_PATH` handles, at most `capacity`.
+struct HandleCache {
+    capacity: usize,
+    tick: u64,
+    by_ino: HashMap<u64, (Arc<OwnedFd>, u64)>,
+    by_age: BTreeMap<u64, u64>,
+}
+
+impl HandleCache {
+    fn get(&mut self, ino: u64) -> Option<Arc<OwnedFd>> {
+        let (fd, age) = self.by_ino.get_mut(&ino)?;
+        self.by_age.remove(age);
+        self.tick += 1;
+        *age = self.tick;
+        self.by_age.insert(self.tick, ino);
+        Some(fd.clone())
+    }
+
+    fn put(&mut self, ino: u64, fd: Arc<OwnedFd>) {
+        self.remove(ino);
+        while self.by_ino.len() >= self.capacity.max(1) {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.by_ino.remove(&oldest);
+        }
+        self.tick += 1;
+        self.by_age.insert(self.tick, ino);
+        self.by_ino.insert(ino, (fd, self.tick));
+    }
+
+    fn remove(&mut self, ino: u64) -> Option<Arc<OwnedFd>> {
+        let (fd, age) = self.by_ino.remove(&ino)?;
+        self.by_age.remove(&age);
+        Some(fd)
+    }
 }
 
 fn backing(st: &Stat) -> (u64, u64) {
@@ -52,12 +104,15 @@ fn backing(st: &Stat) -> (u64, u64) {
 }
 
 impl InodeTable {
-    pub fn new(root_fd: OwnedFd, root: &Stat) -> Self {
+    /// A table whose root is `root_fd`, caching at most `capacity` other
+    /// handles.
+    pub fn new(root_fd: OwnedFd, root: &Stat, capacity: usize) -> Self {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT,
             Node {
-                fd: Arc::new(root_fd),
+                pinned: Some(Arc::new(root_fd)),
+                opens: 1,
                 backing: backing(root),
                 kind: root.st_mode & 0o170000,
                 names: Vec::new(),
@@ -71,6 +126,12 @@ impl InodeTable {
             by_backing,
             by_name: HashMap::new(),
             next: ROOT + 1,
+            cache: HandleCache {
+                capacity,
+                tick: 0,
+                by_ino: HashMap::new(),
+                by_age: BTreeMap::new(),
+            },
         }
     }
 
@@ -78,8 +139,99 @@ impl InodeTable {
         self.nodes.get(&ino).ok_or(FsError::StaleInode(ino))
     }
 
-    pub fn fd(&self, ino: u64) -> Result<Arc<OwnedFd>, FsError> {
-        Ok(self.get(ino)?.fd.clone())
+    /// An `O_PATH | O_NOFOLLOW` handle on `ino`: pinned, cached, or
+    /// re-resolved from its parent's handle and name.
+    pub fn fd(&mut self, ino: u64) -> Result<Arc<OwnedFd>, FsError> {
+        if let Some(fd) = &self.get(ino)?.pinned {
+            return Ok(fd.clone());
+        }
+        if let Some(fd) = self.cache.get(ino) {
+            return Ok(fd);
+        }
+        let node = self.get(ino)?;
+        let (parent, name) = node
+            .names
+            .first()
+            .cloned()
+            .ok_or(FsError::StaleInode(ino))?;
+        let want = node.backing;
+        if self.chain_len(parent) > MAX_DEPTH {
+            return Err(FsError::StaleInode(ino));
+        }
+        let pfd = self.fd(parent)?;
+        let fd = rfs::openat(
+            &*pfd,
+            name.as_slice(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.resolve_failed(ino, e))?;
+        let st = rfs::fstat(&fd).map_err(FsError::Read)?;
+        if backing(&st) != want {
+            tracing::error!(
+                "inode {ino}: the data-root changed behind the master's back at {:?}",
+                String::from_utf8_lossy(&name)
+            );
+            return Err(FsError::StaleInode(ino));
+        }
+        let fd = Arc::new(fd);
+        self.cache.put(ino, fd.clone());
+        Ok(fd)
+    }
+
+    fn resolve_failed(&self, ino: u64, e: crate::error::Errno) -> FsError {
+        match e {
+            crate::error::Errno::NFILE
+            | crate::error::Errno::MFILE
+            | crate::error::Errno::NOMEM => FsError::Read(e),
+            _ => FsError::StaleInode(ino),
+        }
+    }
+
+    /// Number of ancestors of `ino` (bounded by MAX_DEPTH + 1).
+    fn chain_len(&self, mut ino: u64) -> usize {
+        let mut n = 0;
+        while ino != ROOT && n <= MAX_DEPTH {
+            match self.nodes.get(&ino).and_then(|x| x.names.first()) {
+                Some((p, _)) => ino = *p,
+                None => return MAX_DEPTH + 1,
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// A file of `ino` was opened: keep its handle while it is open.
+    pub fn pin(&mut self, ino: u64) -> Result<(), FsError> {
+        let fd = self.fd(ino)?;
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.opens += 1;
+            node.pinned = Some(fd);
+        }
+        Ok(())
+    }
+
+    /// A file of `ino` was closed.
+    pub fn unpin(&mut self, ino: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.opens = node.opens.saturating_sub(1);
+        if node.opens == 0 {
+            if let Some(fd) = node.pinned.take() {
+                if !node.names.is_empty() {
+                    self.cache.put(ino, fd);
+                }
+            }
+        }
+    }
+
+    /// Handles cached (not counting pinned ones).
+    pub fn cached(&self) -> usize {
+        self.cache.by_ino.len()
     }
 
     /// The FUSE inode currently known under (parent, name).
@@ -144,7 +296,8 @@ impl InodeTable {
                 self.nodes.insert(
                     ino,
                     Node {
-                        fd: Arc::new(fd),
+                        pinned: None,
+                        opens: 0,
                         backing: backing(st),
                         kind: st.st_mode & 0o170000,
                         names: Vec::new(),
@@ -155,6 +308,9 @@ impl InodeTable {
                 ino
             }
         };
+        if self.nodes.get(&ino).is_some_and(|n| n.pinned.is_none()) {
+            self.cache.put(ino, Arc::new(fd));
+        }
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups += 1;
             if !node.names.iter().any(|(p, n)| *p == parent && n == name) {
@@ -178,6 +334,7 @@ impl InodeTable {
             None => false,
         };
         if gone {
+            self.cache.remove(ino);
             if let Some(node) = self.nodes.remove(&ino) {
                 for (p, name) in node.names {
                     if self.by_name.get(&(p, name.clone())) == Some(&ino) {
@@ -248,17 +405,22 @@ impl InodeTable {
     }
 
     /// Drops every name that no longer matches the data-root (after records
-    /// were applied behind the table's back, by recovery): `check(parent
-    /// handle, name)` returns the backing identity now at that name.
-    pub fn revalidate(&mut self, check: impl Fn(&OwnedFd, &[u8]) -> Option<(u64, u64)>) {
+    /// were applied behind the table's back: by recovery, or after their
+    /// callers had given up waiting), and every handle cached for it.
+    pub fn revalidate(&mut self) {
         let names: Vec<((u64, Vec<u8>), u64)> =
             self.by_name.iter().map(|(k, v)| (k.clone(), *v)).collect();
         for ((parent, name), ino) in names {
             let want = self.nodes.get(&ino).map(|n| n.backing);
-            let now = self.nodes.get(&parent).and_then(|p| check(&p.fd, &name));
+            let now = self.fd(parent).ok().and_then(|pfd| {
+                let st =
+                    rfs::statat(&*pfd, name.as_slice(), rfs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                Some(backing(&st))
+            });
             if now.is_none() || now != want {
                 self.by_name.remove(&(parent, name.clone()));
                 self.unname(ino, parent, &name);
+                self.cache.remove(ino);
             }
         }
     }

@@ -14,7 +14,9 @@ pub mod inodes;
 pub mod keys;
 pub mod pipeline;
 
+use std::ffi::CString;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,12 +27,15 @@ use rustix::fs::{Mode, OFlags};
 use crate::applier::{Pool, WorkFn};
 use crate::apply::Replica;
 use crate::checkpoint::StateDir;
-use crate::error::{CheckpointError, FsError, JournalError, SlaveError};
+use crate::error::{CheckpointError, Errno, FsError, JournalError, SlaveError};
 use crate::journal::Journal;
+use crate::limits::{Limits, LimitsProfile};
 use crate::master::fs::MasterFs;
 use crate::master::inodes::{InodeTable, ROOT};
 use crate::master::keys::{Key, KeySet};
-use crate::master::pipeline::{read_last, Pipeline, PipelineStart, Planned, ReplayOrder, Tail};
+use crate::master::pipeline::{
+    read_last, Pipeline, PipelineStart, Planned, PreCheck, ReplayOrder, Tail,
+};
 use crate::op::{Op, RelPath, Timestamp};
 use crate::record::{Caller, Writer};
 use crate::replay::{
@@ -39,6 +44,32 @@ use crate::replay::{
 use crate::scheduler::{Item, Scheduler};
 use crate::slave::{self, SlaveConfig};
 use crate::sync::Mutex;
+
+/// Default cap on cached data-root handles.
+pub const DEFAULT_FD_CACHE: usize = 4096;
+
+/// Descriptors kept free for Kafka sockets, the ledger and checkpoint,
+/// applier and dispatcher threads.
+const FD_RESERVE: u64 = 192;
+
+/// Raises the soft open-file limit to the hard one; returns the soft limit.
+pub fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim.clone()) {
+            tracing::warn!("raising the open-file limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
+}
+
+/// Handles the inode table may cache under an open-file limit of `nofile`.
+pub fn fd_cache_capacity(configured: usize, nofile: u64) -> usize {
+    let room = nofile.saturating_sub(FD_RESERVE) / 2;
+    configured.min(room as usize).max(16)
+}
 
 /// How to run a master.
 #[derive(Clone, Debug)]
@@ -59,6 +90,15 @@ pub struct MasterConfig {
     pub ordering: ReplayOrder,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Which limits a new topic declares.
+    pub limits: LimitsProfile,
+    /// Most `O_PATH` handles kept on the data-root's inodes (further
+    /// capped by the open-file limit).
+    pub fd_cache: usize,
+    /// Catch-up: skip every undecodable record (each skip is logged).
+    pub skip_bad_records: bool,
+    /// Catch-up: skip exactly these records (partition, offset).
+    pub skip_records: Vec<(u32, i64)>,
 }
 
 impl MasterConfig {
@@ -73,6 +113,10 @@ impl MasterConfig {
             history_limit: 1 << 21,
             ordering: ReplayOrder::Causal,
             metrics: None,
+            limits: LimitsProfile::Portable,
+            fd_cache: DEFAULT_FD_CACHE,
+            skip_bad_records: false,
+            skip_records: Vec::new(),
         }
     }
 }
@@ -199,6 +243,8 @@ impl Master {
         let mut catch_up = SlaveConfig::new(data, &topic);
         catch_up.exit_when_caught_up = true;
         catch_up.threads = config.threads;
+        catch_up.skip_bad_records = config.skip_bad_records;
+        catch_up.skip_records = config.skip_records.clone();
         let report =
             slave::run(&catch_up, journal.source()?, stop.clone()).map_err(MasterError::CatchUp)?;
         if report.applied > 0 {
@@ -269,7 +315,20 @@ impl Master {
         )
         .map_err(|e| io(data)(e.into()))?;
         let root_st = rustix::fs::fstat(&root_fd).map_err(|e| io(data)(e.into()))?;
-        let inodes = Arc::new(Mutex::new(InodeTable::new(root_fd, &root_st)));
+        let nofile = raise_nofile();
+        let capacity = fd_cache_capacity(config.fd_cache, nofile);
+        tracing::info!("open-file limit {nofile}; at most {capacity} data-root handles cached");
+        let inodes = Arc::new(Mutex::new(InodeTable::new(root_fd, &root_st, capacity)));
+        let declared = if fresh_topic {
+            let capacity = state.replica.capacity().map_err(io(data))?;
+            Some(match config.limits {
+                LimitsProfile::Portable => Limits::portable().min(&capacity),
+                LimitsProfile::DataRoot => capacity,
+            })
+        } else {
+            None
+        };
+        let limits = effective_limits(&state, declared.as_ref(), data)?;
         let pipeline = Pipeline::start(PipelineStart {
             ordering: config.ordering,
             journal,
@@ -280,8 +339,14 @@ impl Master {
             writer: Writer { id, epoch },
             timeout: config.journal_timeout,
             history_limit: config.history_limit,
+            check: pre_check(state.clone(), limits.clone()),
         })?;
-        let fs = Arc::new(MasterFs::new(pipeline.clone(), inodes, config.max_chunk));
+        let fs = Arc::new(MasterFs::new(
+            pipeline.clone(),
+            inodes,
+            config.max_chunk,
+            limits.max_file_size,
+        ));
         if let Some(addr) = config.metrics {
             let (m, p) = (state.clone(), pipeline.clone());
             let render = move || {
@@ -297,7 +362,8 @@ impl Master {
         }
 
         // 5. A new journal starts with the root's attributes.
-        if fresh_topic {
+        if let Some(declared) = declared {
+            journal_limits(&pipeline, declared).map_err(MasterError::Init)?;
             journal_root(&pipeline, &root_st).map_err(MasterError::Init)?;
         }
 
@@ -360,6 +426,75 @@ impl Master {
         durable_checkpoint(&self.statedir, &self.state)?;
         Ok(())
     }
+}
+
+/// The limits the master checks calls against: what the topic declares
+/// (or is about to), within what the data-root can hold.
+fn effective_limits(
+    state: &ReplicaState,
+    declared: Option<&Limits>,
+    data: &Path,
+) -> Result<Limits, MasterError> {
+    let declared = declared.cloned().unwrap_or_else(|| state.replica.limits());
+    let capacity = state.replica.capacity().map_err(io(data))?;
+    if let Some(why) = declared.unmet_by(&capacity) {
+        tracing::warn!(
+            "the data-root cannot hold what the topic declares ({why}); calls beyond what it \
+             holds are refused"
+        );
+    }
+    Ok(declared.min(&capacity))
+}
+
+/// The check a record passes before it is journaled (with its keys held):
+/// the topic's limits, the xattr space of its inode, the data-root's free
+/// space for data it adds.
+fn pre_check(state: Arc<ReplicaState>, limits: Limits) -> PreCheck {
+    Arc::new(move |op: &Op| {
+        if let Some(errno) = limits.refuse(op) {
+            return Some(errno);
+        }
+        let replica = &state.replica;
+        match op {
+            Op::SetXattr {
+                path, name, value, ..
+            } => {
+                let fd = replica.open_path(path).ok()?;
+                let link = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+                limits.refuse_xattr(&link, name, value).err()
+            }
+            Op::Write { data, .. } => free_space_for(replica, data.len() as u64),
+            Op::Fallocate { mode, length, .. } if mode & crate::op::FALLOC_PUNCH_HOLE == 0 => {
+                free_space_for(replica, *length)
+            }
+            _ => None,
+        }
+    })
+}
+
+/// ENOSPC when the data-root cannot take `bytes` more (with a margin for
+/// the filesystem's own metadata).
+fn free_space_for(replica: &crate::apply::Replica, bytes: u64) -> Option<Errno> {
+    let vfs = rustix::fs::fstatvfs(replica.root_fd()).ok()?;
+    let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    let margin = 64 * 1024 + bytes / 32;
+    (free < bytes.saturating_add(margin)).then_some(Errno::NOSPC)
+}
+
+/// Journals the topic's limits: the first record of a new topic.
+fn journal_limits(pipeline: &Pipeline, limits: Limits) -> Result<(), FsError> {
+    let mut keys = KeySet::new();
+    keys.exclusive(Key::Inode(ROOT));
+    keys.exclusive(Key::DirTimes(ROOT));
+    tracing::info!("the new topic declares its limits: {limits:?}");
+    let applied = pipeline.submit(Caller::default(), &mut |_| {
+        let limits = limits.clone();
+        Ok(Planned {
+            keys: keys.clone(),
+            build: Box::new(move |_| Op::Limits(limits)),
+        })
+    })?;
+    applied.outcome.map_err(FsError::Outcome)
 }
 
 /// Journals the root directory's mode, owner and times: the first records

@@ -34,9 +34,11 @@ use crate::master::inodes::InodeTable;
 use crate::master::keys::{Conflicts, KeySet};
 use crate::op::{Op, Timestamp};
 use crate::partition::partition_for;
-use crate::record::{Caller, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP, HEADER_VERSION};
+use crate::record::{
+    Caller, Dep, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP, HEADER_VERSION,
+};
 use crate::replay::{Entry, WorkError};
-use crate::sync::{channel, Condvar, Mutex};
+use crate::sync::{channel, Condvar, Mutex, MutexGuard};
 
 /// What a record is ordered after on slaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -109,6 +111,7 @@ struct Shared {
     partitions: u32,
     ordering: ReplayOrder,
     recovery: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    check: PreCheck,
 }
 
 /// The write path (see module docs). Cheap to clone.
@@ -120,8 +123,18 @@ pub struct Pipeline {
 /// A record applied to the data-root; its keys are held until dropped.
 pub struct Applied {
     pub outcome: Outcome,
-    _keys: KeyGuard,
+    _keys: Option<KeyGuard>,
 }
+
+/// Decides, before a record is journaled and with its keys held (so every
+/// record it conflicts with is applied), whether the data-root can take it:
+/// `Some(errno)` refuses the call with the errno a local filesystem gives.
+pub type PreCheck = Arc<dyn Fn(&Op) -> Option<Errno> + Send + Sync>;
+
+/// Where a record's keys go when its caller stopped waiting before the
+/// record was applied: the completion releases them (and re-reads the
+/// names it may have changed) once it is.
+type LateKeys = Arc<std::sync::Mutex<Option<KeyGuard>>>;
 
 struct KeyGuard {
     shared: Arc<Shared>,
@@ -148,6 +161,7 @@ pub struct PipelineStart {
     pub writer: Writer,
     pub timeout: Duration,
     pub history_limit: usize,
+    pub check: PreCheck,
 }
 
 impl Pipeline {
@@ -181,6 +195,7 @@ impl Pipeline {
             partitions,
             ordering: s.ordering,
             recovery: std::sync::Mutex::new(None),
+            check: s.check,
         });
         let pipeline = Pipeline { shared };
         let recovery = pipeline.clone();
@@ -219,79 +234,90 @@ impl Pipeline {
         sink.flush(timeout)
     }
 
-    /// Journals and applies one operation (see module docs).
+    /// Journals and applies one operation (see module docs). Answers within
+    /// the journal timeout: an outcome, or an error when the journal did not
+    /// acknowledge the record or the data-root did not apply it in time.
     pub fn submit(
         &self,
         caller: Caller,
-        plan: &mut dyn FnMut(&InodeTable) -> Result<Planned, FsError>,
+        plan: &mut dyn FnMut(&mut InodeTable) -> Result<Planned, FsError>,
     ) -> Result<Applied, FsError> {
-        let shared = &self.shared;
-        let deadline = Instant::now() + shared.timeout;
+        let deadline = Instant::now() + self.shared.timeout;
+        let (st, planned) = self.wait_for_keys(deadline, plan)?;
         let (tx, rx) = channel::unbounded::<Progress>();
+        let late: LateKeys = Arc::default();
+        let guard = self.sequence_and_send(st, planned, caller, tx, late.clone())?;
+        self.await_outcome(&rx, guard, &late, deadline)
+    }
+
+    /// Plans the operation and waits until no operation in flight conflicts
+    /// with it; returns with the sequencing lock held.
+    fn wait_for_keys(
+        &self,
+        deadline: Instant,
+        plan: &mut dyn FnMut(&mut InodeTable) -> Result<Planned, FsError>,
+    ) -> Result<(MutexGuard<'_, SeqState>, Planned), FsError> {
+        let shared = &self.shared;
         let mut st = shared.state.lock();
-        let planned = loop {
+        loop {
             if shared.stopping.load(Ordering::SeqCst) {
                 return Err(FsError::ShuttingDown);
             }
             let now = Instant::now();
-            if shared.recovering.load(Ordering::SeqCst) {
-                if now >= deadline {
-                    return Err(FsError::Journal(format!(
+            if now >= deadline {
+                return Err(if shared.recovering.load(Ordering::SeqCst) {
+                    FsError::Journal(format!(
                         "the journal did not recover within {:?}",
                         shared.timeout
-                    )));
+                    ))
+                } else {
+                    FsError::NotApplied(shared.timeout)
+                });
+            }
+            if !shared.recovering.load(Ordering::SeqCst) {
+                let planned = plan(&mut shared.inodes.lock())?;
+                if st.conflicts.can_acquire(&planned.keys) {
+                    return Ok((st, planned));
                 }
-                st = shared
-                    .cv
-                    .wait_timeout(st, (deadline - now).min(Duration::from_millis(100)));
-                continue;
             }
-            let planned = {
-                let inodes = shared.inodes.lock();
-                plan(&inodes)?
-            };
-            if st.conflicts.can_acquire(&planned.keys) {
-                break planned;
-            }
-            // A conflicting operation is in flight: wait for it to finish
-            // (it releases its keys once applied, or once it failed).
-            st = shared.cv.wait_timeout(st, Duration::from_millis(100));
-        };
+            // Recovering, or a conflicting operation is in flight: wait for
+            // it to finish (it releases its keys once applied, or failed).
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            st = shared.cv.wait_timeout(st, wait);
+        }
+    }
+
+    /// Takes the keys, numbers the record, checks it against the data-root
+    /// and hands it to the journal (under the sequencing lock, so records
+    /// reach every partition in sequence order).
+    fn sequence_and_send(
+        &self,
+        mut st: MutexGuard<'_, SeqState>,
+        planned: Planned,
+        caller: Caller,
+        tx: channel::Sender<Progress>,
+        late: LateKeys,
+    ) -> Result<KeyGuard, FsError> {
+        let shared = &self.shared;
         st.conflicts.acquire(&planned.keys);
         let guard = KeyGuard {
             shared: shared.clone(),
             keys: planned.keys.clone(),
         };
-        // Sequence numbers, time and dependencies.
         let now = Timestamp::now();
         let time = if now > st.time { now } else { st.time.succ() };
-        st.time = time;
         let op = (planned.build)(time);
+        if let Some(errno) = (shared.check)(&op) {
+            drop(st);
+            drop(guard);
+            return Err(FsError::Refused(errno));
+        }
+        st.time = time;
         let p = partition_for(op.target().as_bytes(), shared.partitions);
         st.seq += 1;
         st.pseq[p as usize] += 1;
         let seq = st.seq;
-        let mut deps = st.conflicts.record(&planned.keys, p, seq);
-        if shared.ordering == ReplayOrder::Causal {
-            // Everything applied (so possibly seen by a caller) comes first.
-            let applied: Vec<u64> = shared
-                .feeder
-                .inspect(|s| (0..s.partitions()).map(|q| s.applied_seq(q)).collect());
-            for (q, &a) in applied.iter().enumerate() {
-                let q = q as u32;
-                if q == p || a == 0 {
-                    continue;
-                }
-                match deps.iter_mut().find(|d| d.partition == q) {
-                    Some(d) => d.seq = d.seq.max(a),
-                    None => deps.push(crate::record::Dep {
-                        partition: q,
-                        seq: a,
-                    }),
-                }
-            }
-            deps.sort_by_key(|d| d.partition);
-        }
+        let deps = self.dependencies(&mut st, &planned.keys, p, seq);
         let record = Record {
             writer: st.writer.clone(),
             seq,
@@ -302,22 +328,7 @@ impl Pipeline {
             caller,
             op,
         };
-        let payload = record.encode();
-        let key = record.op.target().as_bytes().to_vec();
-        let name = record.op.name();
-        let generation = shared.generation.load(Ordering::SeqCst);
-        let cb_shared = shared.clone();
-        let cb_tx = tx.clone();
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        let sent = st.sink.send(
-            p,
-            &key,
-            &payload,
-            &[(HEADER_VERSION, b"1"), (HEADER_OP, name.as_bytes())],
-            Box::new(move |res| deliver(&cb_shared, generation, record, cb_tx, res)),
-        );
-        if let Err(e) = sent {
-            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = self.send(&st, record, tx, late) {
             // Nothing was queued: this partition sequence number is free again.
             st.seq -= 1;
             st.pseq[p as usize] -= 1;
@@ -325,45 +336,128 @@ impl Pipeline {
             self.enter_recovery(&format!("send failed: {e}"));
             return Err(FsError::Journal(e.to_string()));
         }
-        drop(st);
+        Ok(guard)
+    }
 
-        // Acknowledgement, within the journal timeout.
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
-            Ok(Progress::Delivered) => {}
-            Ok(Progress::Applied(outcome)) => {
-                return Ok(Applied {
-                    outcome,
-                    _keys: guard,
-                })
+    /// What the record is ordered after on replicas.
+    fn dependencies(&self, st: &mut SeqState, keys: &KeySet, p: u32, seq: u64) -> Vec<Dep> {
+        let mut deps = st.conflicts.record(keys, p, seq);
+        if self.shared.ordering == ReplayOrder::Causal {
+            // Everything applied (so possibly seen by a caller) comes first.
+            let applied: Vec<u64> = self
+                .shared
+                .feeder
+                .inspect(|s| (0..s.partitions()).map(|q| s.applied_seq(q)).collect());
+            for (q, &a) in applied.iter().enumerate() {
+                let q = q as u32;
+                if q == p || a == 0 {
+                    continue;
+                }
+                match deps.iter_mut().find(|d| d.partition == q) {
+                    Some(d) => d.seq = d.seq.max(a),
+                    None => deps.push(Dep {
+                        partition: q,
+                        seq: a,
+                    }),
+                }
             }
-            Ok(Progress::Failed(e)) => {
-                self.enter_recovery(&format!("record not acknowledged: {e}"));
-                return Err(FsError::Journal(e.to_string()));
-            }
-            Err(_) => {
-                self.enter_recovery(&format!("no acknowledgement within {:?}", shared.timeout));
-                return Err(FsError::Journal(format!(
-                    "no acknowledgement from the journal within {:?}",
-                    shared.timeout
-                )));
-            }
+            deps.sort_by_key(|d| d.partition);
         }
-        // Applied to the data-root (no timeout: the record is in the
-        // journal, so it must be applied; replica failures are retried).
+        deps
+    }
+
+    fn send(
+        &self,
+        st: &SeqState,
+        record: Record,
+        tx: channel::Sender<Progress>,
+        late: LateKeys,
+    ) -> Result<(), JournalError> {
+        let shared = &self.shared;
+        let payload = record.encode();
+        let key = record.op.target().as_bytes().to_vec();
+        let name = record.op.name();
+        let p = record.partition;
+        let generation = shared.generation.load(Ordering::SeqCst);
+        let cb_shared = shared.clone();
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let sent = st.sink.send(
+            p,
+            &key,
+            &payload,
+            &[(HEADER_VERSION, b"1"), (HEADER_OP, name.as_bytes())],
+            Box::new(move |res| deliver(&cb_shared, generation, record, tx, late, res)),
+        );
+        if sent.is_err() {
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    /// Waits for the acknowledgement and then the outcome, until `deadline`.
+    fn await_outcome(
+        &self,
+        rx: &channel::Receiver<Progress>,
+        guard: KeyGuard,
+        late: &LateKeys,
+        deadline: Instant,
+    ) -> Result<Applied, FsError> {
+        let timeout = self.shared.timeout;
+        let mut delivered = false;
         loop {
-            match rx.recv() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(Progress::Delivered) => delivered = true,
                 Ok(Progress::Applied(outcome)) => {
                     return Ok(Applied {
                         outcome,
-                        _keys: guard,
+                        _keys: Some(guard),
                     })
                 }
-                Ok(Progress::Delivered) => continue,
-                Ok(Progress::Failed(e)) => return Err(FsError::Journal(e.to_string())),
-                Err(_) => return Err(FsError::ShuttingDown),
+                Ok(Progress::Failed(e)) => {
+                    self.enter_recovery(&format!("record not acknowledged: {e}"));
+                    return Err(FsError::Journal(e.to_string()));
+                }
+                Err(channel::RecvTimeoutError::Timeout) if delivered => {
+                    return self.stop_waiting(rx, guard, late);
+                }
+                Err(channel::RecvTimeoutError::Timeout) => {
+                    self.enter_recovery(&format!("no acknowledgement within {timeout:?}"));
+                    return Err(FsError::Journal(format!(
+                        "no acknowledgement from the journal within {timeout:?}"
+                    )));
+                }
+                Err(channel::RecvTimeoutError::Disconnected) => return Err(FsError::ShuttingDown),
             }
         }
+    }
+
+    /// The record is in the journal but the data-root has not applied it
+    /// (it is failing; the applier retries): the caller gets EIO, and the
+    /// record keeps its keys until it is applied.
+    fn stop_waiting(
+        &self,
+        rx: &channel::Receiver<Progress>,
+        guard: KeyGuard,
+        late: &LateKeys,
+    ) -> Result<Applied, FsError> {
+        if let Ok(mut slot) = late.lock() {
+            *slot = Some(guard);
+        }
+        // It may have been applied meanwhile.
+        if let Ok(Progress::Applied(outcome)) = rx.try_recv() {
+            let keys = late.lock().ok().and_then(|mut k| k.take());
+            return Ok(Applied {
+                outcome,
+                _keys: keys,
+            });
+        }
+        tracing::warn!(
+            "a journaled record was not applied to the data-root within {:?}; its caller gets EIO, \
+             the record is retried and takes effect once the data-root accepts it",
+            self.shared.timeout
+        );
+        Err(FsError::NotApplied(self.shared.timeout))
     }
 
     fn enter_recovery(&self, why: &str) {
@@ -427,11 +521,12 @@ impl Pipeline {
             let p = m.partition;
             let rec = match Record::decode_from(&m.payload, DEFAULT_MAX_RECORD_BYTES, p) {
                 Ok(r) => r,
-                Err(e) => {
-                    return Err(JournalError::Injected(format!(
-                        "record at partition {p} offset {} unreadable during recovery: {e}",
-                        m.offset
-                    )))
+                Err(source) => {
+                    return Err(JournalError::Undecodable {
+                        partition: p,
+                        offset: m.offset,
+                        source,
+                    })
                 }
             };
             if rec.partition_seq <= last[p as usize].0 {
@@ -459,13 +554,10 @@ impl Pipeline {
         }
         if applied_now > 0 {
             // Wait for the applier, then forget names recovery changed.
-            self.wait_applied(&last);
-            let check = |dir: &std::os::fd::OwnedFd, name: &[u8]| {
-                let st =
-                    rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
-                Some((st.st_dev, st.st_ino))
-            };
-            shared.inodes.lock().revalidate(check);
+            if !self.wait_applied(&last) {
+                return Err(JournalError::Closed);
+            }
+            shared.inodes.lock().revalidate();
         }
         let mut st = shared.state.lock();
         // Records past the log's tails never reached it: their numbers are
@@ -478,19 +570,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Waits until the applier has applied up to `last` (seq) everywhere.
-    fn wait_applied(&self, last: &[(u64, u64)]) {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while Instant::now() < deadline {
+    /// Waits until the applier has applied up to `last` (seq) everywhere;
+    /// false if the master is stopping first.
+    fn wait_applied(&self, last: &[(u64, u64)]) -> bool {
+        while !self.shared.stopping.load(Ordering::SeqCst) {
             let done = self
                 .shared
                 .feeder
                 .inspect(|s| (0..s.partitions()).all(|p| s.applied_seq(p) >= last[p as usize].1));
             if done {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        false
     }
 }
 
@@ -500,6 +593,7 @@ fn deliver(
     generation: u64,
     record: Record,
     tx: channel::Sender<Progress>,
+    late: LateKeys,
     res: Result<i64, JournalError>,
 ) {
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -516,9 +610,18 @@ fn deliver(
             d.pushed[p as usize] = offset + 1;
             d.last[p as usize] = (record.partition_seq, record.seq);
             let _ = tx.send(Progress::Delivered);
+            let namespace = record.op.is_namespace();
             let mut entry = Entry::apply(offset, record);
             entry.done = Some(Box::new(move |outcome| {
                 let _ = tx.send(Progress::Applied(outcome.unwrap_or(Ok(()))));
+                let keys = late.lock().ok().and_then(|mut k| k.take());
+                if let Some(keys) = keys {
+                    // Its caller gave up: the names it changed are re-read.
+                    if namespace {
+                        keys.shared.inodes.lock().revalidate();
+                    }
+                    drop(keys);
+                }
             }));
             // Under the delivery lock: entries reach the applier in offset order.
             shared.feeder.push(p, entry.into_item());
@@ -565,37 +668,30 @@ pub fn read_from(source: &mut dyn Source, from: &[i64]) -> Result<Vec<Message>, 
     Ok(out)
 }
 
-/// The last record of every non-empty partition.
+/// How far back `read_last` looks for a readable record.
+const LAST_RECORD_SCAN: i64 = 64;
+
+/// The last readable record of every non-empty partition (an unreadable
+/// tail was already accepted by the catch-up, which needs an explicit
+/// operator flag to pass it; it is skipped here).
 pub fn read_last(source: &mut dyn Source) -> Result<Vec<Option<(i64, Record)>>, JournalError> {
     let n = source.partitions();
     let mut from = Vec::with_capacity(n as usize);
     for p in 0..n {
         let (low, high) = source.watermarks(p)?;
-        from.push(if high > low { high - 1 } else { high });
+        from.push((high - LAST_RECORD_SCAN).max(low));
     }
     let mut last: Vec<Option<(i64, Record)>> = (0..n).map(|_| None).collect();
     for m in read_from(source, &from)? {
         let p = m.partition;
         match Record::decode_from(&m.payload, DEFAULT_MAX_RECORD_BYTES, p) {
             Ok(r) => last[p as usize] = Some((m.offset, r)),
-            Err(e) => {
-                return Err(JournalError::Injected(format!(
-                    "the last record of partition {p} (offset {}) is unreadable: {e}",
-                    m.offset
-                )))
-            }
+            Err(e) => tracing::warn!(
+                "partition {p} offset {}: unreadable record near the end of the journal ({e}); \
+                 continuing after it",
+                m.offset
+            ),
         }
     }
     Ok(last)
-}
-
-/// Outcome of an applied record as the caller's result.
-pub fn outcome(a: &Applied) -> Result<(), FsError> {
-    a.outcome.map_err(FsError::Outcome)
-}
-
-impl From<Errno> for FsError {
-    fn from(e: Errno) -> Self {
-        FsError::Outcome(e)
-    }
 }
