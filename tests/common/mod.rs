@@ -196,7 +196,17 @@ impl Mounted {
         partitions: u32,
         tune: impl FnOnce(&mut kafkafs::master::MasterConfig),
     ) -> Mounted {
-        let dir = tempdir();
+        Self::with_journal_in(tempdir(), journal, partitions, tune)
+    }
+
+    /// Like `with_journal`, in a directory the caller prepared (its `data`
+    /// may be a mount of its own, e.g. a small tmpfs).
+    pub fn with_journal_in(
+        dir: tempfile::TempDir,
+        journal: std::sync::Arc<dyn kafkafs::journal::Journal>,
+        partitions: u32,
+        tune: impl FnOnce(&mut kafkafs::master::MasterConfig),
+    ) -> Mounted {
         let data = dir.path().join("data");
         let mnt = dir.path().join("mnt");
         let mut config = kafkafs::master::MasterConfig::new(&data);
@@ -387,4 +397,37 @@ pub fn replay_with_sigkills(
         String::from_utf8_lossy(&out.stderr)
     );
     at
+}
+
+/// A tmpfs of `size` (e.g. "64m") mounted at `at` until dropped.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        run(std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "kafkafs-test"])
+            .arg(at));
+        Tmpfs {
+            path: at.to_path_buf(),
+        }
+    }
+
+    /// Changes the size (e.g. to grow a full filesystem).
+    pub fn resize(&self, size: &str) {
+        run(std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
 }
