@@ -111,11 +111,14 @@ impl StateDir {
     pub fn store_checkpoint(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         let path = self.checkpoint_path();
         let tmp = self.dir.join("checkpoint.tmp");
-        {
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(format_checkpoint(cp).as_bytes())
-                .map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(format_checkpoint(cp).as_bytes())?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // The previous checkpoint stays valid; leave no partial file.
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&tmp)(e));
         }
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         File::open(&self.dir)

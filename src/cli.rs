@@ -146,11 +146,40 @@ pub struct MasterArgs {
     #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Limits a new topic declares (largest file, name length, xattr space
+    /// and namespaces): `portable` (what ext4 with 4 KiB blocks, xfs, btrfs
+    /// and tmpfs all hold, so replicas on any of them can follow) or
+    /// `data-root` (whatever DATA's filesystem holds). Calls beyond them are
+    /// refused before journaling, as a local filesystem would.
+    #[arg(long, value_enum, default_value_t = LimitsArg::Portable)]
+    pub limits: LimitsArg,
+
+    /// Most open handles kept on DATA's inodes (also capped by the open-file
+    /// limit, whose soft value is raised to the hard one at start).
+    #[arg(long, default_value_t = crate::master::DEFAULT_FD_CACHE)]
+    pub fd_cache: usize,
+
+    /// While catching up with the journal at start: skip every record that
+    /// cannot be decoded (each skip is logged).
+    #[arg(long)]
+    pub skip_bad_records: bool,
+
+    /// While catching up with the journal at start: skip exactly the record
+    /// at PARTITION:OFFSET (repeatable); the skip is logged.
+    #[arg(long = "skip-record", value_name = "PARTITION:OFFSET", value_parser = parse_skip)]
+    pub skip_records: Vec<(u32, i64)>,
+
     /// The data-root: an empty directory, or one this master served before.
     pub data: PathBuf,
 
     /// Where to mount the filesystem.
     pub mnt: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitsArg {
+    Portable,
+    DataRoot,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +203,13 @@ impl MasterArgs {
         c.take_over = self.take_over;
         c.metrics = self.metrics;
         c.checkpoint_interval = Duration::from_secs_f64(self.checkpoint_interval.max(0.1));
+        c.limits = match self.limits {
+            LimitsArg::Portable => crate::limits::LimitsProfile::Portable,
+            LimitsArg::DataRoot => crate::limits::LimitsProfile::DataRoot,
+        };
+        c.fd_cache = self.fd_cache.max(1);
+        c.skip_bad_records = self.skip_bad_records;
+        c.skip_records = self.skip_records.clone();
         c
     }
 
@@ -227,8 +263,9 @@ pub struct SlaveArgs {
     #[arg(long)]
     pub allow_non_empty: bool,
 
-    /// Run without root: ownership, device nodes and set-id bits cannot be
-    /// reproduced, so the replica may differ from the master.
+    /// Run without root: ownership, device numbers (a device node becomes an
+    /// empty file), set-id bits of files whose group is not yours and
+    /// trusted.* xattrs are not reproduced; everything else is exact.
     #[arg(long)]
     pub unprivileged: bool,
 

@@ -133,7 +133,8 @@ impl std::fmt::Display for RecordPos {
 #[derive(Debug, thiserror::Error)]
 pub enum SlaveError {
     #[error(
-        "{pos}: cannot decode record: {source} (position held; pass --skip-bad-records to skip it)"
+        "{pos}: cannot decode record: {source}. Its position is held and nothing that depends on it is applied; to skip exactly this record, restart with --skip-record {}:{}",
+        .pos.partition, .pos.offset
     )]
     BadRecord {
         pos: RecordPos,

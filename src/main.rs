@@ -60,13 +60,14 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&config.root)
                 .with_context(|| format!("creating {}", config.root.display()))?;
             let kafka = args.kafka.config()?;
-            let source = KafkaSource::new(&kafka).with_context(|| {
-                format!(
-                    "reading topic `{}` from {}",
-                    kafka.topic,
-                    kafka.broker_list()
-                )
-            })?;
+            // A daemon: wait for the broker and for the topic to exist.
+            let what = format!("topic `{}` on {}", kafka.topic, kafka.broker_list());
+            let source =
+                match kafkafs::slave::retry_transient(&stop, &what, || KafkaSource::new(&kafka)) {
+                    Ok(s) => s,
+                    Err(_) if stop.load(Ordering::SeqCst) => return Ok(()),
+                    Err(e) => return Err(e).with_context(|| format!("reading {what}")),
+                };
             let report = kafkafs::slave::run(&config, Box::new(source), stop)?;
             tracing::info!(
                 applied = report.applied,

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use crate::applier::{Pool, WorkFn};
 use crate::apply::Replica;
 use crate::checkpoint::{Position, StateDir};
-use crate::error::{RecordPos, SlaveError};
+use crate::error::{JournalError, RecordPos, SlaveError};
 use crate::journal::{Message, Source};
 use crate::record::DEFAULT_MAX_RECORD_BYTES;
 use crate::replay::{
-    apply_entry, durable_checkpoint, init_fresh, restore, root_is_empty, Entry, Reader,
-    ReplicaState, Restored, WorkError,
+    apply_entry, durable_checkpoint, init_fresh, restore, root_is_empty, sleep_unless_stopped,
+    Entry, Reader, ReplicaState, Restored, WorkError,
 };
 use crate::scheduler::{Item, Scheduler};
 
@@ -97,11 +97,19 @@ pub fn check_privileges(config: &SlaveConfig) -> Result<(), SlaveError> {
     if !config.unprivileged && !rustix::process::geteuid().is_root() {
         return Err(SlaveError::Config(
             "a slave must run as root to reproduce ownership, device nodes and set-id bits \
-             exactly (pass --unprivileged to accept a replica that may differ)"
+             exactly (pass --unprivileged to accept a replica that differs in just those)"
                 .into(),
         ));
     }
     Ok(())
+}
+
+/// The replica opened for replay: where it resumes, its state.
+struct Opened {
+    state: StateDir,
+    ctx: Arc<ReplicaState>,
+    positions: Vec<Position>,
+    intents: std::collections::BTreeMap<u32, crate::checkpoint::Intent>,
 }
 
 /// Runs a slave until caught up (if configured), stopped via `stop`, or an
@@ -119,10 +127,91 @@ pub fn run(
             config.topic
         )));
     }
-    let replica = Replica::open(&config.root).map_err(|source| SlaveError::Root {
+    let opened = open_replica(config, partitions, &stop)?;
+    check_retention(config, source.as_mut(), &opened.positions, &stop)?;
+    tracing::info!(
+        topic = %config.topic,
+        partitions,
+        threads = config.threads,
+        "replica {} resumes at offsets {:?}",
+        config.root.display(),
+        opened.positions.iter().map(|p| p.next_offset).collect::<Vec<_>>()
+    );
+    if let Some(addr) = config.metrics {
+        let m = opened.ctx.clone();
+        let bound = crate::metrics::serve(addr, Arc::new(move || m.render_metrics()))
+            .map_err(|e| SlaveError::Config(format!("serving metrics on {addr}: {e}")))?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
+    let mut follower = Follower {
+        reader: Reader::new(
+            &config.topic,
+            config.max_record_bytes,
+            config.skip_bad_records,
+            config.skip_records.clone(),
+            &opened.positions,
+        ),
+        next_read: opened.positions.iter().map(|p| p.next_offset).collect(),
+        held: (0..partitions).map(|_| None).collect(),
+        applied_first: 0,
+    };
+    let starts: Vec<(u32, i64)> = opened
+        .positions
+        .iter()
+        .enumerate()
+        .map(|(p, pos)| (p as u32, pos.next_offset))
+        .collect();
+    source.assign(&starts)?;
+    let ctx = &opened.ctx;
+    let Some(stash) = follower.finish_interrupted(ctx, source.as_mut(), &opened.intents, &stop)?
+    else {
+        return finish(&opened.state, ctx, &follower, None, &stop);
+    };
+    let pool = start_pool(config.threads, ctx);
+    for m in stash {
+        follower.push(&pool, source.as_mut(), m)?;
+    }
+    let fatal = follower.follow(config, source.as_mut(), &pool, &opened, &stop);
+    // What precedes a held record is applied (close drains); a stop
+    // request or a failed worker stops at once.
+    let end = if stop.load(Ordering::Relaxed) || pool.failed() {
+        pool.stop()
+    } else {
+        pool.close()
+    };
+    follower.applied_first += end.applied;
+    let mut error = fatal;
+    match end.error {
+        Some(WorkError::Fatal(e)) if error.is_none() => error = Some(e),
+        _ => {}
+    }
+    if error.is_none()
+        && config.exit_when_caught_up
+        && !stop.load(Ordering::Relaxed)
+        && end.scheduler.queued() > 0
+    {
+        error = Some(SlaveError::Config(format!(
+            "{} records could not be applied: they depend on records that are not in the topic",
+            end.scheduler.queued()
+        )));
+    }
+    finish(&opened.state, ctx, &follower, error, &stop)
+}
+
+/// Opens the replica directory, restores its positions and checks that a
+/// fresh replica starts empty and that its filesystem honours the limits
+/// the topic declared.
+fn open_replica(
+    config: &SlaveConfig,
+    partitions: u32,
+    stop: &Arc<AtomicBool>,
+) -> Result<Opened, SlaveError> {
+    let root_err = |source| SlaveError::Root {
         path: config.root.clone(),
         source,
-    })?;
+    };
+    let mut replica = Replica::open(&config.root).map_err(root_err)?;
+    replica.set_unprivileged(config.unprivileged);
     let state = StateDir::open(&config.root)?;
     let Restored {
         ledger,
@@ -140,10 +229,39 @@ pub fn run(
     }
     if fresh {
         init_fresh(&config.root)?;
+    } else if let Some(why) = replica.unmet(&replica.limits()).map_err(root_err)? {
+        return Err(SlaveError::Config(format!(
+            "{}: this replica's filesystem cannot honour the limits of topic `{}`: it must hold {why}",
+            config.root.display(),
+            config.topic
+        )));
     }
-    // A position whose records were deleted by retention cannot be resumed.
+    let ctx = Arc::new(ReplicaState::new(
+        replica,
+        ledger,
+        &config.topic,
+        &positions,
+        stop.clone(),
+    ));
+    Ok(Opened {
+        state,
+        ctx,
+        positions,
+        intents,
+    })
+}
+
+/// A position whose records were deleted by retention cannot be resumed.
+fn check_retention(
+    config: &SlaveConfig,
+    source: &mut dyn Source,
+    positions: &[Position],
+    stop: &AtomicBool,
+) -> Result<(), SlaveError> {
     for (p, pos) in positions.iter().enumerate() {
-        let (low, _high) = source.watermarks(p as u32)?;
+        let (low, _high) = retry_transient(stop, "reading the topic's watermarks", || {
+            source.watermarks(p as u32)
+        })?;
         if pos.next_offset < low {
             return Err(SlaveError::OffsetDeleted {
                 pos: RecordPos {
@@ -155,53 +273,87 @@ pub fn run(
             });
         }
     }
-    tracing::info!(
-        topic = %config.topic,
-        partitions,
-        threads = config.threads,
-        "replica {} resumes at offsets {:?}",
-        config.root.display(),
-        positions.iter().map(|p| p.next_offset).collect::<Vec<_>>()
-    );
+    Ok(())
+}
 
-    let ctx = Arc::new(ReplicaState::new(
-        replica,
-        ledger,
-        &config.topic,
-        &positions,
-        stop.clone(),
-    ));
-    if let Some(addr) = config.metrics {
-        let m = ctx.clone();
-        let bound = crate::metrics::serve(addr, Arc::new(move || m.render_metrics()))
-            .map_err(|e| SlaveError::Config(format!("serving metrics on {addr}: {e}")))?;
-        tracing::info!("metrics on http://{bound}/metrics");
+/// Runs `f` until it succeeds, a stop is requested, or it fails for a
+/// reason that waiting does not cure; waits are logged every 30 s.
+pub fn retry_transient<T>(
+    stop: &AtomicBool,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, JournalError>,
+) -> Result<T, SlaveError> {
+    let mut last_log: Option<Instant> = None;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if is_transient(&e) && !stop.load(Ordering::Relaxed) => {
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    tracing::warn!("{what}: {e}; waiting for the broker");
+                    last_log = Some(Instant::now());
+                }
+                if sleep_unless_stopped(stop, Duration::from_secs(1)) {
+                    return Err(SlaveError::Journal(e));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    let mut reader = Reader::new(
-        &config.topic,
-        config.max_record_bytes,
-        config.skip_bad_records,
-        config.skip_records.clone(),
-        &positions,
-    );
-    let starts: Vec<(u32, i64)> = positions
-        .iter()
-        .enumerate()
-        .map(|(p, pos)| (p as u32, pos.next_offset))
-        .collect();
-    source.assign(&starts)?;
-    let mut next_read: Vec<i64> = positions.iter().map(|p| p.next_offset).collect();
+}
 
-    // Finish interrupted records first, alone: they were in flight together
-    // (so they do not conflict), and nothing else may run before them.
-    let mut stash: Vec<Message> = Vec::new();
-    let mut applied_first = 0u64;
-    if !intents.is_empty() {
+/// Does waiting cure this journal error (broker away, topic not created
+/// yet, a request that timed out)?
+pub fn is_transient(e: &JournalError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e {
+        JournalError::Kafka(k) => !matches!(
+            k.rdkafka_error_code(),
+            Some(C::AutoOffsetReset | C::OffsetOutOfRange | C::InvalidConfig | C::UnknownPartition)
+        ),
+        JournalError::NoSuchTopic(_) | JournalError::Timeout(_) => true,
+        _ => false,
+    }
+}
+
+fn start_pool(threads: usize, ctx: &Arc<ReplicaState>) -> Pool<Entry, WorkError> {
+    let applied_seqs: Vec<u64> = (0..ctx.partitions())
+        .map(|p| ctx.position(p).last_seq)
+        .collect();
+    let work_ctx = ctx.clone();
+    let work: Box<WorkFn<Entry, WorkError>> =
+        Box::new(move |p, item: &mut Item<Entry>| apply_entry(&work_ctx, p, &mut item.payload));
+    Pool::start(threads, Scheduler::new(&applied_seqs), work)
+}
+
+/// The reading side of a slave: decodes messages and feeds the pool.
+struct Follower {
+    reader: Reader,
+    next_read: Vec<i64>,
+    /// Per partition: why reading it stopped (a bad record, a gap): what
+    /// depends on it waits, everything else goes on.
+    held: Vec<Option<SlaveError>>,
+    /// Records applied outside the pool (interrupted ones), then in total.
+    applied_first: u64,
+}
+
+impl Follower {
+    /// Finishes the records interrupted by the last stop, alone: they were
+    /// in flight together (so they do not conflict), and nothing else may
+    /// run before them. Returns the other messages read meanwhile, or
+    /// `None` when a stop was requested.
+    fn finish_interrupted(
+        &mut self,
+        ctx: &ReplicaState,
+        source: &mut dyn Source,
+        intents: &std::collections::BTreeMap<u32, crate::checkpoint::Intent>,
+        stop: &AtomicBool,
+    ) -> Result<Option<Vec<Message>>, SlaveError> {
+        let mut stash = Vec::new();
         let mut pending = intents.clone();
         let deadline = Instant::now() + Duration::from_secs(120);
         while !pending.is_empty() {
             if stop.load(Ordering::Relaxed) {
-                return finish(&state, &ctx, &reader, applied_first, None);
+                return Ok(None);
             }
             if Instant::now() > deadline {
                 return Err(SlaveError::Config(format!(
@@ -213,66 +365,136 @@ pub fn run(
                 continue;
             };
             let p = m.partition;
-            next_read[p as usize] = m.offset + 1;
-            match pending.remove(&p) {
-                Some(intent) if intent.offset == m.offset => {
-                    let mut entry = reader.entry(m)?;
-                    entry.resume = Some(intent.fingerprint);
-                    tracing::info!(
-                        "{}: finishing the record interrupted by the last stop",
-                        ctx.pos(p, entry.offset)
-                    );
-                    match apply_entry(&ctx, p, &mut entry) {
-                        Ok(()) => applied_first += 1,
-                        Err(WorkError::Stopped) => {
-                            return finish(&state, &ctx, &reader, applied_first, None)
-                        }
-                        Err(WorkError::Fatal(e)) => return Err(e),
-                    }
-                }
-                Some(intent) => {
-                    return Err(SlaveError::Config(format!(
-                        "{}: expected the interrupted record at offset {}, found offset {}",
-                        ctx.pos(p, m.offset),
-                        intent.offset,
-                        m.offset
-                    )))
-                }
-                None => stash.push(m),
+            self.next_read[p as usize] = m.offset + 1;
+            let Some(intent) = pending.remove(&p) else {
+                stash.push(m);
+                continue;
+            };
+            if intent.offset != m.offset {
+                return Err(SlaveError::Config(format!(
+                    "{}: expected the interrupted record at offset {}, found offset {}",
+                    ctx.pos(p, m.offset),
+                    intent.offset,
+                    m.offset
+                )));
+            }
+            let mut entry = self.reader.entry(m)?;
+            entry.resume = Some(intent.fingerprint);
+            tracing::info!(
+                "{}: finishing the record interrupted by the last stop",
+                ctx.pos(p, entry.offset)
+            );
+            match apply_entry(ctx, p, &mut entry) {
+                Ok(()) => self.applied_first += 1,
+                Err(WorkError::Stopped) => return Ok(None),
+                Err(WorkError::Fatal(e)) => return Err(e),
             }
         }
+        Ok(Some(stash))
     }
 
-    let applied_seqs: Vec<u64> = (0..partitions).map(|p| ctx.position(p).last_seq).collect();
-    let work_ctx = ctx.clone();
-    let work: Box<WorkFn<Entry, WorkError>> =
-        Box::new(move |p, item: &mut Item<Entry>| apply_entry(&work_ctx, p, &mut item.payload));
-    let pool = Pool::start(config.threads, Scheduler::new(&applied_seqs), work);
-    let mut fatal: Option<SlaveError> = None;
-    for m in stash {
+    /// Decodes one message and queues it; a record that cannot be applied
+    /// holds its partition (reading it stops) instead.
+    fn push(
+        &mut self,
+        pool: &Pool<Entry, WorkError>,
+        source: &mut dyn Source,
+        m: Message,
+    ) -> Result<(), SlaveError> {
         let p = m.partition;
-        match reader.entry(m) {
+        if self.held[p as usize].is_some() {
+            return Ok(());
+        }
+        self.next_read[p as usize] = m.offset + 1;
+        match self.reader.entry(m) {
             Ok(e) => pool.push(p, e.into_item()),
             Err(e) => {
-                fatal = Some(e);
-                break;
+                tracing::error!("{e}");
+                tracing::info!(
+                    "partition {p} is held; records of other partitions that do not depend on it \
+                     are still applied"
+                );
+                source.pause(p)?;
+                self.held[p as usize] = Some(e);
             }
+        }
+        Ok(())
+    }
+
+    fn held_mask(&self) -> Vec<bool> {
+        self.held.iter().map(Option::is_some).collect()
+    }
+
+    /// Reads and applies until caught up (if asked), stopped, a worker
+    /// fails, or every partition that is not held has been applied as far
+    /// as it can be while another is held. Returns what stopped it.
+    fn follow(
+        &mut self,
+        config: &SlaveConfig,
+        source: &mut dyn Source,
+        pool: &Pool<Entry, WorkError>,
+        opened: &Opened,
+        stop: &AtomicBool,
+    ) -> Option<SlaveError> {
+        let partitions = source.partitions();
+        let mut paused = vec![false; partitions as usize];
+        let mut checkpoints = Checkpoints::new(config.checkpoint_interval);
+        let mut progress = Progress::new();
+        let mut poll_errors = 0u64;
+        let mut last_poll_log: Option<Instant> = None;
+        loop {
+            if stop.load(Ordering::Relaxed) || pool.failed() {
+                return None;
+            }
+            if let Err(e) = self.backpressure(config, source, pool, &mut paused) {
+                return Some(e);
+            }
+            match source.poll(Duration::from_millis(20)) {
+                Ok(Some(m)) if m.partition < partitions => {
+                    if let Err(e) = self.push(pool, source, m) {
+                        return Some(e);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => match self.done(config, source, pool) {
+                    Ok(true) => return self.first_held(),
+                    Ok(false) => {}
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Some(e.into()),
+                },
+                Err(e) if is_transient(&e) => {
+                    poll_errors += 1;
+                    if last_poll_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                        tracing::warn!(
+                            "reading the topic: {e} ({poll_errors} errors so far); following on"
+                        );
+                        last_poll_log = Some(Instant::now());
+                    }
+                    sleep_unless_stopped(stop, Duration::from_millis(200));
+                }
+                Err(e) => return Some(e.into()),
+            }
+            checkpoints.tick(&opened.state, &opened.ctx);
+            progress.tick(&opened.ctx, pool, self.applied_first);
         }
     }
 
-    let mut paused = vec![false; partitions as usize];
-    let mut last_cp = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut last_applied = 0u64;
-    let high_mark = config.max_queued_per_partition.max(1);
-    while fatal.is_none() {
-        if stop.load(Ordering::Relaxed) || pool.failed() {
-            break;
-        }
-        // Backpressure per partition: a full partition never blocks others.
+    /// Pauses a partition with too many records queued, resumes it once
+    /// drained: a full partition never blocks others.
+    fn backpressure(
+        &self,
+        config: &SlaveConfig,
+        source: &mut dyn Source,
+        pool: &Pool<Entry, WorkError>,
+        paused: &mut [bool],
+    ) -> Result<(), SlaveError> {
+        let high_mark = config.max_queued_per_partition.max(1);
         let queued: Vec<usize> =
-            pool.inspect(|s| (0..partitions).map(|p| s.queued_in(p)).collect());
-        for p in 0..partitions as usize {
+            pool.inspect(|s| (0..paused.len() as u32).map(|p| s.queued_in(p)).collect());
+        for p in 0..paused.len() {
+            if self.held[p].is_some() {
+                continue;
+            }
             if !paused[p] && queued[p] >= high_mark {
                 source.pause(p as u32)?;
                 paused[p] = true;
@@ -281,96 +503,144 @@ pub fn run(
                 paused[p] = false;
             }
         }
-        match source.poll(Duration::from_millis(20)) {
-            Ok(Some(m)) => {
-                let p = m.partition;
-                if p >= partitions {
-                    continue;
-                }
-                next_read[p as usize] = m.offset + 1;
-                match reader.entry(m) {
-                    Ok(e) => pool.push(p, e.into_item()),
-                    Err(e) => fatal = Some(e),
-                }
-            }
-            Ok(None) => {
-                // Caught up: everything read, nothing being applied, nothing
-                // ready (records still queued wait for records that are not
-                // in the topic; they are reported below).
-                if config.exit_when_caught_up
-                    && pool.inspect(|s| s.in_flight() == 0 && !s.has_ready())
-                    && source.caught_up(&next_read)?
-                {
-                    break;
-                }
-            }
-            Err(e) => fatal = Some(e.into()),
-        }
-        if last_cp.elapsed() >= config.checkpoint_interval {
-            durable_checkpoint(&state, &ctx)?;
-            last_cp = Instant::now();
-        }
-        if last_progress.elapsed() >= Duration::from_secs(10) {
-            let applied = pool.applied();
-            let secs = last_progress.elapsed().as_secs_f64();
-            tracing::info!(
-                "applied {} records ({:.0}/s); lag p50 {:?} p99 {:?}; next offsets {:?}",
-                applied_first + applied,
-                (applied - last_applied) as f64 / secs,
-                ctx.lag.quantile(0.5).unwrap_or_default(),
-                ctx.lag.quantile(0.99).unwrap_or_default(),
-                (0..partitions)
-                    .map(|p| ctx.position(p).next_offset)
-                    .collect::<Vec<_>>()
-            );
-            last_applied = applied;
-            last_progress = Instant::now();
-        }
+        Ok(())
     }
 
-    // A bad record stops reading, but what precedes it is still applied
-    // (close drains); a stop request or a failed worker stops at once.
-    let end = if stop.load(Ordering::Relaxed) || pool.failed() {
-        pool.stop()
-    } else {
-        pool.close()
-    };
-    let applied = applied_first + end.applied;
-    let mut error = fatal;
-    match end.error {
-        Some(WorkError::Fatal(e)) if error.is_none() => error = Some(e),
-        _ => {}
+    /// Is there nothing more to do: everything read (but held partitions),
+    /// nothing being applied, nothing ready? Only asked when caught up is
+    /// an exit (--exit-when-caught-up) or a partition is held.
+    fn done(
+        &self,
+        config: &SlaveConfig,
+        source: &mut dyn Source,
+        pool: &Pool<Entry, WorkError>,
+    ) -> Result<bool, JournalError> {
+        let held = self.held_mask();
+        if !config.exit_when_caught_up && !held.contains(&true) {
+            return Ok(false);
+        }
+        // Records still queued then wait for records that are not in the
+        // topic (or behind a held one); they are reported by the caller.
+        Ok(pool.inspect(|s| s.in_flight() == 0 && !s.has_ready())
+            && source.caught_up(&self.next_read, &held)?)
     }
-    if error.is_none()
-        && config.exit_when_caught_up
-        && !stop.load(Ordering::Relaxed)
-        && end.scheduler.queued() > 0
-    {
-        error = Some(SlaveError::Config(format!(
-            "{} records could not be applied: they depend on records that are not in the topic",
-            end.scheduler.queued()
-        )));
+
+    /// The error of the first held partition, if any.
+    fn first_held(&mut self) -> Option<SlaveError> {
+        self.held.iter_mut().find_map(Option::take)
     }
-    finish(&state, &ctx, &reader, applied, error)
 }
 
+/// Periodic durable checkpoints; a failed one (a full disk) is logged and
+/// retried, the previous one staying valid.
+struct Checkpoints {
+    interval: Duration,
+    last: Instant,
+    failing_since: Option<Instant>,
+}
+
+impl Checkpoints {
+    fn new(interval: Duration) -> Self {
+        Checkpoints {
+            interval,
+            last: Instant::now(),
+            failing_since: None,
+        }
+    }
+
+    fn tick(&mut self, state: &StateDir, ctx: &ReplicaState) {
+        if self.last.elapsed() < self.interval {
+            return;
+        }
+        self.last = Instant::now();
+        match durable_checkpoint(state, ctx) {
+            Ok(()) => {
+                if let Some(since) = self.failing_since.take() {
+                    tracing::info!(
+                        "checkpoint written again (failing for {:.0?})",
+                        since.elapsed()
+                    );
+                }
+            }
+            Err(e) => {
+                if self.failing_since.is_none() {
+                    tracing::error!(
+                        "writing the checkpoint failed: {e}; the previous one stays valid, retrying \
+                         every {:?}",
+                        self.interval
+                    );
+                    self.failing_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// The periodic progress line.
+struct Progress {
+    last: Instant,
+    last_applied: u64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            last: Instant::now(),
+            last_applied: 0,
+        }
+    }
+
+    fn tick(&mut self, ctx: &ReplicaState, pool: &Pool<Entry, WorkError>, first: u64) {
+        if self.last.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        let applied = pool.applied();
+        let secs = self.last.elapsed().as_secs_f64();
+        tracing::info!(
+            "applied {} records ({:.0}/s); lag p50 {:?} p99 {:?}; next offsets {:?}",
+            first + applied,
+            (applied - self.last_applied) as f64 / secs,
+            ctx.lag.quantile(0.5).unwrap_or_default(),
+            ctx.lag.quantile(0.99).unwrap_or_default(),
+            (0..ctx.partitions())
+                .map(|p| ctx.position(p).next_offset)
+                .collect::<Vec<_>>()
+        );
+        self.last_applied = applied;
+        self.last = Instant::now();
+    }
+}
+
+/// Writes the final checkpoint (retried while the disk is full, unless a
+/// stop was requested: the ledger then still holds every position) and
+/// reports.
 fn finish(
     state: &StateDir,
     ctx: &ReplicaState,
-    reader: &Reader,
-    applied: u64,
+    follower: &Follower,
     error: Option<SlaveError>,
+    stop: &AtomicBool,
 ) -> Result<SlaveReport, SlaveError> {
-    let cp = durable_checkpoint(state, ctx);
-    if let Some(e) = error {
-        if let Err(cpe) = cp {
-            tracing::error!("writing the final checkpoint failed too: {cpe}");
+    let mut backoff = Duration::from_millis(100);
+    while let Err(e) = durable_checkpoint(state, ctx) {
+        if error.is_some() || stop.load(Ordering::Relaxed) {
+            tracing::error!(
+                "writing the final checkpoint failed: {e}; the ledger keeps the positions"
+            );
+            break;
         }
+        tracing::error!("writing the final checkpoint failed: {e}; retrying in {backoff:?}");
+        if sleep_unless_stopped(stop, backoff) {
+            break;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+    if let Some(e) = error {
         return Err(e);
     }
-    cp?;
+    let reader = &follower.reader;
     Ok(SlaveReport {
-        applied,
+        applied: follower.applied_first,
         errno_outcomes: ctx.errno_outcomes.load(Ordering::Relaxed),
         duplicates: reader.duplicates,
         skipped_bad: reader.skipped_bad,

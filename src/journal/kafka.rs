@@ -206,14 +206,58 @@ fn topic_partitions<C: ConsumerContext>(
 
 /// The consumer's context: end-of-partition is a normal event for a
 /// follower (used to detect "caught up"), not an error worth logging.
-pub struct ReaderContext;
+#[derive(Default)]
+pub struct ReaderContext {
+    quiet: Quiet,
+}
 
 impl ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
-            e => tracing::error!("kafka: {e}: {reason}"),
+            e => {
+                if let Some(repeats) = self.quiet.admit() {
+                    tracing::warn!("kafka: {e}: {reason}{}", repeated(repeats));
+                }
+            }
         }
+    }
+}
+
+/// Lets one message through per interval and counts the others.
+#[derive(Default)]
+pub struct Quiet {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+/// At most one Kafka client error per this interval is logged.
+const QUIET_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Quiet {
+    /// `Some(suppressed since the last one)` when this one may be logged.
+    pub fn admit(&self) -> Option<u64> {
+        let mut st = self.state.lock().ok()?;
+        let now = std::time::Instant::now();
+        match st.0 {
+            Some(last) if now.duration_since(last) < QUIET_INTERVAL => {
+                st.1 += 1;
+                None
+            }
+            _ => {
+                let n = st.1;
+                *st = (Some(now), 0);
+                Some(n)
+            }
+        }
+    }
+}
+
+/// " (and N more like it in the last 30 s)" when N > 0.
+pub fn repeated(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more Kafka client errors in the last {QUIET_INTERVAL:?})")
     }
 }
 
@@ -323,7 +367,7 @@ impl KafkaSource {
     pub fn new(config: &KafkaConfig) -> Result<Self, JournalError> {
         let consumer: BaseConsumer<ReaderContext> = config
             .consumer_config()?
-            .create_with_context(ReaderContext)?;
+            .create_with_context(ReaderContext::default())?;
         let partitions = topic_partitions(&consumer, &config.topic, config.request_timeout)?
             .ok_or_else(|| JournalError::NoSuchTopic(config.topic.clone()))?;
         Ok(KafkaSource {
@@ -403,9 +447,13 @@ impl Source for KafkaSource {
             .fetch_watermarks(&self.topic, partition as i32, self.timeout)?)
     }
 
-    fn caught_up(&mut self, _next_read: &[i64]) -> Result<bool, JournalError> {
+    fn caught_up(&mut self, _next_read: &[i64], held: &[bool]) -> Result<bool, JournalError> {
         // Every partition reported its end and nothing arrived since: no
         // request to the broker needed.
-        Ok(self.at_end.iter().all(|&e| e))
+        Ok(self
+            .at_end
+            .iter()
+            .enumerate()
+            .all(|(p, &e)| e || held.get(p).copied().unwrap_or(false)))
     }
 }

@@ -65,10 +65,14 @@ pub trait Source: Send {
     /// (earliest available offset, offset the next record will get).
     fn watermarks(&self, partition: u32) -> Result<(i64, i64), JournalError>;
 
-    /// Has every partition been read to its end, given the next offset the
-    /// caller will read from each? The default asks for the watermarks.
-    fn caught_up(&mut self, next_read: &[i64]) -> Result<bool, JournalError> {
+    /// Has every partition not `held` been read to its end, given the next
+    /// offset the caller will read from each? The default asks for the
+    /// watermarks.
+    fn caught_up(&mut self, next_read: &[i64], held: &[bool]) -> Result<bool, JournalError> {
         for (p, &next) in next_read.iter().enumerate() {
+            if held.get(p).copied().unwrap_or(false) {
+                continue;
+            }
             let (_, high) = self.watermarks(p as u32)?;
             if next < high {
                 return Ok(false);
