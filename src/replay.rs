@@ -250,19 +250,37 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         after.last_pseq = after.last_pseq.max(entry.pseq);
         None
     };
-    ctx.ledger
-        .write(
-            p,
-            &Slot {
-                position: after,
-                intent: None,
-            },
-        )
-        .map_err(|e| WorkError::Fatal(e.into()))?;
+    advance_ledger(ctx, p, entry.offset, after)?;
     ctx.set_position(p, after);
     ctx.applied.fetch_add(1, Ordering::Relaxed);
     if let Some(done) = entry.done.take() {
         done(result);
+    }
+    Ok(())
+}
+
+/// Records the new position in the partition's ledger slot, retrying a
+/// failed write (a full disk) like a replica failure.
+fn advance_ledger(
+    ctx: &ReplicaState,
+    p: u32,
+    offset: i64,
+    after: Position,
+) -> Result<(), WorkError> {
+    let slot = Slot {
+        position: after,
+        intent: None,
+    };
+    let mut backoff = Duration::from_millis(50);
+    while let Err(e) = ctx.ledger.write(p, &slot) {
+        tracing::error!(
+            "{}: recording the position failed: {e}; retrying in {backoff:?}",
+            ctx.pos(p, offset)
+        );
+        if sleep_unless_stopped(&ctx.stop, backoff) {
+            return Err(WorkError::Stopped);
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     Ok(())
 }

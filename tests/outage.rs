@@ -6,12 +6,11 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{errno_of, Mounted};
+use common::{errno_of, Mounted, PrivateBroker};
 use kafkafs::journal::memory::MemoryJournal;
 
 fn wait_recovered(m: &Mounted, within: Duration) {
@@ -75,65 +74,6 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
     );
     fs::write(m.path("final"), b"3").unwrap();
     m.assert_converged("after a refused record");
-}
-
-/// A private broker instance controlled by this test.
-struct PrivateBroker {
-    run: PathBuf,
-    port: u16,
-}
-
-impl PrivateBroker {
-    fn script(&self, action: &str) -> std::process::Output {
-        std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh"))
-            .arg(action)
-            .env("KAFKAFS_KAFKA_PORT", self.port.to_string())
-            .env("KAFKAFS_KAFKA_RUN", &self.run)
-            .env("KAFKAFS_KAFKA_KEEP", "1")
-            .output()
-            .expect("kafka.sh")
-    }
-
-    fn start(run: PathBuf, port: u16) -> PrivateBroker {
-        let b = PrivateBroker { run, port };
-        let out = b.script("start");
-        assert!(
-            out.status.success(),
-            "starting a private broker: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        b
-    }
-
-    fn pid(&self) -> i32 {
-        fs::read_to_string(self.run.join("kafka.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn signal(&self, sig: i32) {
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.signal_safe(libc::SIGCONT);
-        let _ = self.script("stop");
-    }
-}
-
-impl PrivateBroker {
-    fn signal_safe(&self, sig: i32) {
-        if let Ok(pid) = fs::read_to_string(self.run.join("kafka.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                unsafe { libc::kill(pid, sig) };
-            }
-        }
-    }
 }
 
 /// A real Apache Kafka broker frozen (unreachable) and then stopped and

@@ -408,7 +408,13 @@ impl Tmpfs {
     pub fn mount(at: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         run(std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "kafkafs-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=755"),
+                "kafkafs-test",
+            ])
             .arg(at));
         Tmpfs {
             path: at.to_path_buf(),
@@ -429,5 +435,72 @@ impl Drop for Tmpfs {
             .arg("-l")
             .arg(&self.path)
             .status();
+    }
+}
+
+/// A private broker instance controlled by one test (its own port and
+/// data), which it can freeze, stop and restart.
+pub struct PrivateBroker {
+    pub run: PathBuf,
+    pub port: u16,
+}
+
+impl PrivateBroker {
+    pub fn script(&self, action: &str) -> std::process::Output {
+        std::process::Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh"))
+            .arg(action)
+            .env("KAFKAFS_KAFKA_PORT", self.port.to_string())
+            .env("KAFKAFS_KAFKA_RUN", &self.run)
+            .env("KAFKAFS_KAFKA_KEEP", "1")
+            .output()
+            .expect("kafka.sh")
+    }
+
+    pub fn start(run: PathBuf, port: u16) -> PrivateBroker {
+        let b = PrivateBroker { run, port };
+        let out = b.script("start");
+        assert!(
+            out.status.success(),
+            "starting a private broker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b
+    }
+
+    pub fn pid(&self) -> i32 {
+        std::fs::read_to_string(self.run.join("kafka.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.signal_safe(libc::SIGCONT);
+        let _ = self.script("stop");
+    }
+}
+
+impl PrivateBroker {
+    pub fn signal_safe(&self, sig: i32) {
+        if let Ok(pid) = std::fs::read_to_string(self.run.join("kafka.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+}
+
+impl PrivateBroker {
+    /// Its bootstrap address.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }
