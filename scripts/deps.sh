@@ -17,6 +17,12 @@ command -v perl >/dev/null || need+=(perl)
 command -v python3 >/dev/null || need+=(python3)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+# Tests: small ext4 images, open-file limits, unprivileged runs, freezing.
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v prlimit >/dev/null || need+=(util-linux)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v fsfreeze >/dev/null || need+=(util-linux)
+command -v losetup >/dev/null || need+=(mount)
 for extra in "$@"; do
     case "$extra" in
         bench) command -v bindfs >/dev/null || need+=(bindfs)

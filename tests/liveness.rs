@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{errno_of, Mounted, Tmpfs};
+use common::{errno_of, Ext4, Mounted, Tmpfs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kafkafs");
 
@@ -294,4 +294,60 @@ fn is_mounted(p: &Path) -> bool {
         .unwrap()
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some(canon.to_str().unwrap()))
+}
+
+/// The data-root itself stops taking writes (its filesystem is frozen)
+/// under a journaled write: the caller gets EIO within the journal
+/// timeout, reads keep working, and once the data-root takes writes again
+/// the record takes effect and a slave equals the data-root.
+#[test]
+fn a_stalled_data_root_answers_within_the_timeout() {
+    let dir = common::tempdir();
+    let image = dir.path().join("image");
+    let ext4 = Ext4::mount(&dir.path().join("data"), &image, 64);
+    let journal = Arc::new(common::kafka_topic("stalled-root", 2));
+    let timeout = Duration::from_secs(3);
+    let m = Mounted::with_journal_in(dir, journal, 2, |c| c.journal_timeout = timeout);
+    fs::write(m.path("readable"), b"still here").unwrap();
+    fs::write(m.path("target"), b"old").unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("target"))
+        .unwrap();
+    ext4.freeze(true);
+    let t = Instant::now();
+    let e = f.write_at(b"new", 0).unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(errno_of(&e), libc::EIO, "{e}");
+    assert!(took < timeout * 2, "answered after {took:?}");
+    assert_eq!(fs::read(m.path("readable")).unwrap(), b"still here");
+    ext4.freeze(false);
+    // The journaled write is applied once the data-root takes it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read(m.path("target")).unwrap() != b"new" {
+        assert!(
+            Instant::now() < deadline,
+            "the journaled write never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(f);
+    fs::write(m.path("after"), b"fine").unwrap();
+    m.assert_converged("after the data-root stalled and recovered");
+}
+
+/// The portable limits a master declares by default are held by a real
+/// ext4 with 4 KiB blocks (the tightest common filesystem), and refused
+/// beyond: a replica there never meets a record it cannot apply.
+#[test]
+fn portable_limits_fit_ext4() {
+    use std::os::fd::AsFd;
+    let dir = common::tempdir();
+    let ext4 = Ext4::mount(&dir.path().join("fs"), &dir.path().join("image"), 64);
+    let root = fs::File::open(&ext4.path).unwrap();
+    let have = kafkafs::limits::probe(root.as_fd(), c"probe").unwrap();
+    let portable = kafkafs::limits::Limits::portable();
+    assert_eq!(portable.unmet_by(&have), None, "ext4 holds {have:?}");
+    assert_eq!(have.max_file_size, portable.max_file_size, "{have:?}");
+    assert!(have.xattr_bytes_max < 4200, "{have:?}");
 }

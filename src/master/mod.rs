@@ -150,6 +150,8 @@ pub enum MasterError {
     OtherWriter { topic: String, other: String },
     #[error("journaling the root's attributes: {0}")]
     Init(FsError),
+    #[error("the master must run as root: it serves every user of the mount (allow_other) and gives new files their callers' ownership")]
+    NotRoot,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
@@ -214,6 +216,9 @@ impl Master {
         stop: Arc<AtomicBool>,
     ) -> Result<Master, MasterError> {
         let data = &config.data;
+        if !rustix::process::geteuid().is_root() {
+            return Err(MasterError::NotRoot);
+        }
         std::fs::create_dir_all(data).map_err(io(data))?;
         let topic = journal.topic();
         let statedir = StateDir::open(data)?;

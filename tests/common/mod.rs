@@ -429,6 +429,53 @@ impl Tmpfs {
     }
 }
 
+/// A small ext4 filesystem in a loop-mounted image file, mounted at `at`.
+pub struct Ext4 {
+    pub path: PathBuf,
+}
+
+impl Ext4 {
+    pub fn mount(at: &Path, image: &Path, megabytes: u64) -> Ext4 {
+        std::fs::create_dir_all(at).unwrap();
+        let f = std::fs::File::create(image).unwrap();
+        f.set_len(megabytes << 20).unwrap();
+        drop(f);
+        run(std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-E", "root_owner=0:0"])
+            .arg(image));
+        run(std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(at));
+        std::fs::remove_dir(at.join("lost+found")).unwrap();
+        std::fs::set_permissions(at, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        Ext4 {
+            path: at.to_path_buf(),
+        }
+    }
+
+    /// Freezes (`true`) or thaws the filesystem: writes block meanwhile.
+    pub fn freeze(&self, frozen: bool) {
+        run(std::process::Command::new("fsfreeze")
+            .arg(if frozen { "--freeze" } else { "--unfreeze" })
+            .arg(&self.path));
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.path)
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
