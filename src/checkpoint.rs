@@ -67,6 +67,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
+/// The exclusive use of a replica or data-root (released on drop, or when
+/// the process dies).
+#[derive(Debug)]
+pub struct DataLock {
+    _file: File,
+}
+
 /// The state folder of a replica.
 #[derive(Clone, Debug)]
 pub struct StateDir {
@@ -74,6 +81,89 @@ pub struct StateDir {
 }
 
 impl StateDir {
+    /// `<root>/.kafkafs` if it exists (nothing is created: for commands
+    /// that only read).
+    pub fn existing(root: &Path) -> Option<StateDir> {
+        let dir = root.join(".kafkafs");
+        dir.is_dir().then_some(StateDir { dir })
+    }
+
+    /// Takes the exclusive use of this replica or data-root for the life
+    /// of the returned guard (`flock` on `.kafkafs/lock`, which holds the
+    /// holder's pid). One process at a time, master or slave.
+    pub fn lock(&self) -> Result<DataLock, CheckpointError> {
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                return Err(CheckpointError::InUse {
+                    root: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(e) => return Err(io_err(&path)(e.into())),
+        }
+        file.set_len(0).map_err(io_err(&path))?;
+        (&file)
+            .write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(io_err(&path))?;
+        Ok(DataLock { _file: file })
+    }
+
+    /// Fails as `lock` would, without taking the lock or changing anything.
+    pub fn check_free(&self) -> Result<(), CheckpointError> {
+        let path = self.dir.join("lock");
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(CheckpointError::InUse {
+                root: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+                holder: fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            }),
+            Err(e) => Err(io_err(&path)(e.into())),
+        }
+    }
+
+    /// Reads the trusted ledger slots without creating or changing anything.
+    pub fn read_ledger(&self, partitions: u32) -> Result<Vec<Option<Slot>>, CheckpointError> {
+        let path = self.ledger_path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(vec![None; partitions as usize])
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let boot = boot_id();
+        (0..partitions)
+            .map(|p| {
+                let mut buf = [0u8; SLOT];
+                let n =
+                    read_full_at(&file, &mut buf, p as u64 * SLOT as u64).map_err(io_err(&path))?;
+                Ok(if n == SLOT {
+                    decode_slot(&buf, p, &boot)
+                } else {
+                    None
+                })
+            })
+            .collect()
+    }
+
     /// Opens (creating if needed) `<root>/.kafkafs`.
     pub fn open(root: &Path) -> Result<StateDir, CheckpointError> {
         let dir = root.join(".kafkafs");

@@ -169,6 +169,10 @@ pub struct MasterArgs {
     #[arg(long = "skip-record", value_name = "PARTITION:OFFSET", value_parser = parse_skip)]
     pub skip_records: Vec<(u32, i64)>,
 
+    /// Mount even if MNT is not empty (its files are hidden while mounted).
+    #[arg(long)]
+    pub allow_non_empty_mount: bool,
+
     /// The data-root: an empty directory, or one this master served before.
     pub data: PathBuf,
 
@@ -210,6 +214,8 @@ impl MasterArgs {
         c.fd_cache = self.fd_cache.max(1);
         c.skip_bad_records = self.skip_bad_records;
         c.skip_records = self.skip_records.clone();
+        c.mountpoint = Some(self.mnt.clone());
+        c.allow_non_empty_mount = self.allow_non_empty_mount;
         c
     }
 

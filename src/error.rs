@@ -109,6 +109,8 @@ pub enum CheckpointError {
     WrongTopic { recorded: String, requested: String },
     #[error("replica's checkpoint knows {recorded} partitions, but topic has {actual}")]
     PartitionCount { recorded: u32, actual: u32 },
+    #[error("{} is in use by process {holder} (a master or a slave); one process at a time may use a data-root or replica", root.display())]
+    InUse { root: PathBuf, holder: String },
 }
 
 /// Where a record came from, for error messages: topic, partition, offset.

@@ -82,6 +82,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let config = args.config();
+    // Everything that can refuse, before a broker or topic is touched.
+    kafkafs::master::preflight(&config, &args.topic)
+        .with_context(|| format!("starting the master on {}", config.data.display()))?;
     let embedded;
     let brokers = match &args.broker {
         Some(b) => b.clone(),
@@ -97,7 +101,6 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             .ensure_topic(args.partitions, args.replication_factor)
             .with_context(|| format!("topic `{}` on {brokers}", args.topic))?;
     }
-    let config = args.config();
     let master = kafkafs::master::Master::start(&config, Arc::new(kafka), stop.clone())
         .with_context(|| format!("starting the master on {}", config.data.display()))?;
     if stop.load(Ordering::SeqCst) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::applier::{Pool, WorkFn};
 use crate::apply::Replica;
-use crate::checkpoint::{Position, StateDir};
+use crate::checkpoint::{DataLock, Position, StateDir};
 use crate::error::{JournalError, RecordPos, SlaveError};
 use crate::journal::{Message, Source};
 use crate::record::DEFAULT_MAX_RECORD_BYTES;
@@ -50,6 +50,9 @@ pub struct SlaveConfig {
     pub unprivileged: bool,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Take the exclusive use of the replica (off only for a master's own
+    /// catch-up, which holds it already).
+    pub hold_lock: bool,
 }
 
 impl SlaveConfig {
@@ -67,6 +70,7 @@ impl SlaveConfig {
             allow_non_empty: false,
             unprivileged: false,
             metrics: None,
+            hold_lock: true,
         }
     }
 }
@@ -106,6 +110,7 @@ pub fn check_privileges(config: &SlaveConfig) -> Result<(), SlaveError> {
 
 /// The replica opened for replay: where it resumes, its state.
 struct Opened {
+    _lock: Option<DataLock>,
     state: StateDir,
     ctx: Arc<ReplicaState>,
     positions: Vec<Position>,
@@ -210,9 +215,22 @@ fn open_replica(
         path: config.root.clone(),
         source,
     };
+    let not_empty = || {
+        SlaveError::Config(format!(
+            "{} is not empty and holds no kafkafs checkpoint; replaying the journal onto it would not \
+             reproduce the master's tree. Use an empty directory (or pass --allow-non-empty).",
+            config.root.display()
+        ))
+    };
+    // Refused before anything is created in it.
+    let never_used = StateDir::existing(&config.root).is_none();
+    if never_used && !config.allow_non_empty && !root_is_empty(&config.root)? {
+        return Err(not_empty());
+    }
     let mut replica = Replica::open(&config.root).map_err(root_err)?;
     replica.set_unprivileged(config.unprivileged);
     let state = StateDir::open(&config.root)?;
+    let lock = config.hold_lock.then(|| state.lock()).transpose()?;
     let Restored {
         ledger,
         positions,
@@ -221,11 +239,7 @@ fn open_replica(
     } = restore(&state, &config.topic, partitions)?;
     let fresh = !had_checkpoint && positions.iter().all(|p| *p == Position::default());
     if fresh && !config.allow_non_empty && !root_is_empty(&config.root)? {
-        return Err(SlaveError::Config(format!(
-            "{} is not empty and holds no kafkafs checkpoint; replaying the journal onto it would not \
-             reproduce the master's tree. Use an empty directory (or pass --allow-non-empty).",
-            config.root.display()
-        )));
+        return Err(not_empty());
     }
     if fresh {
         init_fresh(&config.root)?;
@@ -244,6 +258,7 @@ fn open_replica(
         stop.clone(),
     ));
     Ok(Opened {
+        _lock: lock,
         state,
         ctx,
         positions,

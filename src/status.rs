@@ -52,11 +52,10 @@ impl Status {
 /// Reads a replica's progress: the ledger when this boot wrote it (newer),
 /// else the durable checkpoint.
 pub fn read(root: &Path) -> Result<Status, StatusError> {
-    let sd = StateDir::open(root)?;
-    let cp = sd
-        .load_checkpoint()?
-        .ok_or_else(|| StatusError::NoCheckpoint(root.display().to_string()))?;
-    let (_, slots) = sd.open_ledger(cp.positions.len() as u32)?;
+    let no_checkpoint = || StatusError::NoCheckpoint(root.display().to_string());
+    let sd = StateDir::existing(root).ok_or_else(no_checkpoint)?;
+    let cp = sd.load_checkpoint()?.ok_or_else(no_checkpoint)?;
+    let slots = sd.read_ledger(cp.positions.len() as u32)?;
     let partitions = cp
         .positions
         .iter()

@@ -26,7 +26,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::applier::{Pool, WorkFn};
 use crate::apply::Replica;
-use crate::checkpoint::StateDir;
+use crate::checkpoint::{DataLock, StateDir};
 use crate::error::{CheckpointError, Errno, FsError, JournalError, SlaveError};
 use crate::journal::Journal;
 use crate::limits::{Limits, LimitsProfile};
@@ -37,12 +37,13 @@ use crate::master::pipeline::{
     read_last, Pipeline, PipelineStart, Planned, PreCheck, ReplayOrder, Tail,
 };
 use crate::op::{Op, RelPath, Timestamp};
+use crate::record::Record;
 use crate::record::{Caller, Writer};
 use crate::replay::{
     apply_entry, durable_checkpoint, restore, root_is_empty, Entry, ReplicaState, WorkError,
 };
 use crate::scheduler::{Item, Scheduler};
-use crate::slave::{self, SlaveConfig};
+use crate::slave::{self, SlaveConfig, SlaveReport};
 use crate::sync::Mutex;
 
 /// Default cap on cached data-root handles.
@@ -99,6 +100,11 @@ pub struct MasterConfig {
     pub skip_bad_records: bool,
     /// Catch-up: skip exactly these records (partition, offset).
     pub skip_records: Vec<(u32, i64)>,
+    /// Where the filesystem will be mounted (checked before anything is
+    /// created: an existing directory, empty, not already a mount).
+    pub mountpoint: Option<PathBuf>,
+    /// Mount over a non-empty mountpoint (hiding its files).
+    pub allow_non_empty_mount: bool,
 }
 
 impl MasterConfig {
@@ -117,6 +123,8 @@ impl MasterConfig {
             fd_cache: DEFAULT_FD_CACHE,
             skip_bad_records: false,
             skip_records: Vec::new(),
+            mountpoint: None,
+            allow_non_empty_mount: false,
         }
     }
 }
@@ -150,6 +158,14 @@ pub enum MasterError {
     OtherWriter { topic: String, other: String },
     #[error("journaling the root's attributes: {0}")]
     Init(FsError),
+    #[error("{} follows topic `{recorded}`, not `{requested}`: pass --topic {recorded}, or use an empty data-root for topic `{requested}`", data.display())]
+    WrongTopic {
+        data: PathBuf,
+        recorded: String,
+        requested: String,
+    },
+    #[error("cannot mount at {}: {why}", mnt.display())]
+    Mountpoint { mnt: PathBuf, why: String },
     #[error("the master must run as root: it serves every user of the mount (allow_other) and gives new files their callers' ownership")]
     NotRoot,
 }
@@ -163,6 +179,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
 
 /// A running master (without its mount).
 pub struct Master {
+    /// The exclusive use of the data-root.
+    _lock: DataLock,
     pub fs: Arc<MasterFs>,
     pipeline: Pipeline,
     pool: Option<Pool<Entry, WorkError>>,
@@ -178,6 +196,21 @@ fn hex(b: &[u8]) -> String {
 
 /// This data-root's writer identity (created on first use).
 fn writer_id(statedir: &StateDir) -> Result<Vec<u8>, MasterError> {
+    if let Some(id) = existing_writer_id(statedir)? {
+        return Ok(id);
+    }
+    let mut id = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut id))
+        .map_err(io(Path::new("/dev/urandom")))?;
+    let tmp = statedir.path().join("writer-id.tmp");
+    std::fs::write(&tmp, format!("{}\n", hex(&id))).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, statedir.path().join("writer-id")).map_err(io(statedir.path()))?;
+    Ok(id.to_vec())
+}
+
+/// The writer identity this data-root already has, if any.
+fn existing_writer_id(statedir: &StateDir) -> Result<Option<Vec<u8>>, MasterError> {
     let path = statedir.path().join("writer-id");
     match std::fs::read_to_string(&path) {
         Ok(s) => {
@@ -186,26 +219,16 @@ fn writer_id(statedir: &StateDir) -> Result<Vec<u8>, MasterError> {
                 .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
                 .collect();
             match bytes {
-                Some(b) if b.len() == 16 => return Ok(b),
-                _ => {
-                    return Err(MasterError::Checkpoint(CheckpointError::Corrupt {
-                        path,
-                        why: "writer-id is not 32 hex digits".into(),
-                    }))
-                }
+                Some(b) if b.len() == 16 => Ok(Some(b)),
+                _ => Err(MasterError::Checkpoint(CheckpointError::Corrupt {
+                    path,
+                    why: "writer-id is not 32 hex digits".into(),
+                })),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&path)(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&path)(e)),
     }
-    let mut id = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut id))
-        .map_err(io(Path::new("/dev/urandom")))?;
-    let tmp = statedir.path().join("writer-id.tmp");
-    std::fs::write(&tmp, format!("{}\n", hex(&id))).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    Ok(id.to_vec())
 }
 
 impl Master {
@@ -216,61 +239,23 @@ impl Master {
         stop: Arc<AtomicBool>,
     ) -> Result<Master, MasterError> {
         let data = &config.data;
-        if !rustix::process::geteuid().is_root() {
-            return Err(MasterError::NotRoot);
+        let topic = journal.topic();
+        preflight(config, &topic)?;
+        // Who wrote the journal last, before anything is created or applied.
+        let last = read_last(journal.source()?.as_mut())?;
+        check_writer(data, &last, config.take_over, &topic)?;
+        if let Some(statedir) = StateDir::existing(data) {
+            check_not_ahead(&statedir, journal.as_ref())?;
         }
         std::fs::create_dir_all(data).map_err(io(data))?;
-        let topic = journal.topic();
         let statedir = StateDir::open(data)?;
-        let had_checkpoint = statedir.load_checkpoint()?.is_some();
-        if !had_checkpoint && !root_is_empty(data)? {
-            return Err(MasterError::NotAccounted(data.clone()));
-        }
-        // The checkpoint must not be ahead of the topic.
-        {
-            let source = journal.source()?;
-            if let Some(cp) = statedir.load_checkpoint()? {
-                for (p, pos) in cp.positions.iter().enumerate() {
-                    let (_, end) = source.watermarks(p as u32)?;
-                    if pos.next_offset > end {
-                        return Err(MasterError::TopicBehind {
-                            topic: topic.clone(),
-                            partition: p as u32,
-                            checkpoint: pos.next_offset,
-                            end,
-                        });
-                    }
-                }
-            }
-        }
+        let lock = statedir.lock()?;
 
         // 1. Catch up with the journal.
-        let mut catch_up = SlaveConfig::new(data, &topic);
-        catch_up.exit_when_caught_up = true;
-        catch_up.threads = config.threads;
-        catch_up.skip_bad_records = config.skip_bad_records;
-        catch_up.skip_records = config.skip_records.clone();
-        let report =
-            slave::run(&catch_up, journal.source()?, stop.clone()).map_err(MasterError::CatchUp)?;
-        if report.applied > 0 {
-            tracing::info!(
-                "data-root brought up to the journal: {} records applied",
-                report.applied
-            );
-        }
+        let report = catch_up(config, journal.as_ref(), &stop)?;
 
-        // 2. Where the journal stands; who wrote it last.
+        // 2. Where the journal stands.
         let id = writer_id(&statedir)?;
-        let last = read_last(journal.source()?.as_mut())?;
-        let newest = last.iter().flatten().max_by_key(|(_, r)| r.seq);
-        if let Some((_, r)) = newest {
-            if r.writer.id != id && !config.take_over {
-                return Err(MasterError::OtherWriter {
-                    topic,
-                    other: hex(&r.writer.id),
-                });
-            }
-        }
         let epoch = last
             .iter()
             .flatten()
@@ -394,6 +379,7 @@ impl Master {
             .map_err(io(data))?;
 
         Ok(Master {
+            _lock: lock,
             fs,
             pipeline,
             pool: Some(pool),
@@ -431,6 +417,153 @@ impl Master {
         durable_checkpoint(&self.statedir, &self.state)?;
         Ok(())
     }
+}
+
+/// Every check that can refuse a master, made before anything is created
+/// (the topic, `DATA/.kafkafs`) or applied: privileges, the data-root's
+/// state and topic, its exclusive use, the mountpoint.
+pub fn preflight(config: &MasterConfig, topic: &str) -> Result<(), MasterError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(MasterError::NotRoot);
+    }
+    let data = &config.data;
+    match StateDir::existing(data) {
+        Some(sd) => {
+            sd.check_free()?;
+            if let Some(cp) = sd.load_checkpoint()? {
+                if cp.topic != topic {
+                    return Err(MasterError::WrongTopic {
+                        data: data.clone(),
+                        recorded: cp.topic,
+                        requested: topic.to_string(),
+                    });
+                }
+            } else if !root_is_empty(data)? {
+                return Err(MasterError::NotAccounted(data.clone()));
+            }
+        }
+        None if data.exists() && !root_is_empty(data)? => {
+            return Err(MasterError::NotAccounted(data.clone()))
+        }
+        None => {}
+    }
+    if let Some(mnt) = &config.mountpoint {
+        check_mountpoint(mnt, config.allow_non_empty_mount)?;
+    }
+    Ok(())
+}
+
+/// A mountpoint must be a directory, not already a mount, and empty
+/// (unless asked): mounting over files would hide them.
+fn check_mountpoint(mnt: &Path, allow_non_empty: bool) -> Result<(), MasterError> {
+    let refuse = |why: String| MasterError::Mountpoint {
+        mnt: mnt.to_path_buf(),
+        why,
+    };
+    let meta = match std::fs::metadata(mnt) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // A mount left behind by a crashed master: cleaned up at mount time.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Ok(()),
+        Err(e) => return Err(io(mnt)(e)),
+    };
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory".into()));
+    }
+    if is_mountpoint(mnt) {
+        return Err(refuse(
+            "something is already mounted there (another master?); unmount it first".into(),
+        ));
+    }
+    let mut entries = std::fs::read_dir(mnt).map_err(io(mnt))?;
+    if !allow_non_empty && entries.next().is_some() {
+        return Err(refuse(
+            "it is not empty, and the mount would hide its files (pass --allow-non-empty-mount to \
+             mount over them anyway)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Is `path` a mount point (per /proc/self/mountinfo)?
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(want.as_str()))
+}
+
+/// The data-root's checkpoint must not be ahead of the topic (a new topic
+/// of the same name, an embedded broker restarted).
+fn check_not_ahead(statedir: &StateDir, journal: &dyn Journal) -> Result<(), MasterError> {
+    let Some(cp) = statedir.load_checkpoint()? else {
+        return Ok(());
+    };
+    let source = journal.source()?;
+    for (p, pos) in cp.positions.iter().enumerate() {
+        let (_, end) = source.watermarks(p as u32)?;
+        if pos.next_offset > end {
+            return Err(MasterError::TopicBehind {
+                topic: journal.topic(),
+                partition: p as u32,
+                checkpoint: pos.next_offset,
+                end,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A topic last written by another master is refused unless taking over.
+fn check_writer(
+    data: &Path,
+    last: &[Option<(i64, Record)>],
+    take_over: bool,
+    topic: &str,
+) -> Result<(), MasterError> {
+    let newest = last.iter().flatten().max_by_key(|(_, r)| r.seq);
+    let Some((_, r)) = newest else {
+        return Ok(());
+    };
+    let ours = match StateDir::existing(data) {
+        Some(sd) => existing_writer_id(&sd)?,
+        None => None,
+    };
+    if ours.as_deref() != Some(r.writer.id.as_slice()) && !take_over {
+        return Err(MasterError::OtherWriter {
+            topic: topic.to_string(),
+            other: hex(&r.writer.id),
+        });
+    }
+    Ok(())
+}
+
+/// Brings the data-root up to the journal (the slave's replay).
+fn catch_up(
+    config: &MasterConfig,
+    journal: &dyn Journal,
+    stop: &Arc<AtomicBool>,
+) -> Result<SlaveReport, MasterError> {
+    let mut c = SlaveConfig::new(&config.data, journal.topic());
+    c.exit_when_caught_up = true;
+    c.threads = config.threads;
+    c.skip_bad_records = config.skip_bad_records;
+    c.skip_records = config.skip_records.clone();
+    c.hold_lock = false;
+    let report = slave::run(&c, journal.source()?, stop.clone()).map_err(MasterError::CatchUp)?;
+    if report.applied > 0 {
+        tracing::info!(
+            "data-root brought up to the journal: {} records applied",
+            report.applied
+        );
+    }
+    Ok(report)
 }
 
 /// The limits the master checks calls against: what the topic declares
