@@ -211,8 +211,18 @@ impl Replica {
 
     fn state_dir(&self) -> std::io::Result<OwnedFd> {
         let name = CString::new(crate::op::STATE_DIR).unwrap_or_default();
+        let before = rfs::fstat(&self.root_fd)?;
         match rfs::mkdirat(&self.root_fd, &name, Mode::from_bits_retain(0o700)) {
-            Ok(()) | Err(Errno::EXIST) => {}
+            // The state folder is not part of the tree: the root's mtime
+            // stays what the journal made it.
+            Ok(()) => rfs::futimens(
+                &self.root_fd,
+                &Timestamps {
+                    last_access: omit(),
+                    last_modification: ts(stat_mtime(&before)),
+                },
+            )?,
+            Err(Errno::EXIST) => {}
             Err(e) => return Err(e.into()),
         }
         Ok(rfs::openat(
@@ -468,6 +478,8 @@ impl Replica {
             Op::RemoveXattr { path, name } => self.removexattr(path, name),
             Op::Fsync { path, datasync } => self.fsync(path, *datasync),
             Op::Limits(limits) => self.declare_limits(limits),
+            // Read by the reader; nothing to apply.
+            Op::Fence { .. } => Ok(Ok(())),
         }
     }
 

@@ -28,6 +28,50 @@ use crate::op::Timestamp;
 const SLOT: usize = 256;
 const MAGIC: &[u8; 4] = b"KFL1";
 
+/// Length of a writer id that can fence (what masters generate).
+pub const FENCE_ID_LEN: usize = 16;
+
+/// The writer a partition is fenced to: after its fence, records of any
+/// other writer or of an older epoch are void.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fence {
+    pub id: [u8; FENCE_ID_LEN],
+    pub epoch: u64,
+}
+
+impl Fence {
+    /// The fence a writer sets, if its id can fence.
+    pub fn of(writer: &crate::record::Writer) -> Option<Fence> {
+        Some(Fence {
+            id: writer.id.as_slice().try_into().ok()?,
+            epoch: writer.epoch,
+        })
+    }
+
+    /// Is a record of `writer` void after this fence?
+    pub fn voids(&self, writer: &crate::record::Writer) -> bool {
+        writer.id.as_slice() != self.id || writer.epoch < self.epoch
+    }
+
+    fn hex(&self) -> String {
+        self.id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn parse(id: &str, epoch: &str) -> Option<Fence> {
+        let mut out = [0u8; FENCE_ID_LEN];
+        if id.len() != 2 * FENCE_ID_LEN {
+            return None;
+        }
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(id.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Fence {
+            id: out,
+            epoch: epoch.parse().ok()?,
+        })
+    }
+}
+
 /// How far one partition has been applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Position {
@@ -37,6 +81,8 @@ pub struct Position {
     pub last_seq: u64,
     /// Partition sequence number of the last applied record (0: none).
     pub last_pseq: u64,
+    /// The fence in force in this partition, if one was applied.
+    pub fence: Option<Fence>,
 }
 
 /// A record whose application began but did not finish.
@@ -338,6 +384,14 @@ fn encode_slot(partition: u32, boot: &[u8; 16], slot: &Slot) -> [u8; SLOT] {
     put_ts(&mut b, fp.source_parent_mtime);
     put_ts(&mut b, fp.source_mtime);
     put_ts(&mut b, fp.target_mtime);
+    match &slot.position.fence {
+        None => b.extend_from_slice(&[0; 1 + FENCE_ID_LEN + 8]),
+        Some(f) => {
+            b.push(1);
+            b.extend_from_slice(&f.id);
+            b.extend_from_slice(&f.epoch.to_le_bytes());
+        }
+    }
     b.resize(SLOT - 4, 0);
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
@@ -383,10 +437,11 @@ fn decode_slot(buf: &[u8; SLOT], partition: u32, boot: &[u8; 16]) -> Option<Slot
     if &r.take::<16>() != boot || boot == &[0; 16] {
         return None;
     }
-    let position = Position {
+    let mut position = Position {
         next_offset: i64::from_le_bytes(r.take::<8>()),
         last_seq: u64::from_le_bytes(r.take::<8>()),
         last_pseq: u64::from_le_bytes(r.take::<8>()),
+        fence: None,
     };
     let [has_intent] = r.take::<1>();
     let offset = i64::from_le_bytes(r.take::<8>());
@@ -398,6 +453,10 @@ fn decode_slot(buf: &[u8; SLOT], partition: u32, boot: &[u8; 16]) -> Option<Slot
         source_mtime: r.ts(),
         target_mtime: r.ts(),
     };
+    let [has_fence] = r.take::<1>();
+    let id = r.take::<FENCE_ID_LEN>();
+    let epoch = u64::from_le_bytes(r.take::<8>());
+    position.fence = (has_fence == 1).then_some(Fence { id, epoch });
     Some(Slot {
         position,
         intent: (has_intent == 1).then_some(Intent {
@@ -413,9 +472,13 @@ fn format_checkpoint(cp: &Checkpoint) -> String {
     s.push_str(&format!("partitions {}\n", cp.positions.len()));
     for (p, pos) in cp.positions.iter().enumerate() {
         s.push_str(&format!(
-            "partition {p} next_offset {} last_seq {} last_pseq {}\n",
+            "partition {p} next_offset {} last_seq {} last_pseq {}",
             pos.next_offset, pos.last_seq, pos.last_pseq
         ));
+        if let Some(f) = &pos.fence {
+            s.push_str(&format!(" fence {} {}", f.hex(), f.epoch));
+        }
+        s.push('\n');
     }
     s.push_str("end\n");
     s
@@ -443,7 +506,7 @@ fn parse_checkpoint(text: &str) -> Result<Checkpoint, String> {
             .ok_or(format!("missing line for partition {p}"))?;
         let f: Vec<&str> = line.split_whitespace().collect();
         let bad = || format!("bad line for partition {p}: `{line}`");
-        if f.len() != 8
+        if !(f.len() == 8 || (f.len() == 11 && f[8] == "fence"))
             || f[0] != "partition"
             || f[1] != p.to_string()
             || f[2] != "next_offset"
@@ -456,6 +519,10 @@ fn parse_checkpoint(text: &str) -> Result<Checkpoint, String> {
             next_offset: f[3].parse().map_err(|_| bad())?,
             last_seq: f[5].parse().map_err(|_| bad())?,
             last_pseq: f[7].parse().map_err(|_| bad())?,
+            fence: match f.get(9..11) {
+                Some([id, epoch]) => Some(Fence::parse(id, epoch).ok_or_else(bad)?),
+                _ => None,
+            },
         });
     }
     if lines.next() != Some("end") {
@@ -480,6 +547,10 @@ mod tests {
                     next_offset: 10,
                     last_seq: 99,
                     last_pseq: 10,
+                    fence: Some(Fence {
+                        id: *b"0123456789abcdef",
+                        epoch: 3,
+                    }),
                 },
                 Position::default(),
             ],
@@ -503,6 +574,10 @@ mod tests {
                 next_offset: 5,
                 last_seq: 7,
                 last_pseq: 5,
+                fence: Some(Fence {
+                    id: [7; FENCE_ID_LEN],
+                    epoch: u64::MAX,
+                }),
             },
             intent: Some(Intent {
                 offset: 5,

@@ -74,6 +74,14 @@ pub enum JournalError {
     Closed,
     #[error("injected fault: {0}")]
     Injected(String),
+    #[error("partition {partition}: the record was stored at offset {offset}, but this writer's previous one ended at {expected}: another writer's records (or a late one of this writer) came between")]
+    Interleaved {
+        partition: u32,
+        expected: i64,
+        offset: i64,
+    },
+    #[error("reading the journal back: {0}")]
+    Unreadable(String),
     #[error("partition {partition} offset {offset}: cannot decode record: {source}")]
     Undecodable {
         partition: u32,
@@ -252,6 +260,9 @@ pub enum FsError {
     /// replica could see; the call is served on the data-root alone.
     #[error("unlinked inode")]
     Unlinked,
+    /// Another master took over the topic: this one no longer writes.
+    #[error("this master was fenced ({0})")]
+    Fenced(String),
 }
 
 impl FsError {
@@ -267,6 +278,7 @@ impl FsError {
             FsError::Refused(e) => *e,
             FsError::NotApplied(_) => Errno::IO,
             FsError::Unlinked => Errno::NOENT,
+            FsError::Fenced(_) => Errno::ROFS,
         }
     }
 }

@@ -342,6 +342,11 @@ pub enum Op {
     },
     /// The limits every replica honours (see `crate::limits`); targets the root.
     Limits(crate::limits::Limits),
+    /// From here on in this partition only the record's writer (at its
+    /// epoch or later) is valid; see DESIGN.md, fencing.
+    Fence {
+        take_over: bool,
+    },
 }
 
 impl Op {
@@ -366,6 +371,7 @@ impl Op {
             Op::RemoveXattr { .. } => "removexattr",
             Op::Fsync { .. } => "fsync",
             Op::Limits(_) => "limits",
+            Op::Fence { .. } => "fence",
         }
     }
 
@@ -389,7 +395,7 @@ impl Op {
             | Op::RemoveXattr { path, .. }
             | Op::Fsync { path, .. } => path,
             Op::Link { dst, .. } | Op::Rename { dst, .. } => dst,
-            Op::Limits(_) => &ROOT_PATH,
+            Op::Limits(_) | Op::Fence { .. } => &ROOT_PATH,
         }
     }
 

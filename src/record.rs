@@ -221,6 +221,9 @@ fn to_pb(r: &Record) -> pb::Record {
             path: path.as_bytes().to_vec(),
             datasync: *datasync,
         }),
+        Op::Fence { take_over } => P::Fence(pb::Fence {
+            take_over: *take_over,
+        }),
         Op::Limits(l) => P::Limits(pb::Limits {
             max_file_size: l.max_file_size,
             name_max: l.name_max,
@@ -301,10 +304,23 @@ fn from_pb(r: pb::Record) -> Result<Record, DecodeError> {
     }
     let writer = r.writer.ok_or(DecodeError::MissingField("writer"))?;
     let time = ts_from_pb(r.time.ok_or(DecodeError::MissingField("time"))?, "time")?;
-    if r.seq == 0 {
+    let fence = matches!(r.op, Some(P::Fence(_)));
+    if fence && (r.seq != 0 || r.partition_seq != 0 || !r.deps.is_empty()) {
+        return Err(DecodeError::BadValue {
+            field: "fence with seq, partition_seq or deps",
+            value: r.seq,
+        });
+    }
+    if fence && writer.id.len() != crate::checkpoint::FENCE_ID_LEN {
+        return Err(DecodeError::BadValue {
+            field: "fence writer.id length",
+            value: writer.id.len() as u64,
+        });
+    }
+    if r.seq == 0 && !fence {
         return Err(DecodeError::MissingField("seq"));
     }
-    if r.partition_seq == 0 {
+    if r.partition_seq == 0 && !fence {
         return Err(DecodeError::MissingField("partition_seq"));
     }
     let mut deps = Vec::with_capacity(r.deps.len());
@@ -435,6 +451,9 @@ fn from_pb(r: pb::Record) -> Result<Record, DecodeError> {
         P::Fsync(f) => Op::Fsync {
             path: path("fsync.path", f.path)?,
             datasync: f.datasync,
+        },
+        P::Fence(f) => Op::Fence {
+            take_over: f.take_over,
         },
         P::Limits(l) => Op::Limits(crate::limits::Limits {
             max_file_size: l.max_file_size,

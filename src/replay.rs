@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::apply::{Fingerprint, IntentLog, Outcome, Replica};
-use crate::checkpoint::{Checkpoint, Intent, Ledger, Position, Slot, StateDir};
+use crate::checkpoint::{Checkpoint, Fence, Intent, Ledger, Position, Slot, StateDir};
 use crate::error::{CheckpointError, DecodeError, RecordPos, ReplicaFailure, SlaveError};
 use crate::journal::Message;
 use crate::op::STATE_DIR;
@@ -41,6 +41,8 @@ pub enum EntryKind {
     Apply(Box<Record>),
     /// Advance past this offset without applying anything.
     Skip,
+    /// A fence: advance past it, and keep it as the partition's fence.
+    Fence(Fence),
 }
 
 impl Entry {
@@ -55,12 +57,24 @@ impl Entry {
     }
 
     fn skip(offset: i64) -> Self {
+        Self::control(offset, EntryKind::Skip)
+    }
+
+    fn control(offset: i64, kind: EntryKind) -> Self {
         Entry {
             offset,
             pseq: 0,
-            kind: EntryKind::Skip,
+            kind,
             resume: None,
             done: None,
+        }
+    }
+
+    /// The writer whose record this is, if it is a record to apply.
+    pub fn record(&self) -> Option<&Record> {
+        match &self.kind {
+            EntryKind::Apply(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -72,7 +86,7 @@ impl Entry {
                 deps: r.deps.clone(),
                 payload: self,
             },
-            EntryKind::Skip => Item {
+            EntryKind::Skip | EntryKind::Fence(_) => Item {
                 seq: 0,
                 deps: Vec::new(),
                 payload: self,
@@ -248,6 +262,9 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         Some(outcome)
     } else {
         after.last_pseq = after.last_pseq.max(entry.pseq);
+        if let EntryKind::Fence(f) = &entry.kind {
+            after.fence = Some(*f);
+        }
         None
     };
     advance_ledger(ctx, p, entry.offset, after)?;
@@ -378,8 +395,12 @@ pub struct Reader {
     /// Per partition: records skipped since the last good one (they may
     /// explain a jump in the partition sequence).
     skipped_since: Vec<u64>,
+    /// Per partition: the fence in force (as read).
+    fences: Vec<Option<Fence>>,
     pub duplicates: u64,
     pub skipped_bad: u64,
+    /// Records of fenced writers, ignored.
+    pub fenced: u64,
 }
 
 impl Reader {
@@ -401,8 +422,53 @@ impl Reader {
                 .map(|p| (p.last_pseq, p.last_seq))
                 .collect(),
             skipped_since: vec![0; positions.len()],
+            fences: positions.iter().map(|p| p.fence).collect(),
             duplicates: 0,
             skipped_bad: 0,
+            fenced: 0,
+        }
+    }
+
+    /// The fence in force in a partition, as read.
+    pub fn fence(&self, partition: u32) -> Option<Fence> {
+        self.fences[partition as usize]
+    }
+
+    /// A fence record: it becomes the partition's fence if it is the first,
+    /// from the writer already in force, or a take-over; otherwise it is
+    /// itself void (a fenced writer recovering).
+    fn read_fence(&mut self, pos: &RecordPos, rec: &Record, take_over: bool) -> Entry {
+        let p = pos.partition as usize;
+        let Some(new) = Fence::of(&rec.writer) else {
+            return Entry::skip(pos.offset);
+        };
+        match self.fences[p] {
+            Some(cur) if cur.id != new.id && !take_over => {
+                tracing::warn!(
+                    "{pos}: fence of writer {} (epoch {}) after the take-over by {}: void",
+                    hex(&new.id),
+                    new.epoch,
+                    hex(&cur.id)
+                );
+                self.fenced += 1;
+                Entry::skip(pos.offset)
+            }
+            Some(cur) if cur.id == new.id && new.epoch < cur.epoch => {
+                self.fenced += 1;
+                Entry::skip(pos.offset)
+            }
+            cur => {
+                if cur.is_some_and(|c| c.id != new.id) {
+                    tracing::info!(
+                        "{pos}: writer {} (epoch {}) took over from writer {}",
+                        hex(&new.id),
+                        new.epoch,
+                        cur.map(|c| hex(&c.id)).unwrap_or_default()
+                    );
+                }
+                self.fences[p] = Some(new);
+                Entry::control(pos.offset, EntryKind::Fence(new))
+            }
         }
     }
 
@@ -449,6 +515,23 @@ impl Reader {
             }
             Err(source) => return Err(SlaveError::BadRecord { pos, source }),
         };
+        if let crate::op::Op::Fence { take_over } = rec.op {
+            return Ok(self.read_fence(&pos, &rec, take_over));
+        }
+        if let Some(f) = self.fences[p as usize].filter(|f| f.voids(&rec.writer)) {
+            tracing::warn!(
+                "{pos}: {} {} of writer {} (epoch {}) came after the fence of writer {} (epoch {}): \
+                 a fenced master's write, ignored on every replica",
+                rec.op.name(),
+                rec.op.target(),
+                hex(&rec.writer.id),
+                rec.writer.epoch,
+                hex(&f.id),
+                f.epoch
+            );
+            self.fenced += 1;
+            return Ok(Entry::skip(m.offset));
+        }
         let (last_pseq, last_seq) = self.last_read[p as usize];
         if rec.partition_seq == last_pseq && rec.seq != last_seq {
             // Not a duplicate: two different records claim one place.
@@ -487,6 +570,10 @@ impl Reader {
         self.skipped_since[p as usize] = 0;
         Ok(Entry::apply(m.offset, rec))
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Is `root` empty apart from the state folder?

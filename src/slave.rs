@@ -86,6 +86,8 @@ pub struct SlaveReport {
     pub duplicates: u64,
     /// Records skipped by --skip-bad-records or --skip-record.
     pub skipped_bad: u64,
+    /// Records of fenced writers, ignored (as on every replica).
+    pub fenced: u64,
     /// Final positions.
     pub positions: Vec<Position>,
     /// Replication lag of the applied records (record time on the master
@@ -659,6 +661,7 @@ fn finish(
         errno_outcomes: ctx.errno_outcomes.load(Ordering::Relaxed),
         duplicates: reader.duplicates,
         skipped_bad: reader.skipped_bad,
+        fenced: reader.fenced,
         positions: ctx.positions(),
         lag_p50: ctx.lag.quantile(0.5),
         lag_p99: ctx.lag.quantile(0.99),

@@ -406,12 +406,18 @@ fn restart_continues_the_journal_and_refuses_unaccounted_data() {
     let ends: Vec<i64> = (0..2).map(|p| source.watermarks(p).unwrap().1).collect();
     source.assign(&[(0, 0), (1, 0)]).unwrap();
     let mut seen = 0;
+    let mut fences = 0;
     while seen < ends.iter().sum::<i64>() {
         if let Some(msg) = source.poll(std::time::Duration::from_secs(5)).unwrap() {
             let r = kafkafs::record::Record::decode(&msg.payload, 1 << 24).unwrap();
+            seen += 1;
+            if matches!(r.op, kafkafs::op::Op::Fence { .. }) {
+                // Each start fences every partition first (not sequenced).
+                fences += 1;
+                continue;
+            }
             seqs.push(r.seq);
             epochs.insert(r.writer.epoch);
-            seen += 1;
         }
     }
     seqs.sort();
@@ -424,6 +430,7 @@ fn restart_continues_the_journal_and_refuses_unaccounted_data() {
         "and none is missing"
     );
     assert_eq!(epochs.len(), 2, "one epoch per start: {epochs:?}");
+    assert_eq!(fences, 2 * 2, "each start fenced both partitions");
     m.start();
     m.assert_converged("after two restarts");
     m.stop();

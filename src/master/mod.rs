@@ -34,7 +34,7 @@ use crate::master::fs::MasterFs;
 use crate::master::inodes::{InodeTable, ROOT};
 use crate::master::keys::{Key, KeySet};
 use crate::master::pipeline::{
-    read_last, Pipeline, PipelineStart, Planned, PreCheck, ReplayOrder, Tail,
+    read_last, write_fences, Pipeline, PipelineStart, Planned, PreCheck, ReplayOrder, Tail,
 };
 use crate::op::{Op, RelPath, Timestamp};
 use crate::record::Record;
@@ -251,10 +251,7 @@ impl Master {
         let statedir = StateDir::open(data)?;
         let lock = statedir.lock()?;
 
-        // 1. Catch up with the journal.
-        let report = catch_up(config, journal.as_ref(), &stop)?;
-
-        // 2. Where the journal stands.
+        // 1. Fence the topic: from here on only this writer is valid.
         let id = writer_id(&statedir)?;
         let epoch = last
             .iter()
@@ -269,6 +266,19 @@ impl Master {
             .map(|(_, r)| r.time)
             .max()
             .unwrap_or_default();
+        let writer = Writer { id, epoch };
+        let sink = journal.sink()?;
+        write_fences(
+            sink.as_ref(),
+            &writer,
+            config.take_over,
+            config.journal_timeout,
+        )?;
+        drop(sink);
+
+        // 2. Catch up with the journal, through the fences.
+        let report = catch_up(config, journal.as_ref(), &stop)?;
+        check_fenced_to(&report, &writer, &topic)?;
         let tails: Vec<Tail> = report
             .positions
             .iter()
@@ -326,7 +336,7 @@ impl Master {
             feeder: pool.feeder(),
             tails,
             last_time,
-            writer: Writer { id, epoch },
+            writer,
             timeout: config.journal_timeout,
             history_limit: config.history_limit,
             check: pre_check(state.clone(), limits.clone()),
@@ -527,19 +537,42 @@ fn check_writer(
     take_over: bool,
     topic: &str,
 ) -> Result<(), MasterError> {
-    let newest = last.iter().flatten().max_by_key(|(_, r)| r.seq);
-    let Some((_, r)) = newest else {
-        return Ok(());
-    };
     let ours = match StateDir::existing(data) {
         Some(sd) => existing_writer_id(&sd)?,
         None => None,
     };
-    if ours.as_deref() != Some(r.writer.id.as_slice()) && !take_over {
-        return Err(MasterError::OtherWriter {
+    // The last record of any partition (a fence included) by another writer.
+    let other = last
+        .iter()
+        .flatten()
+        .find(|(_, r)| ours.as_deref() != Some(r.writer.id.as_slice()));
+    match other {
+        Some((_, r)) if !take_over => Err(MasterError::OtherWriter {
             topic: topic.to_string(),
             other: hex(&r.writer.id),
-        });
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// After the catch-up, this master's fence must be in force in every
+/// partition (else another master took over meanwhile).
+fn check_fenced_to(report: &SlaveReport, writer: &Writer, topic: &str) -> Result<(), MasterError> {
+    for (p, pos) in report.positions.iter().enumerate() {
+        match pos.fence {
+            Some(f) if f.id.as_slice() == writer.id.as_slice() => {}
+            other => {
+                return Err(MasterError::OtherWriter {
+                    topic: topic.to_string(),
+                    other: format!(
+                        "{} (it holds partition {p})",
+                        other
+                            .map(|f| hex(&f.id))
+                            .unwrap_or_else(|| "unknown".into())
+                    ),
+                })
+            }
+        }
     }
     Ok(())
 }

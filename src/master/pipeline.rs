@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::applier::Feeder;
 use crate::apply::Outcome;
+use crate::checkpoint::{Fence, Position};
 use crate::error::{Errno, FsError, JournalError};
 use crate::journal::{Journal, Message, Sink, Source};
 use crate::master::inodes::InodeTable;
@@ -37,7 +38,7 @@ use crate::partition::partition_for;
 use crate::record::{
     Caller, Dep, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP, HEADER_VERSION,
 };
-use crate::replay::{Entry, WorkError};
+use crate::replay::{Entry, Reader, WorkError};
 use crate::sync::{channel, Condvar, Mutex, MutexGuard};
 
 /// What a record is ordered after on slaves.
@@ -80,8 +81,19 @@ struct SeqState {
     sink: Arc<dyn Sink>,
 }
 
+/// What recovery found when it read the log back.
+struct ReadBack {
+    pushed: Vec<i64>,
+    last: Vec<(u64, u64)>,
+    applied: u64,
+    /// Another writer holds the topic: why we think so.
+    fenced: Option<String>,
+}
+
 /// Delivery bookkeeping, shared with the producer's callback thread.
 struct Delivery {
+    /// This master's fence, in force in every partition.
+    fence: Option<Fence>,
     /// Next offset expected per partition (everything below was queued for
     /// the applier, by a delivery report or by recovery).
     pushed: Vec<i64>,
@@ -112,6 +124,8 @@ struct Shared {
     ordering: ReplayOrder,
     recovery: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     check: PreCheck,
+    /// Set once another master took over (why).
+    fenced: Mutex<Option<String>>,
 }
 
 /// The write path (see module docs). Cheap to clone.
@@ -168,6 +182,7 @@ impl Pipeline {
     pub fn start(s: PipelineStart) -> Result<Pipeline, JournalError> {
         let partitions = s.tails.len() as u32;
         let sink = s.journal.sink()?;
+        let fence = Fence::of(&s.writer);
         let mut conflicts = Conflicts::new(partitions, s.history_limit);
         conflicts.reset_to(&s.tails.iter().map(|t| t.last_seq).collect::<Vec<_>>());
         let shared = Arc::new(Shared {
@@ -183,6 +198,7 @@ impl Pipeline {
             inodes: s.inodes,
             feeder: s.feeder,
             delivery: Mutex::new(Delivery {
+                fence,
                 pushed: s.tails.iter().map(|t| t.next_offset).collect(),
                 last: s.tails.iter().map(|t| (t.last_pseq, t.last_seq)).collect(),
             }),
@@ -196,6 +212,7 @@ impl Pipeline {
             ordering: s.ordering,
             recovery: std::sync::Mutex::new(None),
             check: s.check,
+            fenced: Mutex::new(None),
         });
         let pipeline = Pipeline { shared };
         let recovery = pipeline.clone();
@@ -262,6 +279,9 @@ impl Pipeline {
         loop {
             if shared.stopping.load(Ordering::SeqCst) {
                 return Err(FsError::ShuttingDown);
+            }
+            if let Some(why) = shared.fenced.lock().clone() {
+                return Err(FsError::Fenced(why));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -478,6 +498,10 @@ impl Pipeline {
                 continue;
             }
             match self.recover() {
+                Ok(()) if self.fenced().is_some() => {
+                    shared.recovering.store(false, Ordering::SeqCst);
+                    shared.cv.notify_all();
+                }
                 Ok(()) => {
                     shared.recovering.store(false, Ordering::SeqCst);
                     shared.cv.notify_all();
@@ -503,58 +527,38 @@ impl Pipeline {
         // A fresh producer first: this fails while the journal is away.
         let sink = shared.journal.sink()?;
         let mut source = shared.journal.source()?;
-        // Retire the old producer (its queue is purged) and give requests it
-        // already put on the wire a moment to land before the log is read.
+        // Fence first: a late produce of the old producer lands before the
+        // fence (and is read below) or after it (and is void everywhere).
+        let writer = {
+            let st = shared.state.lock();
+            Writer {
+                id: st.writer.id.clone(),
+                epoch: st.writer.epoch + 1,
+            }
+        };
+        write_fences(sink.as_ref(), &writer, false, shared.timeout)?;
         let old = std::mem::replace(&mut shared.state.lock().sink, sink);
         drop(old);
-        std::thread::sleep(Duration::from_secs(1));
         // From here on, late reports of the old producer are ignored.
-        let (from, mut last) = {
+        let (from, last, fence) = {
             let d = shared.delivery.lock();
             shared.generation.fetch_add(1, Ordering::SeqCst);
-            (d.pushed.clone(), d.last.clone())
+            (d.pushed.clone(), d.last.clone(), d.fence)
         };
-        let found = read_from(source.as_mut(), &from)?;
-        let mut pushed = from.clone();
-        let mut applied_now = 0;
-        for m in found {
-            let p = m.partition;
-            let rec = match Record::decode_from(&m.payload, DEFAULT_MAX_RECORD_BYTES, p) {
-                Ok(r) => r,
-                Err(source) => {
-                    return Err(JournalError::Undecodable {
-                        partition: p,
-                        offset: m.offset,
-                        source,
-                    })
-                }
-            };
-            if rec.partition_seq <= last[p as usize].0 {
-                pushed[p as usize] = m.offset + 1;
-                continue;
-            }
-            last[p as usize] = (rec.partition_seq, rec.seq);
-            pushed[p as usize] = m.offset + 1;
-            tracing::warn!(
-                "recovery: partition {p} offset {} ({} {}) reached the journal without an \
-                 acknowledgement; applying it to the data-root",
-                m.offset,
-                rec.op.name(),
-                rec.op.target()
-            );
-            shared
-                .feeder
-                .push(p, Entry::apply(m.offset, rec).into_item());
-            applied_now += 1;
-        }
+        let read = self.read_back(source.as_mut(), &from, &last, fence, &writer)?;
         {
             let mut d = shared.delivery.lock();
-            d.pushed = pushed.clone();
-            d.last = last.clone();
+            d.pushed = read.pushed.clone();
+            d.last = read.last.clone();
+            d.fence = Fence::of(&writer);
         }
-        if applied_now > 0 {
+        if let Some(why) = read.fenced {
+            self.fence_out(&why);
+            return Ok(());
+        }
+        if read.applied > 0 {
             // Wait for the applier, then forget names recovery changed.
-            if !self.wait_applied(&last) {
+            if !self.wait_applied(&read.last) {
                 return Err(JournalError::Closed);
             }
             shared.inodes.lock().revalidate();
@@ -562,12 +566,105 @@ impl Pipeline {
         let mut st = shared.state.lock();
         // Records past the log's tails never reached it: their numbers are
         // free again.
-        st.seq = last.iter().map(|l| l.1).max().unwrap_or(0);
-        st.pseq = last.iter().map(|l| l.0).collect();
-        st.writer.epoch += 1;
-        let tails: Vec<u64> = last.iter().map(|l| l.1).collect();
+        st.seq = read.last.iter().map(|l| l.1).max().unwrap_or(0);
+        st.pseq = read.last.iter().map(|l| l.0).collect();
+        st.writer.epoch = writer.epoch;
+        let tails: Vec<u64> = read.last.iter().map(|l| l.1).collect();
         st.conflicts.reset_to(&tails);
         Ok(())
+    }
+
+    /// Reads the log from `from` to its end as a replica would (the same
+    /// reader: duplicates, fences, void records) and queues what is valid
+    /// for the data-root. Notes whether another writer holds the topic.
+    fn read_back(
+        &self,
+        source: &mut dyn Source,
+        from: &[i64],
+        last: &[(u64, u64)],
+        fence: Option<Fence>,
+        writer: &Writer,
+    ) -> Result<ReadBack, JournalError> {
+        let shared = &self.shared;
+        let positions: Vec<Position> = (0..from.len())
+            .map(|p| Position {
+                next_offset: from[p],
+                last_seq: last[p].1,
+                last_pseq: last[p].0,
+                fence,
+            })
+            .collect();
+        let topic = shared.journal.topic();
+        let mut reader = Reader::new(
+            &topic,
+            DEFAULT_MAX_RECORD_BYTES,
+            false,
+            Vec::new(),
+            &positions,
+        );
+        let mut out = ReadBack {
+            pushed: from.to_vec(),
+            last: last.to_vec(),
+            applied: 0,
+            fenced: None,
+        };
+        for m in read_from(source, from)? {
+            let (p, offset) = (m.partition, m.offset);
+            let entry = reader
+                .entry(m)
+                .map_err(|e| JournalError::Unreadable(e.to_string()))?;
+            out.pushed[p as usize] = offset + 1;
+            if let Some(rec) = entry.record() {
+                if rec.writer.id != writer.id {
+                    out.fenced = Some(format!(
+                        "partition {p} offset {offset} holds a record of writer {}",
+                        hex(&rec.writer.id)
+                    ));
+                }
+                out.last[p as usize] = (rec.partition_seq, rec.seq);
+                tracing::warn!(
+                    "recovery: partition {p} offset {offset} ({} {}) reached the journal without an \
+                     acknowledgement; applying it to the data-root",
+                    rec.op.name(),
+                    rec.op.target()
+                );
+                out.applied += 1;
+            }
+            shared.feeder.push(p, entry.into_item());
+        }
+        for p in 0..from.len() as u32 {
+            match reader.fence(p) {
+                Some(f) if f.id.as_slice() == writer.id.as_slice() => {}
+                other => {
+                    out.fenced.get_or_insert_with(|| {
+                        format!(
+                            "partition {p} is fenced to writer {}",
+                            other.map(|f| hex(&f.id)).unwrap_or_else(|| "none".into())
+                        )
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Another master took over: this one stops writing for good.
+    fn fence_out(&self, why: &str) {
+        let mut fenced = self.shared.fenced.lock();
+        if fenced.is_none() {
+            tracing::error!(
+                "this master has been fenced: another master took over the topic ({why}); it no \
+                 longer writes, and every mutating call fails with EROFS. Restart it only as a \
+                 slave, or take over again with --take-over."
+            );
+            *fenced = Some(why.to_string());
+        }
+        self.shared.cv.notify_all();
+    }
+
+    /// Why this master was fenced, if it was.
+    pub fn fenced(&self) -> Option<String> {
+        self.shared.fenced.lock().clone()
     }
 
     /// Waits until the applier has applied up to `last` (seq) everywhere;
@@ -605,6 +702,20 @@ fn deliver(
                 || offset < d.pushed[p as usize]
             {
                 // Recovery owns this record now (it read it from the log).
+                return;
+            }
+            if offset > d.pushed[p as usize] {
+                // Records this master did not write precede it: another
+                // writer (a fence?) or a late produce. Recovery reads them
+                // and decides; the record is not applied here.
+                let expected = d.pushed[p as usize];
+                drop(d);
+                shared.recovering.store(true, Ordering::SeqCst);
+                let _ = tx.send(Progress::Failed(JournalError::Interleaved {
+                    partition: p,
+                    expected,
+                    offset,
+                }));
                 return;
             }
             d.pushed[p as usize] = offset + 1;
@@ -694,4 +805,40 @@ pub fn read_last(source: &mut dyn Source) -> Result<Vec<Option<(i64, Record)>>, 
         }
     }
     Ok(last)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Writes `writer`'s fence into every partition and waits until all are
+/// acknowledged; returns their offsets.
+pub fn write_fences(
+    sink: &dyn Sink,
+    writer: &Writer,
+    take_over: bool,
+    timeout: Duration,
+) -> Result<Vec<i64>, JournalError> {
+    (0..sink.partitions())
+        .map(|p| {
+            let record = Record {
+                writer: writer.clone(),
+                seq: 0,
+                partition_seq: 0,
+                partition: p,
+                deps: Vec::new(),
+                time: Timestamp::now(),
+                caller: Caller::default(),
+                op: Op::Fence { take_over },
+            };
+            crate::journal::send_and_wait(
+                sink,
+                p,
+                b"",
+                &record.encode(),
+                &[(HEADER_VERSION, b"1"), (HEADER_OP, b"fence")],
+                timeout,
+            )
+        })
+        .collect()
 }
