@@ -230,3 +230,103 @@ fn refusals_change_nothing() {
     );
     assert_eq!(snapshot(&data), before);
 }
+
+/// The directory of a caught-up replica, moved into a fresh test folder
+/// as its `data` (for a master to take over on).
+fn promote_dir(replica: &Path) -> tempfile::TempDir {
+    let dir = common::tempdir();
+    fs::rename(replica, dir.path().join("data")).unwrap();
+    dir
+}
+
+/// A take-over while the old master still runs: the old master's writes
+/// after the fence fail (EIO, then EROFS), the new master's succeed, and a
+/// running slave, a fresh slave and the new data-root are all equal.
+#[test]
+fn a_take_over_fences_the_old_master() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let cfg = common::kafka_topic("takeover", 2);
+    let a = common::Mounted::with_journal(Arc::new(cfg.clone()), 2, |_| {});
+    fs::create_dir(a.path("before")).unwrap();
+    fs::write(a.path("before/f"), b"1").unwrap();
+
+    // A slave that follows the topic throughout.
+    let follower = a.dir.path().join("follower");
+    fs::create_dir_all(&follower).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = {
+        let (cfg, follower, stop) = (cfg.clone(), follower.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = kafkafs::slave::SlaveConfig::new(&follower, &cfg.topic);
+            c.threads = 2;
+            kafkafs::slave::run(&c, common::kafka_source(&cfg), stop)
+        })
+    };
+
+    // Promote a caught-up replica while A still runs.
+    let b_dir = promote_dir(&a.replay(2));
+    let b =
+        common::Mounted::with_journal_in(b_dir, Arc::new(cfg.clone()), 2, |c| c.take_over = true);
+    let e = fs::create_dir(a.path("from_old_master")).unwrap_err();
+    assert!(
+        [libc::EIO, libc::EROFS].contains(&common::errno_of(&e)),
+        "the fenced master's write fails: {e}"
+    );
+    fs::create_dir(b.path("from_new_master_1")).unwrap();
+    fs::create_dir(b.path("from_new_master_2")).unwrap();
+    wait_until("the old master learns it is fenced", || {
+        a.master().pipeline().fenced().is_some()
+    });
+    let e = fs::write(a.path("later"), b"x").unwrap_err();
+    assert_eq!(common::errno_of(&e), libc::EROFS, "{e}");
+    // Reads on the old mount still work.
+    assert_eq!(fs::read(a.path("before/f")).unwrap(), b"1");
+
+    b.assert_converged("a fresh slave after a take-over");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    running
+        .join()
+        .unwrap()
+        .expect("the running slave followed on");
+    let mut c = kafkafs::slave::SlaveConfig::new(&follower, &cfg.topic);
+    c.exit_when_caught_up = true;
+    let report = kafkafs::slave::run(
+        &c,
+        common::kafka_source(&cfg),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    common::assert_trees_equal(&b.data, &follower, "the running slave after a take-over");
+    assert!(!follower.join("from_old_master").exists());
+    assert!(follower.join("from_new_master_1").exists());
+    let _ = report;
+}
+
+/// A produce request of the producer that recovery retired lands after
+/// recovery read the log: it is behind this master's new fence, so every
+/// replica ignores it, and the replicas equal the master.
+#[test]
+fn a_late_produce_after_recovery_is_void_everywhere() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    use std::sync::Arc;
+    let j = kafkafs::journal::memory::MemoryJournal::new(2);
+    let timeout = Duration::from_secs(2);
+    let m = common::Mounted::with_journal(Arc::new(j.clone()), 2, |c| c.journal_timeout = timeout);
+    fs::write(m.path("f"), b"first").unwrap();
+    j.park_next_sends(1);
+    let e = fs::write(m.path("f"), b"lost on the wire").unwrap_err();
+    assert_eq!(common::errno_of(&e), libc::EIO, "{e}");
+    wait_until("the master recovers", || {
+        !m.master().pipeline().recovering()
+    });
+    // The same partition sequence numbers are used again by new records.
+    fs::write(m.path("f"), b"second").unwrap();
+    fs::write(m.path("g"), b"more").unwrap();
+    let landed = j.land_parked();
+    assert_eq!(landed.len(), 1);
+    fs::write(m.path("h"), b"after").unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"second");
+    m.assert_converged("after a late produce");
+}

@@ -19,6 +19,10 @@ struct State {
     held: Vec<(DeliveryCallback, Result<i64, JournalError>)>,
     /// While true, sends are refused outright (nothing is stored).
     down: bool,
+    /// Number of upcoming sends that are neither stored nor acknowledged
+    /// until `land_parked` (a produce request still on the wire).
+    park_sends: u64,
+    parked: Vec<(u32, Vec<u8>, Vec<u8>, DeliveryCallback)>,
 }
 
 /// A topic held in memory. Cloning gives another handle to the same topic.
@@ -77,6 +81,26 @@ impl MemoryJournal {
         for (cb, r) in held {
             cb(r);
         }
+    }
+
+    /// The next `n` sends stay "on the wire": not stored, not acknowledged,
+    /// until `land_parked`.
+    pub fn park_next_sends(&self, n: u64) {
+        self.inner.0.lock().park_sends = n;
+    }
+
+    /// Stores the parked sends now (late), acknowledging them; returns
+    /// their offsets.
+    pub fn land_parked(&self) -> Vec<i64> {
+        let parked = std::mem::take(&mut self.inner.0.lock().parked);
+        parked
+            .into_iter()
+            .map(|(p, key, payload, done)| {
+                let offset = self.append_raw(p, &key, &payload);
+                done(Ok(offset));
+                offset
+            })
+            .collect()
     }
 
     /// Simulates an unreachable journal: sends are refused.
@@ -140,6 +164,12 @@ impl Sink for MemoryJournal {
         }
         if s.down {
             return Err(JournalError::Injected("journal is down".into()));
+        }
+        if s.park_sends > 0 {
+            s.park_sends -= 1;
+            s.parked
+                .push((partition, key.to_vec(), payload.to_vec(), done));
+            return Ok(());
         }
         let result = if s.fail_sends > 0 {
             s.fail_sends -= 1;

@@ -83,11 +83,55 @@ struct SeqState {
 
 /// What recovery found when it read the log back.
 struct ReadBack {
+    reader: Reader,
     pushed: Vec<i64>,
     last: Vec<(u64, u64)>,
     applied: u64,
     /// Another writer holds the topic: why we think so.
     fenced: Option<String>,
+}
+
+impl ReadBack {
+    fn new(from: &[i64], last: &[(u64, u64)], fence: Option<Fence>, topic: &str) -> Self {
+        let positions: Vec<Position> = (0..from.len())
+            .map(|p| Position {
+                next_offset: from[p],
+                last_seq: last[p].1,
+                last_pseq: last[p].0,
+                fence,
+            })
+            .collect();
+        ReadBack {
+            reader: Reader::new(
+                topic,
+                DEFAULT_MAX_RECORD_BYTES,
+                false,
+                Vec::new(),
+                &positions,
+            ),
+            pushed: from.to_vec(),
+            last: last.to_vec(),
+            applied: 0,
+            fenced: None,
+        }
+    }
+
+    /// After this writer's fences: each partition must be fenced to it.
+    fn check_fence(&mut self, writer: &Writer) {
+        for p in 0..self.pushed.len() as u32 {
+            match self.reader.fence(p) {
+                Some(f) if f.id.as_slice() == writer.id.as_slice() => {}
+                other => {
+                    self.fenced.get_or_insert_with(|| {
+                        format!(
+                            "partition {p} is fenced to writer {}",
+                            other.map(|f| hex(&f.id)).unwrap_or_else(|| "none".into())
+                        )
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// Delivery bookkeeping, shared with the producer's callback thread.
@@ -527,8 +571,6 @@ impl Pipeline {
         // A fresh producer first: this fails while the journal is away.
         let sink = shared.journal.sink()?;
         let mut source = shared.journal.source()?;
-        // Fence first: a late produce of the old producer lands before the
-        // fence (and is read below) or after it (and is void everywhere).
         let writer = {
             let st = shared.state.lock();
             Writer {
@@ -536,8 +578,7 @@ impl Pipeline {
                 epoch: st.writer.epoch + 1,
             }
         };
-        write_fences(sink.as_ref(), &writer, false, shared.timeout)?;
-        let old = std::mem::replace(&mut shared.state.lock().sink, sink);
+        let old = std::mem::replace(&mut shared.state.lock().sink, sink.clone());
         drop(old);
         // From here on, late reports of the old producer are ignored.
         let (from, last, fence) = {
@@ -545,7 +586,17 @@ impl Pipeline {
             shared.generation.fetch_add(1, Ordering::SeqCst);
             (d.pushed.clone(), d.last.clone(), d.fence)
         };
-        let read = self.read_back(source.as_mut(), &from, &last, fence, &writer)?;
+        // Read what reached the log; if another master took over, stop
+        // here. Otherwise fence (a late produce of the retired producer
+        // lands before the fence and is read below, or after it and is
+        // void everywhere), then read on to the fences.
+        let mut read = ReadBack::new(&from, &last, fence, &shared.journal.topic());
+        self.read_back(&mut read, source.as_mut(), &writer)?;
+        if read.fenced.is_none() {
+            write_fences(sink.as_ref(), &writer, false, shared.timeout)?;
+            self.read_back(&mut read, source.as_mut(), &writer)?;
+            read.check_fence(&writer);
+        }
         {
             let mut d = shared.delivery.lock();
             d.pushed = read.pushed.clone();
@@ -574,78 +625,54 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Reads the log from `from` to its end as a replica would (the same
-    /// reader: duplicates, fences, void records) and queues what is valid
-    /// for the data-root. Notes whether another writer holds the topic.
+    /// Reads the log from `read.pushed` to its end as a replica would (the
+    /// same reader: duplicates, fences, void records) and queues what is
+    /// valid for the data-root. Notes whether another writer holds it.
     fn read_back(
         &self,
+        read: &mut ReadBack,
         source: &mut dyn Source,
-        from: &[i64],
-        last: &[(u64, u64)],
-        fence: Option<Fence>,
         writer: &Writer,
-    ) -> Result<ReadBack, JournalError> {
-        let shared = &self.shared;
-        let positions: Vec<Position> = (0..from.len())
-            .map(|p| Position {
-                next_offset: from[p],
-                last_seq: last[p].1,
-                last_pseq: last[p].0,
-                fence,
-            })
-            .collect();
-        let topic = shared.journal.topic();
-        let mut reader = Reader::new(
-            &topic,
-            DEFAULT_MAX_RECORD_BYTES,
-            false,
-            Vec::new(),
-            &positions,
-        );
-        let mut out = ReadBack {
-            pushed: from.to_vec(),
-            last: last.to_vec(),
-            applied: 0,
-            fenced: None,
-        };
-        for m in read_from(source, from)? {
+    ) -> Result<(), JournalError> {
+        let from = read.pushed.clone();
+        for m in read_from(source, &from)? {
             let (p, offset) = (m.partition, m.offset);
-            let entry = reader
+            let entry = read
+                .reader
                 .entry(m)
                 .map_err(|e| JournalError::Unreadable(e.to_string()))?;
-            out.pushed[p as usize] = offset + 1;
+            read.pushed[p as usize] = offset + 1;
+            if let crate::replay::EntryKind::Fence(f) = &entry.kind {
+                if f.id.as_slice() != writer.id.as_slice() {
+                    read.fenced.get_or_insert_with(|| {
+                        format!(
+                            "writer {} fenced partition {p} at offset {offset}",
+                            hex(&f.id)
+                        )
+                    });
+                }
+            }
             if let Some(rec) = entry.record() {
                 if rec.writer.id != writer.id {
-                    out.fenced = Some(format!(
-                        "partition {p} offset {offset} holds a record of writer {}",
-                        hex(&rec.writer.id)
-                    ));
+                    read.fenced.get_or_insert_with(|| {
+                        format!(
+                            "partition {p} offset {offset} holds a record of writer {}",
+                            hex(&rec.writer.id)
+                        )
+                    });
                 }
-                out.last[p as usize] = (rec.partition_seq, rec.seq);
+                read.last[p as usize] = (rec.partition_seq, rec.seq);
                 tracing::warn!(
                     "recovery: partition {p} offset {offset} ({} {}) reached the journal without an \
                      acknowledgement; applying it to the data-root",
                     rec.op.name(),
                     rec.op.target()
                 );
-                out.applied += 1;
+                read.applied += 1;
             }
-            shared.feeder.push(p, entry.into_item());
+            self.shared.feeder.push(p, entry.into_item());
         }
-        for p in 0..from.len() as u32 {
-            match reader.fence(p) {
-                Some(f) if f.id.as_slice() == writer.id.as_slice() => {}
-                other => {
-                    out.fenced.get_or_insert_with(|| {
-                        format!(
-                            "partition {p} is fenced to writer {}",
-                            other.map(|f| hex(&f.id)).unwrap_or_else(|| "none".into())
-                        )
-                    });
-                }
-            }
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Another master took over: this one stops writing for good.
@@ -704,10 +731,16 @@ fn deliver(
                 // Recovery owns this record now (it read it from the log).
                 return;
             }
+            if offset > d.pushed[p as usize] && gap_is_void(shared, p, &d, offset) {
+                // Only void records (a fenced writer's, or a late one of
+                // this writer's older epoch) came between: every replica
+                // ignores them too.
+                d.pushed[p as usize] = offset;
+            }
             if offset > d.pushed[p as usize] {
                 // Records this master did not write precede it: another
-                // writer (a fence?) or a late produce. Recovery reads them
-                // and decides; the record is not applied here.
+                // writer took over (or the log cannot be read). Recovery
+                // reads them and decides; the record is not applied here.
                 let expected = d.pushed[p as usize];
                 drop(d);
                 shared.recovering.store(true, Ordering::SeqCst);
@@ -740,6 +773,59 @@ fn deliver(
         Err(e) => {
             shared.recovering.store(true, Ordering::SeqCst);
             let _ = tx.send(Progress::Failed(e));
+        }
+    }
+}
+
+/// Are the records of partition `p` between this writer's last one and
+/// `offset` all void (as every replica's reader judges them)?
+fn gap_is_void(shared: &Shared, p: u32, d: &Delivery, offset: i64) -> bool {
+    let expected = d.pushed[p as usize];
+    let judge = || -> Result<bool, JournalError> {
+        let mut source = shared.journal.source()?;
+        let mut positions = vec![Position::default(); source.partitions() as usize];
+        positions[p as usize] = Position {
+            next_offset: expected,
+            last_seq: d.last[p as usize].1,
+            last_pseq: d.last[p as usize].0,
+            fence: d.fence,
+        };
+        let topic = shared.journal.topic();
+        let mut reader = Reader::new(
+            &topic,
+            DEFAULT_MAX_RECORD_BYTES,
+            false,
+            Vec::new(),
+            &positions,
+        );
+        source.assign(&[(p, expected)])?;
+        let deadline = Instant::now() + shared.timeout;
+        let mut next = expected;
+        while next < offset {
+            if Instant::now() > deadline {
+                return Err(JournalError::Timeout(shared.timeout));
+            }
+            let Some(m) = source.poll(Duration::from_millis(100))? else {
+                continue;
+            };
+            if m.partition != p || m.offset < next {
+                continue;
+            }
+            next = m.offset + 1;
+            let entry = reader
+                .entry(m)
+                .map_err(|e| JournalError::Unreadable(e.to_string()))?;
+            if !matches!(entry.kind, crate::replay::EntryKind::Skip) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    match judge() {
+        Ok(void) => void,
+        Err(e) => {
+            tracing::warn!("partition {p}: reading offsets {expected}..{offset} back: {e}");
+            false
         }
     }
 }
