@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Start, stop or query a single-node Apache Kafka (KRaft, combined broker +
-# controller) on loopback, built from the jars on Maven Central.
+# Start, stop or query Apache Kafka (KRaft, combined broker + controller) on
+# loopback, built from the jars on Maven Central: one node, or a cluster.
 #
-#   scripts/kafka.sh start     resolve jars (cached), format storage, start, wait until it serves
-#   scripts/kafka.sh stop      stop it (SIGTERM, then SIGKILL after a grace period)
-#   scripts/kafka.sh status    exit 0 when running and serving, 1 otherwise
-#   scripts/kafka.sh brokers   print the bootstrap address (host:port)
-#   scripts/kafka.sh fetch     only resolve the jars into the cache
+#   scripts/kafka.sh start [--nodes N]   resolve jars (cached), format storage, start, wait until
+#                                        every node serves; prints the bootstrap servers last
+#   scripts/kafka.sh stop                stop every node (SIGTERM, then SIGKILL after a grace period)
+#   scripts/kafka.sh status              exit 0 when running and serving, 1 otherwise
+#   scripts/kafka.sh brokers             print the bootstrap servers (host:port[,host:port...])
+#   scripts/kafka.sh kill-node I         SIGKILL node I of a cluster (1-based)
+#   scripts/kafka.sh start-node I        restart node I of a cluster with its data
+#   scripts/kafka.sh fetch               only resolve the jars into the cache
+#
+# A cluster of N nodes (N >= 3 for a quorum that survives one loss) uses
+# ports PORT, PORT+2, ... for brokers and PORT+1, PORT+3, ... for the KRaft
+# controllers; its internal topics are replicated N ways (min ISR N-1), and
+# topics created without a factor get min(N, 3) replicas.
 #
 # Environment:
 #   KAFKAFS_KAFKA_VERSION   Apache Kafka version (default pinned below)
 #   KAFKAFS_KAFKA_CACHE     where the jars are kept (default: $XDG_CACHE_HOME/kafkafs or ~/.cache/kafkafs)
-#   KAFKAFS_KAFKA_PORT      broker port on 127.0.0.1 (default 19092; the controller uses port+1)
+#   KAFKAFS_KAFKA_PORT      first broker port on 127.0.0.1 (default 19092; controllers use port+1)
 #   KAFKAFS_KAFKA_RUN       runtime folder: config, data, log, pid (default: a folder under the temp dir)
 #   KAFKAFS_KAFKA_KEEP=1    start: keep the data of an earlier run in the same folder (restart)
 set -euo pipefail
@@ -19,11 +27,8 @@ set -euo pipefail
 VERSION="${KAFKAFS_KAFKA_VERSION:-4.1.1}"
 CACHE="${KAFKAFS_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kafkafs}"
 LIB="$CACHE/kafka-$VERSION/lib"
-PORT="${KAFKAFS_KAFKA_PORT:-19092}"
-CPORT=$((PORT + 1))
-RUN="${KAFKAFS_KAFKA_RUN:-${TMPDIR:-/tmp}/kafkafs-kafka-$PORT}"
-PIDFILE="$RUN/kafka.pid"
-LOG="$RUN/kafka.log"
+BASE_PORT="${KAFKAFS_KAFKA_PORT:-19092}"
+RUN="${KAFKAFS_KAFKA_RUN:-${TMPDIR:-/tmp}/kafkafs-kafka-$BASE_PORT}"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -57,103 +62,159 @@ POM
     touch "$LIB/.complete"
 }
 
-running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+# Node layout: a single node lives in $RUN; node I of a cluster in $RUN/nodeI.
+nodes() { cat "$RUN/nodes" 2>/dev/null || echo 1; }
+node_dir() { if [ "$(nodes)" = 1 ]; then echo "$RUN"; else echo "$RUN/node$1"; fi; }
+node_port() { echo $((BASE_PORT + 2 * ($1 - 1))); }
+bootstrap() {
+    local i list=""
+    for i in $(seq 1 "$(nodes)"); do list="$list${list:+,}127.0.0.1:$(node_port "$i")"; done
+    echo "$list"
+}
 
-serving() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+running_node() { local d; d=$(node_dir "$1"); [ -f "$d/kafka.pid" ] && kill -0 "$(cat "$d/kafka.pid")" 2>/dev/null; }
+serving_node() { (exec 3<>"/dev/tcp/127.0.0.1/$(node_port "$1")") 2>/dev/null; }
+all_nodes() { local i; for i in $(seq 1 "$(nodes)"); do "$@" "$i" || return 1; done; }
 
-start() {
-    if running && serving; then echo "127.0.0.1:$PORT"; return 0; fi
-    if running; then stop; fi
-    fetch
-    if [ "${KAFKAFS_KAFKA_KEEP:-0}" = 1 ] && [ -f "$RUN/data/meta.properties" ]; then
-        launch
-        return
-    fi
-    rm -rf "$RUN"
-    mkdir -p "$RUN/data"
-    cat >"$RUN/server.properties" <<PROPS
+configure_node() {
+    local i=$1 n=$2 d port cport voters="" j rf
+    d=$(node_dir "$i")
+    port=$(node_port "$i")
+    cport=$((port + 1))
+    for j in $(seq 1 "$n"); do voters="$voters${voters:+,}$j@127.0.0.1:$(($(node_port "$j") + 1))"; done
+    rf=$n
+    mkdir -p "$d/data"
+    cat >"$d/server.properties" <<PROPS
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+node.id=$i
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs=$RUN/data
+log.dirs=$d/data
 num.partitions=1
+default.replication.factor=$(( n < 3 ? n : 3 ))
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$(( rf > 1 ? rf - 1 : 1 ))
 group.initial.rebalance.delay.ms=0
 delete.topic.enable=true
+unclean.leader.election.enable=false
 PROPS
-    cat >"$RUN/log4j2.properties" <<L4J
+    cat >"$d/log4j2.properties" <<L4J
 status = error
 appender.file.type = File
 appender.file.name = file
-appender.file.fileName = $LOG
+appender.file.fileName = $d/kafka.log
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = info
 rootLogger.appenderRef.file.ref = file
 L4J
-    local cp="$LIB/*"
-    local cluster_id
-    cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
-    [ -n "$cluster_id" ] || die "could not generate a cluster id (see java output above)"
-    java -Dlog4j2.configurationFile="$RUN/log4j2.properties" -cp "$cp" kafka.tools.StorageTool format \
-        -t "$cluster_id" -c "$RUN/server.properties" >"$RUN/format.log" 2>&1 \
-        || { cat "$RUN/format.log" >&2; die "formatting KRaft storage failed"; }
-    launch
 }
 
-launch() {
-    local cp="$LIB/*"
-    : >"$LOG"
-    nohup java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
-        -Dlog4j2.configurationFile="$RUN/log4j2.properties" \
-        -cp "$cp" kafka.Kafka "$RUN/server.properties" >"$RUN/stdout.log" 2>&1 &
-    echo $! >"$PIDFILE"
-    local i
-    for i in $(seq 1 240); do
-        if ! running; then
-            tail -50 "$RUN/stdout.log" "$LOG" >&2 2>/dev/null || true
-            die "Kafka exited during startup"
+format_node() {
+    local d; d=$(node_dir "$1")
+    java -Dlog4j2.configurationFile="$d/log4j2.properties" -cp "$LIB/*" kafka.tools.StorageTool format \
+        -t "$2" -c "$d/server.properties" >"$d/format.log" 2>&1 \
+        || { cat "$d/format.log" >&2; die "formatting KRaft storage of node $1 failed"; }
+}
+
+launch_node() {
+    local d heap="768m"
+    d=$(node_dir "$1")
+    [ "$(nodes)" = 1 ] || heap="512m"
+    : >"$d/kafka.log"
+    nohup java -Xms256m -Xmx$heap -XX:+UseG1GC -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$d/log4j2.properties" \
+        -cp "$LIB/*" kafka.Kafka "$d/server.properties" >"$d/stdout.log" 2>&1 &
+    echo $! >"$d/kafka.pid"
+}
+
+wait_node() {
+    local d i
+    d=$(node_dir "$1")
+    for i in $(seq 1 360); do
+        if ! running_node "$1"; then
+            tail -50 "$d/stdout.log" "$d/kafka.log" >&2 2>/dev/null || true
+            die "Kafka node $1 exited during startup"
         fi
-        if serving && grep -q "Kafka Server started" "$LOG" 2>/dev/null; then
-            echo "127.0.0.1:$PORT"
+        if serving_node "$1" && grep -q "Kafka Server started" "$d/kafka.log" 2>/dev/null; then
             return 0
         fi
         sleep 0.5
     done
-    tail -50 "$LOG" >&2 2>/dev/null || true
+    tail -50 "$d/kafka.log" >&2 2>/dev/null || true
     stop
-    die "Kafka did not start serving on 127.0.0.1:$PORT within 120 s"
+    die "Kafka node $1 did not start serving on 127.0.0.1:$(node_port "$1") within 180 s"
 }
 
-stop() {
-    if ! [ -f "$PIDFILE" ]; then return 0; fi
-    local pid
-    pid=$(cat "$PIDFILE")
+start() {
+    local n=1
+    if [ "${1:-}" = "--nodes" ]; then n="${2:?--nodes needs a number}"; fi
+    if [ -f "$RUN/nodes" ] && [ "$(nodes)" = "$n" ] && all_nodes running_node && all_nodes serving_node; then
+        bootstrap; return 0
+    fi
+    if [ -f "$RUN/nodes" ] || [ -f "$RUN/kafka.pid" ]; then stop; fi
+    fetch
+    local keep=0 i
+    if [ "${KAFKAFS_KAFKA_KEEP:-0}" = 1 ] && [ "$(cat "$RUN/nodes" 2>/dev/null || echo 1)" = "$n" ] \
+        && [ -f "$(node_dir 1)/data/meta.properties" ]; then
+        keep=1
+    fi
+    if [ "$keep" = 0 ]; then
+        rm -rf "$RUN"
+        mkdir -p "$RUN"
+        echo "$n" >"$RUN/nodes"
+        local cluster_id
+        cluster_id=$(java -cp "$LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+        [ -n "$cluster_id" ] || die "could not generate a cluster id"
+        for i in $(seq 1 "$n"); do configure_node "$i" "$n"; format_node "$i" "$cluster_id"; done
+    fi
+    echo "$n" >"$RUN/nodes"
+    for i in $(seq 1 "$n"); do launch_node "$i"; done
+    for i in $(seq 1 "$n"); do wait_node "$i"; done
+    bootstrap
+}
+
+stop_node() {
+    local d pid i
+    d=$(node_dir "$1")
+    [ -f "$d/kafka.pid" ] || return 0
+    pid=$(cat "$d/kafka.pid")
     if kill -0 "$pid" 2>/dev/null; then
+        kill -CONT "$pid" 2>/dev/null || true
         kill "$pid" 2>/dev/null || true
-        local i
         for i in $(seq 1 60); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.5
         done
         kill -9 "$pid" 2>/dev/null || true
     fi
-    rm -f "$PIDFILE"
+    rm -f "$d/kafka.pid"
+}
+
+stop() {
+    local i
+    for i in $(seq 1 "$(nodes)"); do stop_node "$i"; done
+}
+
+kill_node() {
+    local d; d=$(node_dir "${1:?node number}")
+    [ -f "$d/kafka.pid" ] && kill -9 "$(cat "$d/kafka.pid")" 2>/dev/null || true
+    rm -f "$d/kafka.pid"
 }
 
 case "${1:-}" in
-    start) start ;;
+    start) shift; start "$@" ;;
     stop) stop ;;
-    status) running && serving && echo "running on 127.0.0.1:$PORT" ;;
-    brokers) echo "127.0.0.1:$PORT" ;;
+    status) all_nodes running_node && all_nodes serving_node && echo "running on $(bootstrap)" ;;
+    brokers) bootstrap ;;
+    kill-node) kill_node "${2:-}" ;;
+    start-node) launch_node "${2:?node number}"; wait_node "$2"; echo "127.0.0.1:$(node_port "$2")" ;;
     fetch) fetch ;;
-    *) echo "usage: $0 start|stop|status|brokers|fetch" >&2; exit 2 ;;
+    *) echo "usage: $0 start [--nodes N]|stop|status|brokers|kill-node I|start-node I|fetch" >&2; exit 2 ;;
 esac

@@ -107,6 +107,11 @@ pub struct MasterArgs {
     #[arg(long, default_value_t = 1)]
     pub replication_factor: u32,
 
+    /// `min.insync.replicas` of a new topic: with acks=all, a record is
+    /// acknowledged once this many replicas have it (use 2 with factor 3).
+    #[arg(long)]
+    pub min_insync_replicas: Option<u32>,
+
     /// librdkafka property passed through (repeatable), as for `slave`.
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     pub properties: Vec<String>,
@@ -225,6 +230,10 @@ impl MasterArgs {
             c.properties.push(parse_property(p)?);
         }
         c.send_timeout = Duration::from_secs_f64(self.journal_timeout.max(0.1));
+        if let Some(n) = self.min_insync_replicas {
+            c.topic_config
+                .push(("min.insync.replicas".into(), n.to_string()));
+        }
         Ok(c)
     }
 }

@@ -494,9 +494,13 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub fn script(&self, action: &str) -> std::process::Output {
+        self.script_args(&[action])
+    }
+
+    pub fn script_args(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new("bash")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh"))
-            .arg(action)
+            .args(args)
             .env("KAFKAFS_KAFKA_PORT", self.port.to_string())
             .env("KAFKAFS_KAFKA_RUN", &self.run)
             .env("KAFKAFS_KAFKA_KEEP", "1")
@@ -505,8 +509,13 @@ impl PrivateBroker {
     }
 
     pub fn start(run: PathBuf, port: u16) -> PrivateBroker {
+        Self::start_nodes(run, port, 1)
+    }
+
+    /// A cluster of `nodes` KRaft nodes (`scripts/kafka.sh start --nodes`).
+    pub fn start_nodes(run: PathBuf, port: u16, nodes: u32) -> PrivateBroker {
         let b = PrivateBroker { run, port };
-        let out = b.script("start");
+        let out = b.script_args(&["start", "--nodes", &nodes.to_string()]);
         assert!(
             out.status.success(),
             "starting a private broker: {}",
@@ -515,16 +524,56 @@ impl PrivateBroker {
         b
     }
 
-    pub fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.run.join("kafka.pid"))
+    fn pid_file(&self, node: u32) -> PathBuf {
+        if self.run.join("node1").exists() {
+            self.run.join(format!("node{node}/kafka.pid"))
+        } else {
+            self.run.join("kafka.pid")
+        }
+    }
+
+    fn node_count(&self) -> u32 {
+        std::fs::read_to_string(self.run.join("nodes"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// The pid of node `node` (1-based; 1 for a single broker).
+    pub fn node_pid(&self, node: u32) -> i32 {
+        std::fs::read_to_string(self.pid_file(node))
             .unwrap()
             .trim()
             .parse()
             .unwrap()
     }
 
+    pub fn pid(&self) -> i32 {
+        self.node_pid(1)
+    }
+
     pub fn signal(&self, sig: i32) {
         assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    pub fn signal_node(&self, node: u32, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.node_pid(node), sig) }, 0);
+    }
+
+    /// Its bootstrap servers.
+    pub fn addr(&self) -> String {
+        let out = self.script("brokers");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn signal_safe(&self, sig: i32) {
+        for node in 1..=self.node_count() {
+            if let Ok(pid) = std::fs::read_to_string(self.pid_file(node)) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    unsafe { libc::kill(pid, sig) };
+                }
+            }
+        }
     }
 }
 
@@ -532,22 +581,5 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.signal_safe(libc::SIGCONT);
         let _ = self.script("stop");
-    }
-}
-
-impl PrivateBroker {
-    pub fn signal_safe(&self, sig: i32) {
-        if let Ok(pid) = std::fs::read_to_string(self.run.join("kafka.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                unsafe { libc::kill(pid, sig) };
-            }
-        }
-    }
-}
-
-impl PrivateBroker {
-    /// Its bootstrap address.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
     }
 }
