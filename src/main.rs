@@ -44,13 +44,22 @@ fn main() -> anyhow::Result<()> {
             print!("{status}");
         }
         Command::Compare { first, second } => {
-            match kafkafs::tree::compare(&first, &second).context("reading the trees")? {
-                Ok(()) => println!("equal"),
-                Err(diffs) => {
+            // Like diff: 0 equal, 1 different, 2 trouble.
+            match kafkafs::tree::compare(&first, &second) {
+                Ok(Ok(())) => println!("equal"),
+                Ok(Err(diffs)) => {
                     for d in diffs {
                         println!("{d}");
                     }
                     std::process::exit(1);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "kafkafs compare: reading {} and {}: {e}",
+                        first.display(),
+                        second.display()
+                    );
+                    std::process::exit(2);
                 }
             }
         }
@@ -126,8 +135,12 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         );
     }
     println!("Follow this master from another terminal with:");
+    // The path of this binary, so the command runs as printed.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "kafkafs".into());
     println!(
-        "  kafkafs slave --broker {brokers} --topic {} --threads {} /path/to/replica",
+        "  {exe} slave --broker {brokers} --topic {} --threads {} /path/to/replica",
         args.topic,
         args.partitions.max(1)
     );

@@ -68,7 +68,7 @@ fn start_master(data: &Path, mnt: &Path) -> (MasterProc, Vec<String>) {
         assert!(Instant::now() < deadline, "master printed: {printed:?}");
         let line = lines.next().expect("master output").unwrap();
         printed.push(line.clone());
-        if line.trim_start().starts_with("kafkafs slave ") {
+        if line.trim_start().contains("kafkafs slave ") {
             let cmd = line.split_whitespace().map(str::to_string).collect();
             // Keep reading in the background so the pipe never fills.
             std::thread::spawn(move || for _ in lines {});
@@ -111,8 +111,13 @@ fn embedded_quick_start_replicates_to_the_printed_slave_command() {
     std::os::unix::fs::symlink("docs/readme", mnt.join("link")).unwrap();
     std::fs::rename(mnt.join("docs"), mnt.join("documents")).unwrap();
 
-    // The printed command, as printed, with a real replica path.
-    assert_eq!(&cmd[..2], ["kafkafs", "slave"]);
+    // The printed command, as printed (the binary's own path, so it runs
+    // without being on PATH), with a real replica path.
+    assert_eq!(cmd[1], "slave");
+    assert_eq!(
+        std::fs::canonicalize(&cmd[0]).unwrap(),
+        std::fs::canonicalize(BIN).unwrap()
+    );
     let args: Vec<String> = cmd[1..]
         .iter()
         .map(|a| {
@@ -123,7 +128,7 @@ fn embedded_quick_start_replicates_to_the_printed_slave_command() {
             }
         })
         .collect();
-    let out = Command::new(BIN)
+    let out = Command::new(&cmd[0])
         .args(&args)
         .arg("--exit-when-caught-up")
         .env("RUST_LOG", "warn")

@@ -28,7 +28,11 @@ fn leaders(brokers: &str, topic: &str) -> Vec<i32> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
-    md.topics()[0].partitions().iter().map(|p| p.leader()).collect()
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.leader())
+        .collect()
 }
 
 /// Writes files through the mount; after each write + fsync succeeds, its
@@ -98,7 +102,11 @@ fn assert_manifest_on(manifest: &Path, root: &Path) -> usize {
     for (name, v) in &last {
         let got = fs::read_to_string(root.join(name)).unwrap();
         let got: u64 = got.trim().trim_start_matches("version ").parse().unwrap();
-        assert!(got >= *v, "{name}: {} has version {got}, acknowledged {v}", root.display());
+        assert!(
+            got >= *v,
+            "{name}: {} has version {got}, acknowledged {v}",
+            root.display()
+        );
     }
     last.len()
 }
@@ -106,7 +114,10 @@ fn assert_manifest_on(manifest: &Path, root: &Path) -> usize {
 fn wait_recovered(m: &Mounted, within: Duration) {
     let deadline = Instant::now() + within;
     while m.master().pipeline().recovering() {
-        assert!(Instant::now() < deadline, "master did not recover within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "master did not recover within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -116,7 +127,8 @@ fn leader_kill_and_quorum_loss_on_a_three_node_cluster() {
     let dir = common::tempdir();
     let cluster = PrivateBroker::start_nodes(dir.path().join("kafka"), 19800, 3);
     let brokers = cluster.addr();
-    let mut cfg = kafkafs::journal::kafka::KafkaConfig::new(&brokers, common::unique_topic("cluster"));
+    let mut cfg =
+        kafkafs::journal::kafka::KafkaConfig::new(&brokers, common::unique_topic("cluster"));
     let timeout = Duration::from_secs(6);
     cfg.send_timeout = timeout;
     cfg.request_timeout = Duration::from_secs(10);
@@ -140,7 +152,11 @@ fn leader_kill_and_quorum_loss_on_a_three_node_cluster() {
     assert!(out.status.success());
     std::thread::sleep(Duration::from_secs(10));
     let out = cluster.script_args(&["start-node", &victim.to_string()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_recovered(&m, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(3));
 
@@ -159,7 +175,10 @@ fn leader_kill_and_quorum_loss_on_a_three_node_cluster() {
 
     assert!(!failures.is_empty(), "quorum loss must fail some calls");
     for f in &failures {
-        assert!(*f < timeout * 3, "a call took {f:?} to fail (timeout {timeout:?})");
+        assert!(
+            *f < timeout * 3,
+            "a call took {f:?} to fail (timeout {timeout:?})"
+        );
     }
     let files = assert_manifest_on(&manifest, &m.data);
     let replica = m.replay(4);

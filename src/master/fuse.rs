@@ -541,4 +541,38 @@ impl Filesystem for FuseAdapter {
         let c = caller(req);
         self.dispatch(move |fs| reply_empty(reply, fs.fallocate(c, ino.0, offset, length, mode)));
     }
+
+    /// No ioctl is supported: terminals probe every file with TCGETS, so
+    /// this answers ENOTTY quietly (the default logs each call).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(FErrno::ENOTTY);
+    }
+
+    /// Not implemented: ENOSYS makes the kernel fall back to read + write
+    /// (which are journaled), quietly.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.error(FErrno::ENOSYS);
+    }
 }
