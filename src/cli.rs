@@ -107,6 +107,12 @@ pub struct MasterArgs {
     #[arg(long, default_value_t = 1)]
     pub replication_factor: u32,
 
+    /// How long a new topic keeps records (e.g. 30d, 12h; default: for
+    /// ever). A replica stopped longer than this cannot resume, and new
+    /// replicas can only be built while the topic still starts at offset 0.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+
     /// `min.insync.replicas` of a new topic: with acks=all, a record is
     /// acknowledged once this many replicas have it (use 2 with factor 3).
     #[arg(long)]
@@ -230,6 +236,10 @@ impl MasterArgs {
             c.properties.push(parse_property(p)?);
         }
         c.send_timeout = Duration::from_secs_f64(self.journal_timeout.max(0.1));
+        if let Some(r) = self.retention {
+            c.topic_config
+                .push(("retention.ms".into(), r.as_millis().to_string()));
+        }
         if let Some(n) = self.min_insync_replicas {
             c.topic_config
                 .push(("min.insync.replicas".into(), n.to_string()));
@@ -307,6 +317,25 @@ impl SlaveArgs {
         c.metrics = self.metrics;
         c
     }
+}
+
+/// `90s`, `15m`, `12h`, `30d` (or plain seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a duration such as 90s, 15m, 12h or 30d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_skip(s: &str) -> Result<(u32, i64), String> {

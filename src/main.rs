@@ -77,6 +77,7 @@ fn main() -> anyhow::Result<()> {
                     Err(_) if stop.load(Ordering::SeqCst) => return Ok(()),
                     Err(e) => return Err(e).with_context(|| format!("reading {what}")),
                 };
+            kafka.warn_if_finite_retention();
             let report = kafkafs::slave::run(&config, Box::new(source), stop)?;
             tracing::info!(
                 applied = report.applied,
@@ -109,6 +110,7 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         kafka
             .ensure_topic(args.partitions, args.replication_factor)
             .with_context(|| format!("topic `{}` on {brokers}", args.topic))?;
+        kafka.warn_if_finite_retention();
     }
     let master = kafkafs::master::Master::start(&config, Arc::new(kafka), stop.clone())
         .with_context(|| format!("starting the master on {}", config.data.display()))?;

@@ -135,7 +135,15 @@ impl KafkaConfig {
             partitions as i32,
             TopicReplication::Fixed(replication as i32),
         );
-        for (k, v) in &self.topic_config {
+        // The journal is the filesystem: kept for ever unless told otherwise.
+        let mut config = self.topic_config.clone();
+        if !config.iter().any(|(k, _)| k == "retention.ms") {
+            config.push(("retention.ms".into(), "-1".into()));
+        }
+        if !config.iter().any(|(k, _)| k == "retention.bytes") {
+            config.push(("retention.bytes".into(), "-1".into()));
+        }
+        for (k, v) in &config {
             topic = topic.set(k, v);
         }
         let opts = AdminOptions::new().operation_timeout(Some(self.request_timeout));
@@ -174,6 +182,41 @@ impl KafkaConfig {
             });
         }
         Ok(actual)
+    }
+
+    /// The topic's `retention.ms` (-1: records are kept for ever), if the
+    /// broker tells.
+    pub fn retention_ms(&self) -> Result<Option<i64>, JournalError> {
+        use rdkafka::admin::ResourceSpecifier;
+        let admin: AdminClient<DefaultClientContext> =
+            self.with_properties(self.base()).create()?;
+        let opts = AdminOptions::new().request_timeout(Some(self.request_timeout));
+        let results = futures_executor::block_on(
+            admin.describe_configs([&ResourceSpecifier::Topic(&self.topic)], &opts),
+        )?;
+        for r in results.into_iter().flatten() {
+            if let Some(v) = r.get("retention.ms").and_then(|e| e.value.as_deref()) {
+                return Ok(v.parse().ok());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Warns when the topic deletes old records: a new replica can then no
+    /// longer be built by replaying it, nor one stopped longer resume.
+    pub fn warn_if_finite_retention(&self) {
+        match self.retention_ms() {
+            Ok(Some(ms)) if ms >= 0 => tracing::warn!(
+                "topic `{}` deletes records older than {:.1} days (retention.ms={ms}): a replica \
+                 stopped longer than that cannot resume, and a new replica can only be built while \
+                 the topic still starts at offset 0; kafkafs keeps no snapshots yet. Set \
+                 retention.ms=-1 on the topic to keep the whole journal.",
+                self.topic,
+                ms as f64 / 86_400_000.0
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("reading the retention of topic `{}`: {e}", self.topic),
+        }
     }
 
     /// Deletes the topic (tests and tools).
