@@ -314,14 +314,37 @@ fn a_stalled_data_root_answers_within_the_timeout() {
         .write(true)
         .open(m.path("target"))
         .unwrap();
-    ext4.freeze(true);
+    for i in 0..40 {
+        fs::write(m.path(&format!("other{i}")), b"x").unwrap();
+    }
+    let frozen = ext4.freeze();
     let t = Instant::now();
+    // More callers than dispatcher threads: each is answered within the
+    // journal timeout of its arrival, not after those queued before it.
+    let others: Vec<_> = (0..40)
+        .map(|i| {
+            let path = m.path(&format!("other{i}"));
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = fs::write(&path, b"y");
+                (r.map_err(|e| errno_of(&e)), t.elapsed())
+            })
+        })
+        .collect();
     let e = f.write_at(b"new", 0).unwrap_err();
     let took = t.elapsed();
     assert_eq!(errno_of(&e), libc::EIO, "{e}");
     assert!(took < timeout * 2, "answered after {took:?}");
+    for o in others {
+        let (r, took) = o.join().unwrap();
+        assert_eq!(r, Err(libc::EIO));
+        assert!(
+            took < timeout * 2,
+            "a queued caller was answered after {took:?}"
+        );
+    }
     assert_eq!(fs::read(m.path("readable")).unwrap(), b"still here");
-    ext4.freeze(false);
+    drop(frozen);
     // The journaled write is applied once the data-root takes it.
     let deadline = Instant::now() + Duration::from_secs(30);
     while fs::read(m.path("target")).unwrap() != b"new" {

@@ -55,7 +55,9 @@ impl FuseAdapter {
     /// Runs a mutation on a dispatcher thread.
     fn dispatch(&self, f: impl FnOnce(&MasterFs) + Send + 'static) {
         let fs = self.fs.clone();
-        if self.jobs.send(Box::new(move || f(&fs))).is_err() {
+        let arrived = std::time::Instant::now();
+        let job = move || crate::master::pipeline::since(arrived, || f(&fs));
+        if self.jobs.send(Box::new(job)).is_err() {
             tracing::error!("dispatcher threads are gone");
         }
     }

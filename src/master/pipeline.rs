@@ -41,6 +41,22 @@ use crate::record::{
 use crate::replay::{Entry, Reader, WorkError};
 use crate::sync::{channel, Condvar, Mutex, MutexGuard};
 
+thread_local! {
+    /// When the call this thread serves arrived (see `since`).
+    static CALL_ARRIVED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` (one filesystem call) with its journal deadline counted from
+/// `arrived`, when the call reached the master, rather than from when a
+/// thread took it up: a call that waited for a dispatcher still gets its
+/// answer within the journal timeout of its arrival.
+pub fn since<R>(arrived: Instant, f: impl FnOnce() -> R) -> R {
+    CALL_ARRIVED.with(|a| a.set(Some(arrived)));
+    let r = f();
+    CALL_ARRIVED.with(|a| a.set(None));
+    r
+}
+
 /// What a record is ordered after on slaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ReplayOrder {
@@ -303,7 +319,8 @@ impl Pipeline {
         caller: Caller,
         plan: &mut dyn FnMut(&mut InodeTable) -> Result<Planned, FsError>,
     ) -> Result<Applied, FsError> {
-        let deadline = Instant::now() + self.shared.timeout;
+        let arrived = CALL_ARRIVED.with(|a| a.get()).unwrap_or_else(Instant::now);
+        let deadline = arrived + self.shared.timeout;
         let (st, planned) = self.wait_for_keys(deadline, plan)?;
         let (tx, rx) = channel::unbounded::<Progress>();
         let late: LateKeys = Arc::default();

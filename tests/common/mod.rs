@@ -454,11 +454,29 @@ impl Ext4 {
         }
     }
 
-    /// Freezes (`true`) or thaws the filesystem: writes block meanwhile.
-    pub fn freeze(&self, frozen: bool) {
+    /// Freezes the filesystem until the guard is dropped: writes block
+    /// meanwhile. (Drop the guard before anything that waits for writes.)
+    pub fn freeze(&self) -> Frozen {
         run(std::process::Command::new("fsfreeze")
-            .arg(if frozen { "--freeze" } else { "--unfreeze" })
+            .arg("--freeze")
             .arg(&self.path));
+        Frozen {
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// A frozen filesystem, thawed on drop.
+pub struct Frozen {
+    path: PathBuf,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.path)
+            .status();
     }
 }
 
