@@ -299,6 +299,19 @@ pub struct SlaveArgs {
     #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Stop at the journal's state as of TIME (RFC 3339 in UTC, e.g.
+    /// 2026-11-26T09:30:00Z, or @SECONDS since the epoch) or as of the
+    /// record at PARTITION:OFFSET: every record of the master's up to that
+    /// moment is applied, nothing after; exits 0 once there (a replica as
+    /// of then).
+    #[arg(long, value_name = "TIME|P:OFFSET", value_parser = parse_until)]
+    pub until: Option<crate::slave::Until>,
+
+    /// Stay DURATION behind the master (e.g. 1h): a record is applied only
+    /// once it is that old (insurance against a mistaken `rm -rf`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+
     /// The replica directory (created if missing).
     pub data: PathBuf,
 }
@@ -315,6 +328,8 @@ impl SlaveArgs {
         c.allow_non_empty = self.allow_non_empty;
         c.unprivileged = self.unprivileged;
         c.metrics = self.metrics;
+        c.until = self.until;
+        c.delay = self.delay;
         c
     }
 }
@@ -336,6 +351,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (use s, m, h or d)")),
     };
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_until(s: &str) -> Result<crate::slave::Until, String> {
+    if let Some(t) = crate::op::Timestamp::parse(s) {
+        return Ok(crate::slave::Until::Time(t));
+    }
+    match parse_skip(s) {
+        Ok((p, o)) => Ok(crate::slave::Until::Record(p, o)),
+        Err(_) => Err(format!(
+            "`{s}`: expected a time (2026-11-26T09:30:00Z or @SECONDS) or PARTITION:OFFSET"
+        )),
+    }
 }
 
 fn parse_skip(s: &str) -> Result<(u32, i64), String> {

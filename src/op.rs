@@ -155,7 +155,82 @@ pub struct Timestamp {
     pub nsec: u32,
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// The date of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 impl Timestamp {
+    /// RFC 3339 in UTC with nanoseconds, e.g. `2026-11-26T01:02:03.000000004Z`.
+    pub fn rfc3339(&self) -> String {
+        let days = self.sec.div_euclid(86400);
+        let rem = self.sec.rem_euclid(86400);
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            self.nsec
+        )
+    }
+
+    /// Parses `@SECONDS[.FRACTION]` (since the epoch) or RFC 3339 in UTC
+    /// (`YYYY-MM-DDTHH:MM:SS[.FRACTION]Z`).
+    pub fn parse(s: &str) -> Option<Timestamp> {
+        let frac = |f: &str| -> Option<u32> {
+            if f.is_empty() || f.len() > 9 || !f.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(f.parse::<u32>().ok()? * 10u32.pow(9 - f.len() as u32))
+        };
+        if let Some(epoch) = s.strip_prefix('@') {
+            let (sec, nsec) = match epoch.split_once('.') {
+                Some((a, b)) => (a.parse().ok()?, frac(b)?),
+                None => (epoch.parse().ok()?, 0),
+            };
+            return Some(Timestamp::new(sec, nsec));
+        }
+        let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
+        let (date, time) = s.split_once(['T', ' '])?;
+        let mut dp = date.splitn(3, '-');
+        let y: i64 = dp.next()?.parse().ok()?;
+        let m: u32 = dp.next()?.parse().ok()?;
+        let d: u32 = dp.next()?.parse().ok()?;
+        let (hms, nsec) = match time.split_once('.') {
+            Some((a, b)) => (a, frac(b)?),
+            None => (time, 0),
+        };
+        let mut tp = hms.splitn(3, ':');
+        let h: i64 = tp.next()?.parse().ok()?;
+        let mi: i64 = tp.next()?.parse().ok()?;
+        let se: i64 = tp.next()?.parse().ok()?;
+        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+            return None;
+        }
+        let sec = days_from_civil(y, m, d) * 86400 + h * 3600 + mi * 60 + se;
+        Some(Timestamp::new(sec, nsec))
+    }
+
     pub fn new(sec: i64, nsec: u32) -> Self {
         Timestamp { sec, nsec }
     }
@@ -426,6 +501,35 @@ impl Op {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_parse_and_print() {
+        let t = Timestamp::parse("2026-11-26T01:02:03.5Z").unwrap();
+        assert_eq!(t, Timestamp::new(1_795_654_923, 500_000_000));
+        assert_eq!(t.rfc3339(), "2026-11-26T01:02:03.500000000Z");
+        assert_eq!(Timestamp::parse("@1795654923.5"), Some(t));
+        assert_eq!(Timestamp::parse(&t.rfc3339()), Some(t));
+        assert_eq!(
+            Timestamp::parse("1970-01-01T00:00:00Z"),
+            Some(Timestamp::new(0, 0))
+        );
+        assert_eq!(
+            Timestamp::parse("1969-12-31T23:59:59Z"),
+            Some(Timestamp::new(-1, 0))
+        );
+        assert_eq!(
+            Timestamp::parse("2024-02-29T12:00:00+00:00").unwrap().sec,
+            1_709_208_000
+        );
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "yesterday",
+            "2026-11-26T01:02:03",
+            "@x",
+        ] {
+            assert_eq!(Timestamp::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn relpath_validation() {

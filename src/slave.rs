@@ -7,6 +7,7 @@
 //! The durable checkpoint is refreshed every `checkpoint_interval` and on
 //! exit, always after `syncfs` of the replica.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::apply::Replica;
 use crate::checkpoint::{DataLock, Position, StateDir};
 use crate::error::{JournalError, RecordPos, SlaveError};
 use crate::journal::{Message, Source};
+use crate::op::Timestamp;
 use crate::record::DEFAULT_MAX_RECORD_BYTES;
 use crate::replay::{
     apply_entry, durable_checkpoint, init_fresh, restore, root_is_empty, sleep_unless_stopped,
@@ -53,6 +55,21 @@ pub struct SlaveConfig {
     /// Take the exclusive use of the replica (off only for a master's own
     /// catch-up, which holds it already).
     pub hold_lock: bool,
+    /// Stop at the state as of this moment: apply every record with a time
+    /// at or before it, nothing after (a point-in-time replica).
+    pub until: Option<Until>,
+    /// Keep this far behind the master: a record is applied only once its
+    /// time is this old.
+    pub delay: Option<Duration>,
+}
+
+/// Where a point-in-time replica stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// The master's time of the records.
+    Time(crate::op::Timestamp),
+    /// The time of the record at (partition, offset), included.
+    Record(u32, i64),
 }
 
 impl SlaveConfig {
@@ -71,6 +88,8 @@ impl SlaveConfig {
             unprivileged: false,
             metrics: None,
             hold_lock: true,
+            until: None,
+            delay: None,
         }
     }
 }
@@ -161,7 +180,20 @@ pub fn run(
         next_read: opened.positions.iter().map(|p| p.next_offset).collect(),
         held: (0..partitions).map(|_| None).collect(),
         applied_first: 0,
+        until: None,
+        beyond: vec![false; partitions as usize],
+        delay: config.delay,
+        delayed: (0..partitions).map(|_| VecDeque::new()).collect(),
     };
+    let until = match config.until {
+        Some(Until::Record(p, offset)) => Some(record_time(config, source.as_mut(), p, offset)?),
+        Some(Until::Time(t)) => Some(t),
+        None => None,
+    };
+    if let Some(t) = until {
+        tracing::info!("replica stops at the journal's state as of {}", t.rfc3339());
+    }
+    follower.until = until;
     let starts: Vec<(u32, i64)> = opened
         .positions
         .iter()
@@ -351,6 +383,14 @@ struct Follower {
     held: Vec<Option<SlaveError>>,
     /// Records applied outside the pool (interrupted ones), then in total.
     applied_first: u64,
+    /// Point in time to stop at, and per partition whether its next
+    /// record is beyond it (reading it stopped there).
+    until: Option<Timestamp>,
+    beyond: Vec<bool>,
+    /// How far behind the master to stay, and per partition the records
+    /// read but not old enough yet (reading it is paused meanwhile).
+    delay: Option<Duration>,
+    delayed: Vec<VecDeque<Entry>>,
 }
 
 impl Follower {
@@ -422,9 +462,12 @@ impl Follower {
         if self.held[p as usize].is_some() {
             return Ok(());
         }
+        if self.beyond[p as usize] {
+            return Ok(());
+        }
         self.next_read[p as usize] = m.offset + 1;
         match self.reader.entry(m) {
-            Ok(e) => pool.push(p, e.into_item()),
+            Ok(e) => self.schedule(pool, source, p, e)?,
             Err(e) => {
                 tracing::error!("{e}");
                 tracing::info!(
@@ -438,8 +481,79 @@ impl Follower {
         Ok(())
     }
 
+    /// Queues an entry now, keeps it back (--delay), or stops the
+    /// partition before it (--until).
+    fn schedule(
+        &mut self,
+        pool: &Pool<Entry, WorkError>,
+        source: &mut dyn Source,
+        p: u32,
+        e: Entry,
+    ) -> Result<(), SlaveError> {
+        let time = e.record().map(|r| r.time);
+        if let (Some(until), Some(t)) = (self.until, time) {
+            if t > until {
+                source.pause(p)?;
+                self.beyond[p as usize] = true;
+                return Ok(());
+            }
+        }
+        let young = match (self.delay, time) {
+            (Some(d), Some(t)) => t > delay_horizon(d),
+            _ => false,
+        };
+        let queue = &mut self.delayed[p as usize];
+        if young || !queue.is_empty() {
+            if queue.is_empty() {
+                source.pause(p)?;
+            }
+            queue.push_back(e);
+            return Ok(());
+        }
+        pool.push(p, e.into_item());
+        Ok(())
+    }
+
+    /// Queues the kept-back records that are now old enough.
+    fn release_delayed(
+        &mut self,
+        pool: &Pool<Entry, WorkError>,
+        source: &mut dyn Source,
+    ) -> Result<(), SlaveError> {
+        let Some(d) = self.delay else {
+            return Ok(());
+        };
+        let horizon = delay_horizon(d);
+        for p in 0..self.delayed.len() {
+            let queue = &mut self.delayed[p];
+            if queue.is_empty() {
+                continue;
+            }
+            while queue
+                .front()
+                .is_some_and(|e| e.record().is_none_or(|r| r.time <= horizon))
+            {
+                if let Some(e) = queue.pop_front() {
+                    pool.push(p as u32, e.into_item());
+                }
+            }
+            if queue.is_empty() && self.held[p].is_none() && !self.beyond[p] {
+                source.resume(p as u32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Partitions not being read for a reason of their own (held, beyond
+    /// --until, keeping records back).
+    fn blocked(&self, p: usize) -> bool {
+        self.held[p].is_some() || self.beyond[p] || !self.delayed[p].is_empty()
+    }
+
     fn held_mask(&self) -> Vec<bool> {
-        self.held.iter().map(Option::is_some).collect()
+        (0..self.held.len())
+            .map(|p| self.held[p].is_some() || self.beyond[p])
+            .collect()
     }
 
     /// Reads and applies until caught up (if asked), stopped, a worker
@@ -464,6 +578,9 @@ impl Follower {
                 return None;
             }
             if let Err(e) = self.backpressure(config, source, pool, &mut paused) {
+                return Some(e);
+            }
+            if let Err(e) = self.release_delayed(pool, source) {
                 return Some(e);
             }
             match source.poll(Duration::from_millis(20)) {
@@ -509,7 +626,7 @@ impl Follower {
         let queued: Vec<usize> =
             pool.inspect(|s| (0..paused.len() as u32).map(|p| s.queued_in(p)).collect());
         for p in 0..paused.len() {
-            if self.held[p].is_some() {
+            if self.blocked(p) {
                 continue;
             }
             if !paused[p] && queued[p] >= high_mark {
@@ -533,7 +650,15 @@ impl Follower {
         pool: &Pool<Entry, WorkError>,
     ) -> Result<bool, JournalError> {
         let held = self.held_mask();
-        if !config.exit_when_caught_up && !held.contains(&true) {
+        let until_passed = self.until.is_some_and(|t| t <= Timestamp::now());
+        if !config.exit_when_caught_up && !held.contains(&true) && !until_passed {
+            return Ok(false);
+        }
+        if self.delayed.iter().any(|q| !q.is_empty()) {
+            return Ok(false);
+        }
+        if self.until.is_some() && !until_passed {
+            // The moment is still to come: follow on until it has passed.
             return Ok(false);
         }
         // Records still queued then wait for records that are not in the
@@ -546,6 +671,49 @@ impl Follower {
     fn first_held(&mut self) -> Option<SlaveError> {
         self.held.iter_mut().find_map(Option::take)
     }
+}
+
+/// Records with a time after this are younger than `delay`.
+fn delay_horizon(delay: Duration) -> Timestamp {
+    let nanos = Timestamp::now().as_nanos() - delay.as_nanos() as i128;
+    Timestamp::new(
+        nanos.div_euclid(1_000_000_000) as i64,
+        nanos.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
+/// The master's time of the record at (partition, offset).
+fn record_time(
+    config: &SlaveConfig,
+    source: &mut dyn Source,
+    p: u32,
+    offset: i64,
+) -> Result<Timestamp, SlaveError> {
+    let pos = RecordPos {
+        topic: config.topic.clone(),
+        partition: p,
+        offset,
+    };
+    let (low, high) = source.watermarks(p)?;
+    if offset < low || offset >= high {
+        return Err(SlaveError::Config(format!(
+            "--until {p}:{offset}: {pos} is not in the topic (partition {p} holds offsets {low}..{high})"
+        )));
+    }
+    source.assign(&[(p, offset)])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(m) = source.poll(Duration::from_millis(200))? {
+            if m.partition == p && m.offset == offset {
+                return crate::record::Record::decode_from(&m.payload, config.max_record_bytes, p)
+                    .map(|r| r.time)
+                    .map_err(|source| SlaveError::BadRecord { pos, source });
+            }
+        }
+    }
+    Err(SlaveError::Config(format!(
+        "--until: could not read {pos} within 60 s"
+    )))
 }
 
 /// Periodic durable checkpoints; a failed one (a full disk) is logged and

@@ -112,6 +112,10 @@ impl KafkaConfig {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "50")
+            // Many records per round trip: 1 MiB records would otherwise
+            // come one per fetch (the default is 1 MiB per partition).
+            .set("max.partition.fetch.bytes", "16777216")
+            .set("fetch.max.bytes", "67108864")
             .set("queued.max.messages.kbytes", "262144");
         Ok(self.with_properties(c))
     }
