@@ -55,6 +55,12 @@ pub enum Command {
         data: PathBuf,
     },
 
+    /// Print the journal's records as a change stream, one per line: the
+    /// position (partition:offset), seq, partition seq, writer, epoch, the
+    /// master's time, the operation and its paths and sizes. Stops at the
+    /// topic's end unless --follow.
+    Log(LogArgs),
+
     /// Compare two directory trees fully (names, types, content, mode,
     /// owner, symlink targets, hard links, xattrs, mtimes in ns), ignoring
     /// the state folder .kafkafs. Exits 0 when equal, 1 when not.
@@ -189,6 +195,63 @@ pub struct MasterArgs {
 
     /// Where to mount the filesystem.
     pub mnt: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Only records touching a path under this prefix (relative to the
+    /// filesystem's root; both paths of a rename or link count).
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<String>,
+
+    /// Only records at or after TIME (RFC 3339 in UTC or @SECONDS).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<crate::op::Timestamp>,
+
+    /// Only records at or before TIME.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<crate::op::Timestamp>,
+
+    /// Only this operation (create, write, rename, unlink, ...; repeatable).
+    #[arg(long = "op", value_name = "NAME")]
+    pub ops: Vec<String>,
+
+    /// JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Keep printing new records as they arrive.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+impl LogArgs {
+    pub fn options(&self) -> Result<crate::log::LogOptions, String> {
+        let path = match &self.path {
+            None => None,
+            Some(p) => Some(
+                crate::op::RelPath::new(p.trim_start_matches('/').trim_end_matches('/'))
+                    .map_err(|e| format!("--path {p}: {e}"))?,
+            ),
+        };
+        Ok(crate::log::LogOptions {
+            path,
+            since: self.since,
+            until: self.until,
+            ops: self.ops.clone(),
+            json: self.json,
+            follow: self.follow,
+        })
+    }
+}
+
+fn parse_time(s: &str) -> Result<crate::op::Timestamp, String> {
+    crate::op::Timestamp::parse(s).ok_or_else(|| {
+        format!("`{s}`: expected RFC 3339 in UTC (2026-11-26T09:30:00Z) or @SECONDS")
+    })
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

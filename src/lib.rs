@@ -12,6 +12,7 @@ pub mod embedded;
 pub mod error;
 pub mod journal;
 pub mod limits;
+pub mod log;
 pub mod master;
 pub mod metrics;
 pub mod op;

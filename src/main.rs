@@ -63,6 +63,16 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Log(args) => {
+            let options = args.options().map_err(anyhow::Error::msg)?;
+            let kafka = args.kafka.config()?;
+            let mut source = KafkaSource::new(&kafka).with_context(|| {
+                format!("reading topic `{}` on {}", kafka.topic, kafka.broker_list())
+            })?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            kafkafs::log::run(&mut source, &options, &mut out, &stop)?;
+        }
         Command::Slave(args) => {
             let config = args.config();
             kafkafs::slave::check_privileges(&config)?;
