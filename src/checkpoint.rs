@@ -148,13 +148,7 @@ impl StateDir {
             .map_err(io_err(&path))?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let holder = fs::read_to_string(&path).unwrap_or_default();
-                return Err(CheckpointError::InUse {
-                    root: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
-                    holder: holder.trim().to_string(),
-                });
-            }
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(self.in_use(&path)),
             Err(e) => return Err(io_err(&path)(e.into())),
         }
         file.set_len(0).map_err(io_err(&path))?;
@@ -174,14 +168,19 @@ impl StateDir {
         };
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
             Ok(()) => Ok(()),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(CheckpointError::InUse {
-                root: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
-                holder: fs::read_to_string(&path)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-            }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(self.in_use(&path)),
             Err(e) => Err(io_err(&path)(e.into())),
+        }
+    }
+
+    /// "In use by process N", from the lock file.
+    fn in_use(&self, lock: &Path) -> CheckpointError {
+        CheckpointError::InUse {
+            root: self.dir.parent().unwrap_or(&self.dir).to_path_buf(),
+            holder: fs::read_to_string(lock)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
         }
     }
 
@@ -195,19 +194,7 @@ impl StateDir {
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let boot = boot_id();
-        (0..partitions)
-            .map(|p| {
-                let mut buf = [0u8; SLOT];
-                let n =
-                    read_full_at(&file, &mut buf, p as u64 * SLOT as u64).map_err(io_err(&path))?;
-                Ok(if n == SLOT {
-                    decode_slot(&buf, p, &boot)
-                } else {
-                    None
-                })
-            })
-            .collect()
+        read_slots(&file, &path, partitions, &boot_id())
     }
 
     /// Opens (creating if needed) `<root>/.kafkafs`.
@@ -278,18 +265,29 @@ impl StateDir {
             .open(&path)
             .map_err(io_err(&path))?;
         let boot = boot_id();
-        let mut slots = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            let mut buf = [0u8; SLOT];
-            let n = read_full_at(&file, &mut buf, p as u64 * SLOT as u64).map_err(io_err(&path))?;
-            slots.push(if n == SLOT {
-                decode_slot(&buf, p, &boot)
-            } else {
-                None
-            });
-        }
+        let slots = read_slots(&file, &path, partitions, &boot)?;
         Ok((Ledger { file, path, boot }, slots))
     }
+}
+
+/// The trusted slots of a ledger file (written under `boot`, intact).
+fn read_slots(
+    file: &File,
+    path: &Path,
+    partitions: u32,
+    boot: &[u8; 16],
+) -> Result<Vec<Option<Slot>>, CheckpointError> {
+    (0..partitions)
+        .map(|p| {
+            let mut buf = [0u8; SLOT];
+            let n = read_full_at(file, &mut buf, p as u64 * SLOT as u64).map_err(io_err(path))?;
+            Ok(if n == SLOT {
+                decode_slot(&buf, p, boot)
+            } else {
+                None
+            })
+        })
+        .collect()
 }
 
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {

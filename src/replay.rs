@@ -288,18 +288,36 @@ fn advance_ledger(
         position: after,
         intent: None,
     };
+    retry_failures(ctx, p, offset, "recording the position", || {
+        ctx.ledger.write(p, &slot)
+    })
+}
+
+/// Runs `f` until it succeeds, retrying a failure of this replica (a full
+/// disk) with backoff like a failed record; `Stopped` on a stop request.
+fn retry_failures<T, E: std::fmt::Display>(
+    ctx: &ReplicaState,
+    p: u32,
+    offset: i64,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, WorkError> {
     let mut backoff = Duration::from_millis(50);
-    while let Err(e) = ctx.ledger.write(p, &slot) {
-        tracing::error!(
-            "{}: recording the position failed: {e}; retrying in {backoff:?}",
-            ctx.pos(p, offset)
-        );
-        if sleep_unless_stopped(&ctx.stop, backoff) {
-            return Err(WorkError::Stopped);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::error!(
+                    "{}: {what}: {e}; position held, retrying in {backoff:?}",
+                    ctx.pos(p, offset)
+                );
+                if sleep_unless_stopped(&ctx.stop, backoff) {
+                    return Err(WorkError::Stopped);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    Ok(())
 }
 
 /// Refuses to go past a topic's limits this replica cannot honour (a
@@ -310,27 +328,15 @@ fn check_capable(
     offset: i64,
     limits: &crate::limits::Limits,
 ) -> Result<(), WorkError> {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match ctx.replica.unmet(limits) {
-            Ok(None) => return Ok(()),
-            Ok(Some(why)) => {
-                return Err(WorkError::Fatal(SlaveError::Incapable {
-                    pos: ctx.pos(p, offset),
-                    why,
-                }))
-            }
-            Err(e) => {
-                tracing::error!(
-                    "{}: measuring the replica's filesystem: {e}; position held, retrying in {backoff:?}",
-                    ctx.pos(p, offset)
-                );
-                if sleep_unless_stopped(&ctx.stop, backoff) {
-                    return Err(WorkError::Stopped);
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    let unmet = retry_failures(ctx, p, offset, "measuring the replica's filesystem", || {
+        ctx.replica.unmet(limits)
+    })?;
+    match unmet {
+        None => Ok(()),
+        Some(why) => Err(WorkError::Fatal(SlaveError::Incapable {
+            pos: ctx.pos(p, offset),
+            why,
+        })),
     }
 }
 

@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kafkafs");
 
-fn is_mounted(p: &Path) -> bool {
-    let canon = std::fs::canonicalize(p.parent().unwrap())
-        .unwrap()
-        .join(p.file_name().unwrap());
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(canon.to_str().unwrap()))
-}
-
 /// A master process, killed (and its mount detached) if the test fails.
 struct MasterProc {
     child: Child,
@@ -105,7 +95,7 @@ fn embedded_quick_start_replicates_to_the_printed_slave_command() {
         dir.path().join("replica"),
     );
     let (mut master, cmd) = start_master(&data, &mnt);
-    assert!(is_mounted(&mnt));
+    assert!(common::is_mounted(&mnt));
     std::fs::create_dir(mnt.join("docs")).unwrap();
     std::fs::write(mnt.join("docs/readme"), b"hello from the master\n").unwrap();
     std::os::unix::fs::symlink("docs/readme", mnt.join("link")).unwrap();
@@ -144,7 +134,7 @@ fn embedded_quick_start_replicates_to_the_printed_slave_command() {
 
     let status = sigint(&mut master);
     assert!(status.success(), "master exit status {status}");
-    assert!(!is_mounted(&mnt), "unmounted on SIGINT");
+    assert!(!common::is_mounted(&mnt), "unmounted on SIGINT");
 }
 
 #[test]
@@ -165,7 +155,7 @@ fn crashed_master_mount_is_cleaned_up_on_next_start() {
     let (mut master, _) = start_master(&dir.path().join("data2"), &mnt);
     std::fs::write(mnt.join("y"), b"y").unwrap();
     assert!(sigint(&mut master).success());
-    assert!(!is_mounted(&mnt));
+    assert!(!common::is_mounted(&mnt));
 }
 
 #[test]

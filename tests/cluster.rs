@@ -111,17 +111,6 @@ fn assert_manifest_on(manifest: &Path, root: &Path) -> usize {
     last.len()
 }
 
-fn wait_recovered(m: &Mounted, within: Duration) {
-    let deadline = Instant::now() + within;
-    while m.master().pipeline().recovering() {
-        assert!(
-            Instant::now() < deadline,
-            "master did not recover within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn leader_kill_and_quorum_loss_on_a_three_node_cluster() {
     let dir = common::tempdir();
@@ -157,7 +146,7 @@ fn leader_kill_and_quorum_loss_on_a_three_node_cluster() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_recovered(&m, Duration::from_secs(120));
+    common::wait_recovered(&m, Duration::from_secs(120));
     std::thread::sleep(Duration::from_secs(3));
 
     // 2. Quorum loss: two of three nodes frozen for 40 s.
@@ -169,7 +158,7 @@ fn leader_kill_and_quorum_loss_on_a_three_node_cluster() {
     for n in &frozen {
         cluster.signal_node(*n, libc::SIGCONT);
     }
-    wait_recovered(&m, Duration::from_secs(180));
+    common::wait_recovered(&m, Duration::from_secs(180));
     std::thread::sleep(Duration::from_secs(5));
     let failures = writer.stop();
 

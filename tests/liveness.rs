@@ -243,7 +243,7 @@ fn a_master_with_256_descriptors_serves_5000_files() {
         .spawn()
         .expect("spawn master");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !is_mounted(&mnt) {
+    while !common::is_mounted(&mnt) {
         assert!(Instant::now() < deadline, "master did not mount");
         assert!(master.try_wait().unwrap().is_none(), "master exited");
         std::thread::sleep(Duration::from_millis(100));
@@ -270,30 +270,14 @@ fn a_master_with_256_descriptors_serves_5000_files() {
     let status = master.wait().unwrap();
     assert!(status.success(), "master exited with {status}");
 
-    let out = std::process::Command::new(BIN)
-        .args(["slave", "--broker", &common::brokers(), "--topic", &topic])
-        .args(["--threads", "2", "--exit-when-caught-up"])
-        .arg(&replica)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run(
+        std::process::Command::new(BIN)
+            .args(["slave", "--broker", &common::brokers(), "--topic", &topic])
+            .args(["--threads", "2", "--exit-when-caught-up"])
+            .arg(&replica)
+            .env("RUST_LOG", "warn"),
     );
     common::assert_trees_equal(&data, &replica, "5000 files under 256 descriptors");
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let Ok(parent) = fs::canonicalize(p.parent().unwrap()) else {
-        return false;
-    };
-    let canon = parent.join(p.file_name().unwrap());
-    fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(canon.to_str().unwrap()))
 }
 
 /// The data-root itself stops taking writes (its filesystem is frozen)

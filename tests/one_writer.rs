@@ -105,14 +105,6 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn mounted(p: &Path) -> bool {
-    let canon = fs::canonicalize(p).unwrap_or_default();
-    fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(canon.to_str().unwrap_or("")))
-}
-
 /// A second master, or a slave, on a data-root in use is refused at once,
 /// naming the process that holds it; so is a second slave on a replica.
 #[test]
@@ -128,7 +120,7 @@ fn a_second_process_on_the_same_data_is_refused() {
         child: master_cmd(&data, &mnt, &topic).spawn().unwrap(),
         mnt: Some(mnt.clone()),
     };
-    wait_until("the master mounts", || mounted(&mnt));
+    wait_until("the master mounts", || common::is_mounted(&mnt));
     fs::write(mnt.join("f"), b"x").unwrap();
     let pid = master.child.id().to_string();
     for err in [
@@ -140,7 +132,7 @@ fn a_second_process_on_the_same_data_is_refused() {
             "{err}"
         );
     }
-    assert!(!mounted(&mnt2));
+    assert!(!common::is_mounted(&mnt2));
 
     let replica = dir.path().join("replica");
     let slave = Running {
@@ -211,7 +203,7 @@ fn refusals_change_nothing() {
         );
         assert!(!topic_exists(&topic));
     }
-    assert!(!mounted(&p("busy")));
+    assert!(!common::is_mounted(&p("busy")));
 
     // Reading commands write nothing.
     let out = Command::new(BIN)

@@ -13,17 +13,6 @@ use std::time::{Duration, Instant};
 use common::{errno_of, Mounted, PrivateBroker};
 use kafkafs::journal::memory::MemoryJournal;
 
-fn wait_recovered(m: &Mounted, within: Duration) {
-    let deadline = Instant::now() + within;
-    while m.master().pipeline().recovering() {
-        assert!(
-            Instant::now() < deadline,
-            "master did not recover within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// In-memory journal: acknowledgements withheld, then a journal that
 /// refuses everything.
 #[test]
@@ -56,7 +45,7 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
     // The journal answers again. The write did reach the journal (only its
     // acknowledgement was lost): the data-root must hold it, as slaves do.
     j.hold_acks(false);
-    wait_recovered(&m, Duration::from_secs(30));
+    common::wait_recovered(&m, Duration::from_secs(30));
     drop(held);
     assert_eq!(fs::read(m.path("held")).unwrap(), b"late");
     fs::write(m.path("after"), b"2").unwrap();
@@ -67,7 +56,7 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
     let e = fs::write(m.path("refused"), b"x").unwrap_err();
     assert_eq!(errno_of(&e), libc::EIO);
     j.set_down(false);
-    wait_recovered(&m, Duration::from_secs(30));
+    common::wait_recovered(&m, Duration::from_secs(30));
     assert!(
         !m.path("refused").exists(),
         "never acknowledged, never applied"
@@ -121,7 +110,7 @@ fn real_broker_outage_mid_workload() {
     broker.signal(libc::SIGSTOP);
     std::thread::sleep(timeout * 3);
     broker.signal(libc::SIGCONT);
-    wait_recovered(&m, Duration::from_secs(90));
+    common::wait_recovered(&m, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
     // Stopped and restarted (same data).
     let out = broker.script("stop");
@@ -133,7 +122,7 @@ fn real_broker_outage_mid_workload() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_recovered(&m, Duration::from_secs(90));
+    common::wait_recovered(&m, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(2));
     done.store(true, Ordering::SeqCst);
     writer.join().unwrap();

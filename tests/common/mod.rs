@@ -601,3 +601,31 @@ impl Drop for PrivateBroker {
         let _ = self.script("stop");
     }
 }
+
+/// Is `p` a mount point (per /proc/self/mounts)?
+pub fn is_mounted(p: &Path) -> bool {
+    let Some(canon) = p
+        .parent()
+        .and_then(|d| std::fs::canonicalize(d).ok())
+        .and_then(|d| Some(d.join(p.file_name()?)))
+    else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == canon.to_str())
+}
+
+/// Waits until the master is out of journal recovery.
+#[track_caller]
+pub fn wait_recovered(m: &Mounted, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while m.master().pipeline().recovering() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "master did not recover within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
