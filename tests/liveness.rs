@@ -286,6 +286,7 @@ fn a_master_with_256_descriptors_serves_5000_files() {
 /// the record takes effect and a slave equals the data-root.
 #[test]
 fn a_stalled_data_root_answers_within_the_timeout() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = common::tempdir();
     let image = dir.path().join("image");
     let ext4 = Ext4::mount(&dir.path().join("data"), &image, 64);

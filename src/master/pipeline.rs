@@ -325,7 +325,8 @@ impl Pipeline {
         let (tx, rx) = channel::unbounded::<Progress>();
         let late: LateKeys = Arc::default();
         let guard = self.sequence_and_send(st, planned, caller, tx, late.clone())?;
-        self.await_outcome(&rx, guard, &late, deadline)
+        let sent = Instant::now();
+        self.await_outcome(&rx, guard, &late, deadline, sent)
     }
 
     /// Plans the operation and waits until no operation in flight conflicts
@@ -482,6 +483,7 @@ impl Pipeline {
         guard: KeyGuard,
         late: &LateKeys,
         deadline: Instant,
+        sent: Instant,
     ) -> Result<Applied, FsError> {
         let timeout = self.shared.timeout;
         let mut delivered = false;
@@ -502,6 +504,13 @@ impl Pipeline {
                 Err(channel::RecvTimeoutError::Timeout) if delivered => {
                     return self.stop_waiting(rx, guard, late);
                 }
+                Err(channel::RecvTimeoutError::Timeout) if sent.elapsed() < timeout / 2 => {
+                    // The call spent most of its time before it was sent:
+                    // its deadline passed, not the journal's patience. The
+                    // record goes on; its delivery applies it (or fails and
+                    // starts recovery).
+                    return self.stop_waiting(rx, guard, late);
+                }
                 Err(channel::RecvTimeoutError::Timeout) => {
                     self.enter_recovery(&format!("no acknowledgement within {timeout:?}"));
                     return Err(FsError::Journal(format!(
@@ -513,9 +522,10 @@ impl Pipeline {
         }
     }
 
-    /// The record is in the journal but the data-root has not applied it
-    /// (it is failing; the applier retries): the caller gets EIO, and the
-    /// record keeps its keys until it is applied.
+    /// The call's deadline passed before the record was applied (the
+    /// data-root is failing, or the call waited long before it was sent):
+    /// the caller gets EIO, and the record keeps its keys until it is
+    /// applied (or its delivery fails).
     fn stop_waiting(
         &self,
         rx: &channel::Receiver<Progress>,
@@ -534,8 +544,8 @@ impl Pipeline {
             });
         }
         tracing::warn!(
-            "a journaled record was not applied to the data-root within {:?}; its caller gets EIO, \
-             the record is retried and takes effect once the data-root accepts it",
+            "a record had no outcome within {:?} of its call's arrival; the caller gets EIO, and \
+             the record takes effect once the journal and the data-root take it",
             self.shared.timeout
         );
         Err(FsError::NotApplied(self.shared.timeout))
@@ -746,6 +756,7 @@ fn deliver(
                 || offset < d.pushed[p as usize]
             {
                 // Recovery owns this record now (it read it from the log).
+                release_late(&late);
                 return;
             }
             if offset > d.pushed[p as usize] && gap_is_void(shared, p, &d, offset) {
@@ -760,6 +771,7 @@ fn deliver(
                 // reads them and decides; the record is not applied here.
                 let expected = d.pushed[p as usize];
                 drop(d);
+                release_late(&late);
                 shared.recovering.store(true, Ordering::SeqCst);
                 let _ = tx.send(Progress::Failed(JournalError::Interleaved {
                     partition: p,
@@ -788,10 +800,19 @@ fn deliver(
             shared.feeder.push(p, entry.into_item());
         }
         Err(e) => {
+            release_late(&late);
             shared.recovering.store(true, Ordering::SeqCst);
             let _ = tx.send(Progress::Failed(e));
         }
     }
+}
+
+/// The record will not be applied from its delivery report (recovery
+/// takes it over, or it failed): keys its caller left behind are released
+/// (calls wait for recovery meanwhile).
+fn release_late(late: &LateKeys) {
+    let keys = late.lock().ok().and_then(|mut k| k.take());
+    drop(keys);
 }
 
 /// Are the records of partition `p` between this writer's last one and
