@@ -162,11 +162,12 @@ impl KafkaConfig {
                 }
             }
         }
-        // Wait until metadata shows the new topic with all its partitions.
+        // Wait until metadata shows the new topic with all its partitions,
+        // each with a leader (a new topic's first reads fail before).
         let deadline = std::time::Instant::now() + self.request_timeout;
         loop {
             if let Some(n) = self.partition_count()? {
-                if n >= partitions {
+                if n >= partitions && self.leaders_elected()? {
                     return self.check_count(partitions, n);
                 }
             }
@@ -221,6 +222,22 @@ impl KafkaConfig {
             Ok(_) => {}
             Err(e) => tracing::debug!("reading the retention of topic `{}`: {e}", self.topic),
         }
+    }
+
+    /// Has every partition of the topic a leader, and no error?
+    fn leaders_elected(&self) -> Result<bool, JournalError> {
+        let consumer: BaseConsumer = self.consumer_config()?.create()?;
+        let md = consumer.fetch_metadata(Some(&self.topic), self.request_timeout)?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .is_some_and(|t| {
+                t.error().is_none()
+                    && t.partitions()
+                        .iter()
+                        .all(|p| p.error().is_none() && p.leader() >= 0)
+            }))
     }
 
     /// Deletes the topic (tests and tools).

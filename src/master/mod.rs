@@ -242,7 +242,9 @@ impl Master {
         let topic = journal.topic();
         preflight(config, &topic)?;
         // Who wrote the journal last, before anything is created or applied.
-        let last = read_last(journal.source()?.as_mut())?;
+        let last = with_retries(config.journal_timeout, || {
+            read_last(journal.source()?.as_mut())
+        })?;
         check_writer(data, &last, config.take_over, &topic)?;
         if let Some(statedir) = StateDir::existing(data) {
             check_not_ahead(&statedir, journal.as_ref())?;
@@ -517,7 +519,7 @@ fn check_not_ahead(statedir: &StateDir, journal: &dyn Journal) -> Result<(), Mas
     };
     let source = journal.source()?;
     for (p, pos) in cp.positions.iter().enumerate() {
-        let (_, end) = source.watermarks(p as u32)?;
+        let (_, end) = with_retries(Duration::from_secs(30), || source.watermarks(p as u32))?;
         if pos.next_offset > end {
             return Err(MasterError::TopicBehind {
                 topic: journal.topic(),
@@ -552,6 +554,24 @@ fn check_writer(
             other: hex(&r.writer.id),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Runs `f`, retrying for up to `patience` while it fails in a way waiting
+/// cures (a new topic's leaders being elected, a broker restarting).
+fn with_retries<T>(
+    patience: Duration,
+    mut f: impl FnMut() -> Result<T, JournalError>,
+) -> Result<T, JournalError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match f() {
+            Err(e) if slave::is_transient(&e) && std::time::Instant::now() < deadline => {
+                tracing::debug!("reading the journal: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
     }
 }
 
