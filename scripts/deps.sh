@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs what building and testing kafkafs needs on Debian, when missing:
+# Installs what building and running kafkafs needs on Debian, when missing:
 # FUSE 3 (fusermount3, /dev/fuse use), a C toolchain for librdkafka, OpenSSL
-# headers (TLS/SASL to real clusters), Java + Maven (the test broker).
+# headers (TLS/SASL to real clusters). Extras:
+#   broker  Java + Maven (the real Apache Kafka the tests start)
+#   test    e2fsprogs, util-linux (limit and fault tests), python3
+#   bench   bindfs, lsyncd, rsync (the end-to-end comparison)
+#   git     git (tests run it on the mount)
 # Idempotent and quick when everything is present. Needs root to install.
 set -euo pipefail
 
@@ -15,16 +19,18 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 command -v perl >/dev/null || need+=(perl)
 command -v python3 >/dev/null || need+=(python3)
-command -v java >/dev/null || need+=(openjdk-17-jre-headless)
-command -v mvn >/dev/null || need+=(maven)
-# Tests: small ext4 images, open-file limits, unprivileged runs, freezing.
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v prlimit >/dev/null || need+=(util-linux)
-command -v setpriv >/dev/null || need+=(util-linux)
-command -v fsfreeze >/dev/null || need+=(util-linux)
-command -v losetup >/dev/null || need+=(mount)
 for extra in "$@"; do
     case "$extra" in
+        broker) command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+                command -v mvn >/dev/null || need+=(maven) ;;
+        # Tests: small ext4 images, open-file limits, unprivileged runs,
+        # freezing, JSON checks.
+        test) command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+              command -v prlimit >/dev/null || need+=(util-linux)
+              command -v setpriv >/dev/null || need+=(util-linux)
+              command -v fsfreeze >/dev/null || need+=(util-linux)
+              command -v losetup >/dev/null || need+=(mount)
+              command -v python3 >/dev/null || need+=(python3) ;;
         bench) command -v bindfs >/dev/null || need+=(bindfs)
                command -v lsyncd >/dev/null || need+=(lsyncd)
                command -v rsync >/dev/null || need+=(rsync) ;;

@@ -8,6 +8,17 @@ DATA="${1:-/tmp/kafkafs-data}"
 MNT="${2:-/tmp/kafkafs-mnt}"
 shift $(( $# > 2 ? 2 : $# ))
 scripts/deps.sh
+case " $* " in
+    *" --broker"*|*" -b "*) ;;
+    *)
+        # The embedded broker keeps nothing after exit: a data-root of an
+        # earlier quick start follows a topic that is gone. Keep it aside.
+        if [ -d "$DATA/.kafkafs" ]; then
+            aside="$DATA.previous-$(date +%Y%m%d-%H%M%S)"
+            mv "$DATA" "$aside"
+            echo "kafkafs: $DATA was served by an earlier embedded broker (which kept nothing); moved it to $aside" >&2
+        fi ;;
+esac
 echo "kafkafs: building (the first build compiles librdkafka, a few minutes)" >&2
 cargo build --release
 echo "kafkafs: data-root $DATA, mountpoint $MNT" >&2

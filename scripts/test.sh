@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/deps.sh git bench
+scripts/deps.sh git bench broker test
 # The third-party POSIX conformance suite run against the mount.
 if ! [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/pjdfstest" ]; then
     cargo install pjdfstest --version 0.2.2 --locked

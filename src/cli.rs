@@ -48,9 +48,8 @@ pub enum Command {
         /// Kafka bootstrap servers (to compare with the topic's end).
         #[arg(short = 'b', long = "broker", env = "KAFKAFS_BROKERS")]
         broker: Option<String>,
-        /// librdkafka property passed through (repeatable).
-        #[arg(short = 'X', value_name = "KEY=VALUE")]
-        properties: Vec<String>,
+        #[command(flatten)]
+        properties: PropertyArgs,
         /// The replica or data-root.
         data: PathBuf,
     },
@@ -60,6 +59,16 @@ pub enum Command {
     /// master's time, the operation and its paths and sizes. Stops at the
     /// topic's end unless --follow.
     Log(LogArgs),
+
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. `kafkafs completions bash > /etc/bash_completion.d/kafkafs`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff), e.g. `kafkafs man > kafkafs.1`.
+    Man,
 
     /// Compare two directory trees fully (names, types, content, mode,
     /// owner, symlink targets, hard links, xattrs, mtimes in ns), ignoring
@@ -74,25 +83,85 @@ pub struct KafkaArgs {
     #[arg(short = 'b', long = "broker", env = "KAFKAFS_BROKERS")]
     pub broker: String,
 
-    /// Topic holding the journal.
-    #[arg(short = 't', long, env = "KAFKAFS_TOPIC", default_value = "kafkafs")]
-    pub topic: String,
+    /// Topic holding the journal (default: the one DATA follows, else
+    /// `kafkafs`).
+    #[arg(short = 't', long, env = "KAFKAFS_TOPIC")]
+    pub topic: Option<String>,
 
-    /// librdkafka property passed through, e.g. -X security.protocol=SASL_SSL
-    /// (repeatable). Properties that would weaken durability or ordering
-    /// (acks, enable.idempotence, auto.offset.reset, auto commit) are refused.
-    #[arg(short = 'X', value_name = "KEY=VALUE")]
-    pub properties: Vec<String>,
+    #[command(flatten)]
+    pub properties: PropertyArgs,
+}
+
+/// The topic when none is given and DATA follows none.
+pub const DEFAULT_TOPIC: &str = "kafkafs";
+
+/// The topic a replica or data-root follows, from its checkpoint.
+fn followed_topic(data: &std::path::Path) -> Option<String> {
+    let sd = crate::checkpoint::StateDir::existing(data)?;
+    Some(sd.load_checkpoint().ok()??.topic)
 }
 
 impl KafkaArgs {
+    pub fn topic(&self) -> &str {
+        self.topic.as_deref().unwrap_or(DEFAULT_TOPIC)
+    }
+
     pub fn config(&self) -> Result<KafkaConfig, JournalError> {
-        let mut c = KafkaConfig::new(&self.broker, &self.topic);
-        for p in &self.properties {
-            c.properties.push(parse_property(p)?);
-        }
+        let mut c = KafkaConfig::new(&self.broker, self.topic());
+        c.properties = self.properties.parse()?;
         Ok(c)
     }
+}
+
+/// librdkafka properties: `-X` on the command line and `-F` files.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PropertyArgs {
+    /// librdkafka property passed through, e.g. -X security.protocol=SASL_SSL
+    /// (repeatable; applied after -F files). Properties that would weaken
+    /// durability or ordering (acks, enable.idempotence, auto.offset.reset,
+    /// auto commit) are refused.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub properties: Vec<String>,
+
+    /// File of librdkafka properties, one KEY=VALUE per line (# comments),
+    /// as kcat's -F: keeps secrets such as sasl.password off the command
+    /// line (repeatable).
+    #[arg(short = 'F', long = "properties-file", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+impl PropertyArgs {
+    /// The properties of every -F file, then every -X.
+    pub fn parse(&self) -> Result<Vec<(String, String)>, JournalError> {
+        let mut out = Vec::new();
+        for path in &self.files {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| JournalError::PropertiesFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            for line in text.lines().map(str::trim) {
+                if !line.is_empty() && !line.starts_with('#') {
+                    out.push(parse_property(line)?);
+                }
+            }
+        }
+        for p in &self.properties {
+            out.push(parse_property(p)?);
+        }
+        Ok(out)
+    }
+}
+
+/// `HOST:PORT`, or `:PORT` for every interface (as Prometheus exporters).
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("`{s}`: expected HOST:PORT or :PORT (e.g. 127.0.0.1:9464)"))
 }
 
 #[derive(Args, Debug)]
@@ -101,9 +170,10 @@ pub struct MasterArgs {
     #[arg(short = 'b', long = "broker", env = "KAFKAFS_BROKERS")]
     pub broker: Option<String>,
 
-    /// Topic holding the journal (created if missing).
-    #[arg(short = 't', long, env = "KAFKAFS_TOPIC", default_value = "kafkafs")]
-    pub topic: String,
+    /// Topic holding the journal, created if missing (default: the one
+    /// DATA follows, else `kafkafs`).
+    #[arg(short = 't', long, env = "KAFKAFS_TOPIC")]
+    pub topic: Option<String>,
 
     /// Partitions of a new topic. An existing topic must have this many.
     #[arg(long, default_value_t = 1)]
@@ -124,9 +194,8 @@ pub struct MasterArgs {
     #[arg(long)]
     pub min_insync_replicas: Option<u32>,
 
-    /// librdkafka property passed through (repeatable), as for `slave`.
-    #[arg(short = 'X', value_name = "KEY=VALUE")]
-    pub properties: Vec<String>,
+    #[command(flatten)]
+    pub properties: PropertyArgs,
 
     /// Threads applying the journal to DATA (default: number of partitions, at least 2).
     #[arg(long)]
@@ -160,7 +229,7 @@ pub struct MasterArgs {
 
     /// Serve Prometheus metrics (applied records, offsets, lag, journal
     /// state) at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS")]
+    #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS", value_parser = parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Limits a new topic declares (largest file, name length, xattr space
@@ -267,6 +336,17 @@ pub enum OrderingArg {
 }
 
 impl MasterArgs {
+    /// Without --topic, the topic DATA follows.
+    pub fn resolve_topic(&mut self) {
+        if self.topic.is_none() {
+            self.topic = followed_topic(&self.data);
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        self.topic.as_deref().unwrap_or(DEFAULT_TOPIC)
+    }
+
     pub fn config(&self) -> crate::master::MasterConfig {
         let mut c = crate::master::MasterConfig::new(&self.data);
         c.ordering = match self.ordering {
@@ -294,10 +374,8 @@ impl MasterArgs {
     }
 
     pub fn kafka(&self, brokers: &str) -> Result<KafkaConfig, JournalError> {
-        let mut c = KafkaConfig::new(brokers, &self.topic);
-        for p in &self.properties {
-            c.properties.push(parse_property(p)?);
-        }
+        let mut c = KafkaConfig::new(brokers, self.topic());
+        c.properties = self.properties.parse()?;
         c.send_timeout = Duration::from_secs_f64(self.journal_timeout.max(0.1));
         if let Some(r) = self.retention {
             c.topic_config
@@ -359,7 +437,7 @@ pub struct SlaveArgs {
 
     /// Serve Prometheus metrics (applied records, per-partition offsets,
     /// lag quantiles) at http://ADDR/metrics, e.g. 127.0.0.1:9464.
-    #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS")]
+    #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS", value_parser = parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Stop at the journal's state as of TIME (RFC 3339 in UTC, e.g.
@@ -380,8 +458,15 @@ pub struct SlaveArgs {
 }
 
 impl SlaveArgs {
+    /// Without --topic, the topic DATA follows.
+    pub fn resolve_topic(&mut self) {
+        if self.kafka.topic.is_none() {
+            self.kafka.topic = followed_topic(&self.data);
+        }
+    }
+
     pub fn config(&self) -> SlaveConfig {
-        let mut c = SlaveConfig::new(&self.data, &self.kafka.topic);
+        let mut c = SlaveConfig::new(&self.data, self.kafka.topic());
         c.threads = self.threads.max(1);
         c.exit_when_caught_up = self.exit_when_caught_up;
         c.skip_bad_records = self.skip_bad_records;
@@ -437,4 +522,47 @@ fn parse_skip(s: &str) -> Result<(u32, i64), String> {
         .map_err(|_| format!("`{p}` is not a partition number"))?;
     let o = o.parse().map_err(|_| format!("`{o}` is not an offset"))?;
     Ok((p, o))
+}
+
+/// Writes shell completions for the whole command line.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "kafkafs", out);
+}
+
+/// Writes the manual page, generated from the same definitions as --help.
+pub fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen(":9464").unwrap().to_string(), "0.0.0.0:9464");
+        assert_eq!(
+            parse_listen("127.0.0.1:9464").unwrap().to_string(),
+            "127.0.0.1:9464"
+        );
+        assert!(parse_listen("9464").is_err());
+    }
+
+    #[test]
+    fn durations_and_until() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert!(parse_duration("1w").is_err());
+        assert_eq!(
+            parse_until("0:42").unwrap(),
+            crate::slave::Until::Record(0, 42)
+        );
+        assert!(matches!(
+            parse_until("@100").unwrap(),
+            crate::slave::Until::Time(_)
+        ));
+        assert!(parse_until("soon").is_err());
+    }
 }

@@ -66,6 +66,12 @@ pub enum JournalError {
     NoSuchTopic(String),
     #[error("invalid librdkafka property `{0}` (expected key=value)")]
     BadProperty(String),
+    #[error("reading librdkafka properties from {}: {source}", path.display())]
+    PropertiesFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("timed out after {0:?} waiting for the journal")]
     Timeout(std::time::Duration),
     #[error("partition {partition} is out of range (topic has {count})")]

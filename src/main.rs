@@ -3,6 +3,8 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 
@@ -19,8 +21,15 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal, and never with NO_COLOR set.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    match &mut cli.command {
+        Command::Master(a) => a.resolve_topic(),
+        Command::Slave(a) => a.resolve_topic(),
+        _ => {}
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -35,14 +44,16 @@ fn main() -> anyhow::Result<()> {
             let mut status = kafkafs::status::read(&data)?;
             if let Some(b) = broker {
                 let mut kafka = kafkafs::journal::kafka::KafkaConfig::new(b, &status.topic);
-                for p in &properties {
-                    kafka.properties.push(kafkafs::journal::parse_property(p)?);
-                }
+                kafka.properties = properties.parse()?;
                 let source = KafkaSource::new(&kafka)?;
                 status = kafkafs::status::with_ends(status, &source)?;
             }
             print!("{status}");
         }
+        Command::Completions { shell } => {
+            kafkafs::cli::completions(shell, &mut std::io::stdout());
+        }
+        Command::Man => kafkafs::cli::man_page(&mut std::io::stdout())?,
         Command::Compare { first, second } => {
             // Like diff: 0 equal, 1 different, 2 trouble.
             match kafkafs::tree::compare(&first, &second) {
@@ -104,13 +115,13 @@ fn main() -> anyhow::Result<()> {
 fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let config = args.config();
     // Everything that can refuse, before a broker or topic is touched.
-    kafkafs::master::preflight(&config, &args.topic)
+    kafkafs::master::preflight(&config, args.topic())
         .with_context(|| format!("starting the master on {}", config.data.display()))?;
     let embedded;
     let brokers = match &args.broker {
         Some(b) => b.clone(),
         None => {
-            embedded = kafkafs::embedded::EmbeddedBroker::start(&args.topic, args.partitions)
+            embedded = kafkafs::embedded::EmbeddedBroker::start(args.topic(), args.partitions)
                 .context("starting the embedded broker")?;
             embedded.bootstrap_servers()
         }
@@ -119,7 +130,7 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if args.broker.is_some() {
         kafka
             .ensure_topic(args.partitions, args.replication_factor)
-            .with_context(|| format!("topic `{}` on {brokers}", args.topic))?;
+            .with_context(|| format!("topic `{}` on {brokers}", args.topic()))?;
         kafka.warn_if_finite_retention();
     }
     let master = kafkafs::master::Master::start(&config, Arc::new(kafka), stop.clone())
@@ -135,7 +146,7 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         "kafkafs master: {} is mounted at {}, journaling to topic `{}` ({} partition{}) on {}",
         data.display(),
         args.mnt.display(),
-        args.topic,
+        args.topic(),
         args.partitions,
         if args.partitions == 1 { "" } else { "s" },
         brokers
@@ -153,7 +164,7 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         .unwrap_or_else(|_| "kafkafs".into());
     println!(
         "  {exe} slave --broker {brokers} --topic {} --threads {} /path/to/replica",
-        args.topic,
+        args.topic(),
         args.partitions.max(1)
     );
     println!("Stop with Ctrl-C (unmounts cleanly).");

@@ -308,3 +308,76 @@ fn master_killed_with_sigkill_restarts_consistent() {
         );
     }
 }
+
+/// Completions and the man page come from the same definitions as --help.
+#[test]
+fn completions_and_man_page() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = common::run(Command::new(BIN).args(["completions", shell]));
+        assert!(out.contains("kafkafs") && out.contains("slave"), "{shell}");
+    }
+    let man = common::run(Command::new(BIN).arg("man"));
+    assert!(man.contains(".TH kafkafs 1"), "{man}");
+    assert!(man.contains("slave"));
+}
+
+/// Properties from a file (-F) are checked like -X; a replica's topic is
+/// the default --topic; compare exits 2 when a tree cannot be read.
+#[test]
+fn property_files_default_topic_and_compare_errors() {
+    let dir = common::tempdir();
+    let cfg = common::kafka_topic("cli-topic", 1);
+    let replica = dir.path().join("replica");
+    let slave = |extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "slave",
+                "--exit-when-caught-up",
+                "--broker",
+                cfg.broker_list(),
+            ])
+            .args(extra)
+            .arg(&replica)
+            .env("RUST_LOG", "warn")
+            .env_remove("KAFKAFS_TOPIC")
+            .output()
+            .unwrap()
+    };
+    let props = dir.path().join("client.properties");
+    std::fs::write(&props, "# a comment\nclient.id=kafkafs-test\n").unwrap();
+    let out = slave(&["-F", props.to_str().unwrap(), "--topic", &cfg.topic]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without --topic: the topic the replica follows, not `kafkafs`.
+    let out = slave(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::write(&props, "enable.auto.commit=true\n").unwrap();
+    let out = slave(&["-F", props.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("enable.auto.commit"),
+        "{err}"
+    );
+    let out = slave(&["-F", "/nonexistent/client.properties"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/client.properties"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["compare", "/nonexistent/a"])
+        .arg(&replica)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/a"));
+}
