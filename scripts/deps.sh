@@ -3,7 +3,8 @@
 # FUSE 3 (fusermount3, /dev/fuse use), a C toolchain for librdkafka, OpenSSL
 # headers (TLS/SASL to real clusters). Extras:
 #   broker  Java + Maven (the real Apache Kafka the tests start)
-#   test    e2fsprogs, util-linux (limit and fault tests), python3
+#   test    e2fsprogs, util-linux (limit and fault tests), python3,
+#           systemd-analyze (the example units are verified)
 #   bench   bindfs, lsyncd, rsync (the end-to-end comparison)
 #   git     git (tests run it on the mount)
 # Idempotent and quick when everything is present. Needs root to install.
@@ -30,7 +31,8 @@ for extra in "$@"; do
               command -v setpriv >/dev/null || need+=(util-linux)
               command -v fsfreeze >/dev/null || need+=(util-linux)
               command -v losetup >/dev/null || need+=(mount)
-              command -v python3 >/dev/null || need+=(python3) ;;
+              command -v python3 >/dev/null || need+=(python3)
+              command -v systemd-analyze >/dev/null || need+=(systemd) ;;
         bench) command -v bindfs >/dev/null || need+=(bindfs)
                command -v lsyncd >/dev/null || need+=(lsyncd)
                command -v rsync >/dev/null || need+=(rsync) ;;

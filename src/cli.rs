@@ -478,6 +478,7 @@ impl SlaveArgs {
         c.metrics = self.metrics;
         c.until = self.until;
         c.delay = self.delay;
+        c.notify = true;
         c
     }
 }

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod log;
 pub mod master;
 pub mod metrics;
+pub mod notify;
 pub mod op;
 pub mod partition;
 pub mod record;

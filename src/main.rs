@@ -168,9 +168,29 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         args.partitions.max(1)
     );
     println!("Stop with Ctrl-C (unmounts cleanly).");
+    kafkafs::notify::ready(&format!(
+        "serving {} at {}, topic `{}`",
+        data.display(),
+        args.mnt.display(),
+        args.topic()
+    ));
+    let watchdog = kafkafs::notify::Watchdog::from_env();
+    let mut said = String::new();
     while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
+        let pipeline = master.pipeline();
+        let now = match (pipeline.fenced(), pipeline.recovering()) {
+            (Some(why), _) => format!("fenced, read-only: {why}"),
+            (None, true) => "journal unavailable: calls fail with EIO until it recovers".into(),
+            (None, false) => format!("serving {}", args.mnt.display()),
+        };
+        if now != said {
+            kafkafs::notify::status(&now);
+            said = now;
+        }
+        watchdog.tick();
     }
+    kafkafs::notify::stopping();
     tracing::info!("unmounting {}", args.mnt.display());
     if let Err(e) = session.umount_and_join() {
         tracing::warn!("unmounting: {e}");

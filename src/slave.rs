@@ -61,6 +61,9 @@ pub struct SlaveConfig {
     /// Keep this far behind the master: a record is applied only once its
     /// time is this old.
     pub delay: Option<Duration>,
+    /// Tell systemd (`Type=notify`): READY once following, STATUS with
+    /// progress, WATCHDOG while the loop runs.
+    pub notify: bool,
 }
 
 /// Where a point-in-time replica stops.
@@ -90,6 +93,7 @@ impl SlaveConfig {
             hold_lock: true,
             until: None,
             delay: None,
+            notify: false,
         }
     }
 }
@@ -210,7 +214,17 @@ pub fn run(
     for m in stash {
         follower.push(&pool, source.as_mut(), m)?;
     }
+    if config.notify {
+        crate::notify::ready(&format!(
+            "following topic `{}` into {}",
+            config.topic,
+            config.root.display()
+        ));
+    }
     let fatal = follower.follow(config, source.as_mut(), &pool, &opened, &stop);
+    if config.notify {
+        crate::notify::stopping();
+    }
     // What precedes a held record is applied (close drains); a stop
     // request or a failed worker stops at once.
     let end = if stop.load(Ordering::Relaxed) || pool.failed() {
@@ -570,7 +584,8 @@ impl Follower {
         let partitions = source.partitions();
         let mut paused = vec![false; partitions as usize];
         let mut checkpoints = Checkpoints::new(config.checkpoint_interval);
-        let mut progress = Progress::new();
+        let mut progress = Progress::new(config.notify);
+        let watchdog = crate::notify::Watchdog::from_env();
         let mut poll_errors = 0u64;
         let mut last_poll_log: Option<Instant> = None;
         loop {
@@ -610,6 +625,9 @@ impl Follower {
             }
             checkpoints.tick(&opened.state, &opened.ctx);
             progress.tick(&opened.ctx, pool, self.applied_first);
+            if config.notify {
+                watchdog.tick();
+            }
         }
     }
 
@@ -761,17 +779,19 @@ impl Checkpoints {
     }
 }
 
-/// The periodic progress line.
+/// The periodic progress line (also systemd's STATUS when notifying).
 struct Progress {
     last: Instant,
     last_applied: u64,
+    notify: bool,
 }
 
 impl Progress {
-    fn new() -> Self {
+    fn new(notify: bool) -> Self {
         Progress {
             last: Instant::now(),
             last_applied: 0,
+            notify,
         }
     }
 
@@ -781,7 +801,7 @@ impl Progress {
         }
         let applied = pool.applied();
         let secs = self.last.elapsed().as_secs_f64();
-        tracing::info!(
+        let line = format!(
             "applied {} records ({:.0}/s); lag p50 {:?} p99 {:?}; next offsets {:?}",
             first + applied,
             (applied - self.last_applied) as f64 / secs,
@@ -791,6 +811,10 @@ impl Progress {
                 .map(|p| ctx.position(p).next_offset)
                 .collect::<Vec<_>>()
         );
+        tracing::info!("{line}");
+        if self.notify {
+            crate::notify::status(&line);
+        }
         self.last_applied = applied;
         self.last = Instant::now();
     }

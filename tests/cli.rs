@@ -381,3 +381,74 @@ fn property_files_default_topic_and_compare_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/a"));
 }
+
+/// The example systemd units pass `systemd-analyze verify` (with this
+/// build's binary in ExecStart).
+#[test]
+fn systemd_units_verify() {
+    let dir = common::tempdir();
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
+    for (file, as_name) in [
+        ("kafkafs-master.service", "kafkafs-master.service"),
+        ("kafkafs-slave@.service", "kafkafs-slave@replica1.service"),
+    ] {
+        let text = std::fs::read_to_string(units.join(file)).unwrap();
+        assert!(text.contains("Type=notify") && text.contains("LimitNOFILE="));
+        let unit = dir.path().join(as_name);
+        std::fs::write(&unit, text.replace("/usr/local/bin/kafkafs", BIN)).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .expect("systemd-analyze (scripts/deps.sh test installs systemd)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{as_name}: {err}"
+        );
+    }
+}
+
+/// Started by systemd (`NOTIFY_SOCKET`), a slave says READY once it
+/// follows its topic, and STOPPING when it ends.
+#[test]
+fn slave_notifies_systemd() {
+    let dir = common::tempdir();
+    let cfg = common::kafka_topic("notify", 1);
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "slave",
+            "--exit-when-caught-up",
+            "--broker",
+            cfg.broker_list(),
+        ])
+        .args(["--topic", &cfg.topic])
+        .arg(dir.path().join("replica"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut said = Vec::new();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = socket.recv(&mut buf) {
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        said.iter()
+            .any(|m| m.starts_with("READY=1\nSTATUS=following topic")),
+        "{said:?}"
+    );
+    assert_eq!(
+        said.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{said:?}"
+    );
+}
