@@ -113,9 +113,31 @@ pub struct ReplicaState {
     pub lag: crate::metrics::Histogram,
     /// Records applied (or skipped) since start.
     pub applied: AtomicU64,
+    /// Per partition: the topic's end offset when last asked (-1: unknown).
+    ends: Vec<std::sync::atomic::AtomicI64>,
 }
 
 impl ReplicaState {
+    /// Notes the topic's end offset of a partition (for records behind).
+    pub fn set_end(&self, p: u32, end: i64) {
+        if let Some(e) = self.ends.get(p as usize) {
+            e.store(end, Ordering::Relaxed);
+        }
+    }
+
+    /// Records between what is applied and the topic's end, per partition
+    /// (`None` while the end is unknown).
+    pub fn behind(&self) -> Vec<Option<i64>> {
+        self.positions()
+            .iter()
+            .zip(&self.ends)
+            .map(|(pos, e)| {
+                let end = e.load(Ordering::Relaxed);
+                (end >= 0).then(|| (end - pos.next_offset).max(0))
+            })
+            .collect()
+    }
+
     pub fn new(
         replica: Replica,
         ledger: Ledger,
@@ -135,6 +157,10 @@ impl ReplicaState {
             errno_outcomes: AtomicU64::new(0),
             lag: crate::metrics::Histogram::new(),
             applied: AtomicU64::new(0),
+            ends: positions
+                .iter()
+                .map(|_| std::sync::atomic::AtomicI64::new(-1))
+                .collect(),
         }
     }
 
@@ -365,6 +391,18 @@ impl ReplicaState {
                 "kafkafs_partition_next_offset{{topic=\"{}\",partition=\"{p}\"}} {}\n",
                 self.topic, pos.next_offset
             ));
+        }
+        s.push_str(
+            "# HELP kafkafs_partition_records_behind Records between the applied position and the topic's end.\n",
+        );
+        s.push_str("# TYPE kafkafs_partition_records_behind gauge\n");
+        for (p, behind) in self.behind().iter().enumerate() {
+            if let Some(b) = behind {
+                s.push_str(&format!(
+                    "kafkafs_partition_records_behind{{topic=\"{}\",partition=\"{p}\"}} {b}\n",
+                    self.topic
+                ));
+            }
         }
         s.push_str("# HELP kafkafs_lag_seconds Record time on the master to applied here.\n");
         s.push_str("# TYPE kafkafs_lag_seconds summary\n");

@@ -624,7 +624,8 @@ impl Follower {
                 Err(e) => return Some(e.into()),
             }
             checkpoints.tick(&opened.state, &opened.ctx);
-            progress.tick(&opened.ctx, pool, self.applied_first);
+            progress.tick(&opened.ctx, pool, source, self.applied_first);
+            progress.caught_up(&opened.ctx, pool, source, &self.next_read);
             if config.notify {
                 watchdog.tick();
             }
@@ -784,6 +785,8 @@ struct Progress {
     last: Instant,
     last_applied: u64,
     notify: bool,
+    /// The first time everything was read and applied (logged once).
+    caught_up_once: bool,
 }
 
 impl Progress {
@@ -792,19 +795,68 @@ impl Progress {
             last: Instant::now(),
             last_applied: 0,
             notify,
+            caught_up_once: false,
         }
     }
 
-    fn tick(&mut self, ctx: &ReplicaState, pool: &Pool<Entry, WorkError>, first: u64) {
+    /// Logs, once, the moment the replica first caught up with the topic.
+    fn caught_up(
+        &mut self,
+        ctx: &ReplicaState,
+        pool: &Pool<Entry, WorkError>,
+        source: &mut dyn Source,
+        next_read: &[i64],
+    ) {
+        if self.caught_up_once || !pool.inspect(|s| s.in_flight() == 0 && !s.has_ready()) {
+            return;
+        }
+        let none_held = vec![false; next_read.len()];
+        if source.caught_up(next_read, &none_held).unwrap_or(false) {
+            self.caught_up_once = true;
+            tracing::info!(
+                "caught up with topic `{}`: {} records applied, next offsets {:?}",
+                ctx.topic,
+                ctx.applied.load(Ordering::Relaxed),
+                next_read
+            );
+            for (p, &end) in next_read.iter().enumerate() {
+                ctx.set_end(p as u32, end);
+            }
+            if self.notify {
+                crate::notify::status(&format!("caught up with topic `{}`", ctx.topic));
+            }
+        }
+    }
+
+    fn tick(
+        &mut self,
+        ctx: &ReplicaState,
+        pool: &Pool<Entry, WorkError>,
+        source: &mut dyn Source,
+        first: u64,
+    ) {
         if self.last.elapsed() < Duration::from_secs(10) {
             return;
         }
+        for p in 0..ctx.partitions() {
+            if let Ok((_, end)) = source.watermarks(p) {
+                ctx.set_end(p, end);
+            }
+        }
         let applied = pool.applied();
         let secs = self.last.elapsed().as_secs_f64();
+        let rate = (applied - self.last_applied) as f64 / secs;
+        let behind: i64 = ctx.behind().iter().flatten().sum();
+        let eta = if behind == 0 {
+            "caught up".to_string()
+        } else if rate >= 1.0 {
+            format!("{behind} records behind, ETA {:.0} s", behind as f64 / rate)
+        } else {
+            format!("{behind} records behind")
+        };
         let line = format!(
-            "applied {} records ({:.0}/s); lag p50 {:?} p99 {:?}; next offsets {:?}",
+            "applied {} records ({rate:.0}/s); {eta}; lag p50 {:?} p99 {:?}; next offsets {:?}",
             first + applied,
-            (applied - self.last_applied) as f64 / secs,
             ctx.lag.quantile(0.5).unwrap_or_default(),
             ctx.lag.quantile(0.99).unwrap_or_default(),
             (0..ctx.partitions())

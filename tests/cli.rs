@@ -428,7 +428,7 @@ fn slave_notifies_systemd() {
         .args(["--topic", &cfg.topic])
         .arg(dir.path().join("replica"))
         .env("NOTIFY_SOCKET", &socket_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .output()
         .unwrap();
     assert!(

@@ -432,7 +432,9 @@ fn status_command_and_metrics_endpoint() {
             .unwrap();
         let mut body = String::new();
         conn.read_to_string(&mut body).unwrap();
-        if body.contains("kafkafs_applied_records_total 100\n") {
+        if body.contains("kafkafs_applied_records_total 100\n")
+            && body.contains("kafkafs_partition_records_behind{")
+        {
             break body;
         }
     };
@@ -445,6 +447,13 @@ fn status_command_and_metrics_endpoint() {
     );
     assert!(
         body.contains("kafkafs_lag_seconds{quantile=\"0.99\"}"),
+        "{body}"
+    );
+    // Caught up: nothing behind in any partition.
+    assert!(
+        body.lines()
+            .filter(|l| l.starts_with("kafkafs_partition_records_behind{"))
+            .all(|l| l.ends_with(" 0")),
         "{body}"
     );
     let s = status(&["--broker", cfg.broker_list()]);
