@@ -780,7 +780,11 @@ impl MasterFs {
             match journaled {
                 Ok(()) => done += chunk.len(),
                 Err(FsError::Unlinked) => {
-                    done += self.write_unlinked(fh, off, &data[done..])?;
+                    match self.write_unlinked(fh, off, &data[done..]) {
+                        Ok(n) => done += n,
+                        Err(e) if done == 0 => return Err(e),
+                        Err(_) => {}
+                    }
                     break;
                 }
                 Err(e) if done == 0 => return Err(e),
