@@ -23,6 +23,9 @@ cleanup() { if [ -n "$started" ]; then scripts/kafka.sh stop; fi; }
 trap cleanup EXIT
 echo "test.sh: using Kafka at $KAFKAFS_TEST_BROKERS" >&2
 
+# Every integration test runs here: a missing prerequisite fails it
+# instead of skipping it (plain `cargo test` skips them without root or Kafka).
+export KAFKAFS_TEST_REQUIRE_ALL=1
 cargo test --lib --bins --tests -- --test-threads="${KAFKAFS_TEST_THREADS:-2}"
 
 # The benches, run once each in test mode at tiny sizes (a smoke run, so

@@ -100,6 +100,9 @@ impl Fix {
 
 #[test]
 fn create_sets_exact_mode_owner_and_times() {
+    if common::skip(common::Need::Root, "create_sets_exact_mode_owner_and_times") {
+        return;
+    }
     let f = fix();
     let before_parent = mtime(&f.root);
     assert_eq!(
@@ -155,6 +158,12 @@ fn create_sets_exact_mode_owner_and_times() {
 
 #[test]
 fn parent_mtime_is_max_of_before_and_record_time() {
+    if common::skip(
+        common::Need::Root,
+        "parent_mtime_is_max_of_before_and_record_time",
+    ) {
+        return;
+    }
     let f = fix();
     f.mkdir("d");
     let later = Timestamp::new(T.sec + 100, 5);
@@ -186,6 +195,9 @@ fn parent_mtime_is_max_of_before_and_record_time() {
 
 #[test]
 fn mkdir_mknod_symlink() {
+    if common::skip(common::Need::Root, "mkdir_mknod_symlink") {
+        return;
+    }
     let f = fix();
     assert_eq!(
         f.run(Op::Mkdir {
@@ -271,6 +283,9 @@ fn mkdir_mknod_symlink() {
 
 #[test]
 fn write_sparse_truncate_fallocate() {
+    if common::skip(common::Need::Root, "write_sparse_truncate_fallocate") {
+        return;
+    }
     let f = fix();
     f.create("a");
     assert_eq!(f.write("a", 1 << 20, b"end"), Ok(()));
@@ -347,6 +362,9 @@ fn write_sparse_truncate_fallocate() {
 
 #[test]
 fn attributes_and_xattrs() {
+    if common::skip(common::Need::Root, "attributes_and_xattrs") {
+        return;
+    }
     let f = fix();
     f.create("a");
     assert_eq!(
@@ -513,6 +531,9 @@ fn attributes_and_xattrs() {
 
 #[test]
 fn link_unlink_rmdir() {
+    if common::skip(common::Need::Root, "link_unlink_rmdir") {
+        return;
+    }
     let f = fix();
     f.create("a");
     f.mkdir("d");
@@ -565,6 +586,12 @@ fn link_unlink_rmdir() {
 
 #[test]
 fn rename_plain_noreplace_exchange_and_directories() {
+    if common::skip(
+        common::Need::Root,
+        "rename_plain_noreplace_exchange_and_directories",
+    ) {
+        return;
+    }
     let f = fix();
     f.create("a");
     f.write("a", 0, b"A").unwrap();
@@ -681,6 +708,9 @@ fn rename_plain_noreplace_exchange_and_directories() {
 
 #[test]
 fn long_paths_beyond_path_max() {
+    if common::skip(common::Need::Root, "long_paths_beyond_path_max") {
+        return;
+    }
     let f = fix();
     let comp = "x".repeat(200);
     let mut path = String::new();
@@ -712,6 +742,12 @@ fn long_paths_beyond_path_max() {
 /// neither as an intermediate component nor as the final one.
 #[test]
 fn symlinks_out_of_the_root_are_never_followed() {
+    if common::skip(
+        common::Need::Root,
+        "symlinks_out_of_the_root_are_never_followed",
+    ) {
+        return;
+    }
     let f = fix();
     let outside = f._dir.path().join("outside");
     fs::create_dir(&outside).unwrap();
@@ -848,6 +884,9 @@ impl IntentLog for CrashAfterIntent {
 /// resuming one whose main effect did not happen applies it.
 #[test]
 fn resume_after_interruption_is_exact() {
+    if common::skip(common::Need::Root, "resume_after_interruption_is_exact") {
+        return;
+    }
     let cases: Vec<(Vec<Op>, Op)> = vec![
         (
             vec![],

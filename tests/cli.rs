@@ -88,6 +88,12 @@ fn sigint(p: &mut MasterProc) -> std::process::ExitStatus {
 
 #[test]
 fn embedded_quick_start_replicates_to_the_printed_slave_command() {
+    if common::skip(
+        common::Need::Kafka,
+        "embedded_quick_start_replicates_to_the_printed_slave_command",
+    ) {
+        return;
+    }
     let dir = common::tempdir();
     let (data, mnt, replica) = (
         dir.path().join("data"),
@@ -139,6 +145,12 @@ fn embedded_quick_start_replicates_to_the_printed_slave_command() {
 
 #[test]
 fn crashed_master_mount_is_cleaned_up_on_next_start() {
+    if common::skip(
+        common::Need::Kafka,
+        "crashed_master_mount_is_cleaned_up_on_next_start",
+    ) {
+        return;
+    }
     let dir = common::tempdir();
     let mnt = dir.path().join("mnt");
     let (mut master, _) = start_master(&dir.path().join("data1"), &mnt);
@@ -160,6 +172,9 @@ fn crashed_master_mount_is_cleaned_up_on_next_start() {
 
 #[test]
 fn help_explains_the_commands() {
+    if common::skip(common::Need::Kafka, "help_explains_the_commands") {
+        return;
+    }
     let top = common::run(Command::new(BIN).arg("--help"));
     for word in ["master", "slave", "compare"] {
         assert!(top.contains(word), "{top}");
@@ -216,6 +231,12 @@ fn help_explains_the_commands() {
 /// to the journal, the mount works, and a slave equals it.
 #[test]
 fn master_killed_with_sigkill_restarts_consistent() {
+    if common::skip(
+        common::Need::Kafka,
+        "master_killed_with_sigkill_restarts_consistent",
+    ) {
+        return;
+    }
     let cfg = common::kafka_topic("master-kill", 2);
     let dir = common::tempdir();
     let (data, mnt) = (dir.path().join("data"), dir.path().join("mnt"));
@@ -312,6 +333,9 @@ fn master_killed_with_sigkill_restarts_consistent() {
 /// Completions and the man page come from the same definitions as --help.
 #[test]
 fn completions_and_man_page() {
+    if common::skip(common::Need::Kafka, "completions_and_man_page") {
+        return;
+    }
     for shell in ["bash", "zsh", "fish"] {
         let out = common::run(Command::new(BIN).args(["completions", shell]));
         assert!(out.contains("kafkafs") && out.contains("slave"), "{shell}");
@@ -325,6 +349,12 @@ fn completions_and_man_page() {
 /// the default --topic; compare exits 2 when a tree cannot be read.
 #[test]
 fn property_files_default_topic_and_compare_errors() {
+    if common::skip(
+        common::Need::Kafka,
+        "property_files_default_topic_and_compare_errors",
+    ) {
+        return;
+    }
     let dir = common::tempdir();
     let cfg = common::kafka_topic("cli-topic", 1);
     let replica = dir.path().join("replica");
@@ -386,6 +416,9 @@ fn property_files_default_topic_and_compare_errors() {
 /// build's binary in ExecStart).
 #[test]
 fn systemd_units_verify() {
+    if common::skip(common::Need::Kafka, "systemd_units_verify") {
+        return;
+    }
     let dir = common::tempdir();
     let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd");
     for (file, as_name) in [
@@ -413,6 +446,9 @@ fn systemd_units_verify() {
 /// follows its topic, and STOPPING when it ends.
 #[test]
 fn slave_notifies_systemd() {
+    if common::skip(common::Need::Kafka, "slave_notifies_systemd") {
+        return;
+    }
     let dir = common::tempdir();
     let cfg = common::kafka_topic("notify", 1);
     let socket_path = dir.path().join("notify.sock");

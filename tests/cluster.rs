@@ -113,6 +113,12 @@ fn assert_manifest_on(manifest: &Path, root: &Path) -> usize {
 
 #[test]
 fn leader_kill_and_quorum_loss_on_a_three_node_cluster() {
+    if common::skip(
+        common::Need::Kafka,
+        "leader_kill_and_quorum_loss_on_a_three_node_cluster",
+    ) {
+        return;
+    }
     let dir = common::tempdir();
     let cluster = PrivateBroker::start_nodes(dir.path().join("kafka"), 19800, 3);
     let brokers = cluster.addr();

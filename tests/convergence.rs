@@ -470,6 +470,9 @@ fn seeds() -> Vec<u64> {
 /// 1, 2, 4, 8 threads, causality sampled mid-replay.
 #[test]
 fn randomized_convergence_in_memory() {
+    if common::skip(common::Need::Kafka, "randomized_convergence_in_memory") {
+        return;
+    }
     let seeds = seeds();
     for &seed in &seeds {
         let partitions = PARTITIONS[(seed as usize) % PARTITIONS.len()];
@@ -515,6 +518,9 @@ fn randomized_convergence_in_memory() {
 /// The same through the real broker, once per partition count.
 #[test]
 fn randomized_convergence_real_broker() {
+    if common::skip(common::Need::Kafka, "randomized_convergence_real_broker") {
+        return;
+    }
     for (i, &partitions) in PARTITIONS.iter().enumerate() {
         let seed = 9000 + i as u64;
         let cfg = common::kafka_topic(&format!("conv{partitions}"), partitions);
@@ -542,6 +548,12 @@ fn randomized_convergence_real_broker() {
 /// threads, killed at random points, restarted, ends equal to the master.
 #[test]
 fn multi_partition_slave_killed_with_sigkill_converges() {
+    if common::skip(
+        common::Need::Kafka,
+        "multi_partition_slave_killed_with_sigkill_converges",
+    ) {
+        return;
+    }
     let seed = 4242;
     let partitions = 4;
     let cfg = common::kafka_topic("sigkill-multi", partitions);

@@ -51,6 +51,12 @@ fn no_stop() -> Arc<AtomicBool> {
 /// flag to pass, and skipping both converges with the reference.
 #[test]
 fn bad_records_hold_only_what_depends_on_them() {
+    if common::skip(
+        common::Need::Kafka,
+        "bad_records_hold_only_what_depends_on_them",
+    ) {
+        return;
+    }
     let cfg = common::kafka_topic("bad-held", 2);
     let sink = common::kafka_sink(&cfg);
     let ops: Vec<Op> = (0..24)
@@ -128,6 +134,12 @@ fn bad_records_hold_only_what_depends_on_them() {
 /// them it starts, continues the sequence, and slaves converge.
 #[test]
 fn a_master_starts_past_bad_records_when_told() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_master_starts_past_bad_records_when_told",
+    ) {
+        return;
+    }
     let cfg = common::kafka_topic("bad-master", 2);
     let mut m = Mounted::with_journal(Arc::new(cfg.clone()), 2, |_| {});
     for i in 0..10 {
@@ -177,6 +189,9 @@ fn a_master_starts_past_bad_records_when_told() {
 /// leaves no temporary file) and finishes by itself once space returns.
 #[test]
 fn a_full_replica_disk_holds_and_resumes() {
+    if common::skip(common::Need::Kafka, "a_full_replica_disk_holds_and_resumes") {
+        return;
+    }
     let cfg = common::kafka_topic("full-disk", 2);
     let chunk = vec![0x5au8; 256 * 1024];
     let ops: Vec<Op> = (0..12)
@@ -247,6 +262,12 @@ fn a_full_replica_disk_holds_and_resumes() {
 /// stopped for 60 s under it: the slave follows on and never exits.
 #[test]
 fn a_slave_waits_for_broker_and_topic_and_outlives_an_outage() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_slave_waits_for_broker_and_topic_and_outlives_an_outage",
+    ) {
+        return;
+    }
     let dir = common::tempdir();
     let broker = PrivateBroker {
         run: dir.path().join("kafka"),
@@ -332,6 +353,12 @@ fn wait_for(path: &Path, slave: &mut std::process::Child) {
 /// replica only in ownership, device nodes and set-id bits.
 #[test]
 fn an_unprivileged_slave_differs_only_in_what_it_documents() {
+    if common::skip(
+        common::Need::Kafka,
+        "an_unprivileged_slave_differs_only_in_what_it_documents",
+    ) {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     // One partition: these records carry no dependencies.
     let cfg = common::kafka_topic("unprivileged", 1);

@@ -22,6 +22,12 @@ fn ts(sec: i64, nsec: i64) -> Timespec {
 
 #[test]
 fn every_operation_through_the_mount_replicates() {
+    if common::skip(
+        common::Need::Kafka,
+        "every_operation_through_the_mount_replicates",
+    ) {
+        return;
+    }
     let m = Mounted::kafka("syscalls", 1);
     let p = |s: &str| m.path(s);
 
@@ -167,6 +173,9 @@ fn every_operation_through_the_mount_replicates() {
 
 #[test]
 fn errors_match_a_local_filesystem() {
+    if common::skip(common::Need::Kafka, "errors_match_a_local_filesystem") {
+        return;
+    }
     let m = Mounted::kafka("errno", 1);
     let p = |s: &str| m.path(s);
     fs::create_dir(p("d")).unwrap();
@@ -241,6 +250,9 @@ fn errors_match_a_local_filesystem() {
 
 #[test]
 fn unlinked_open_file_keeps_working() {
+    if common::skip(common::Need::Kafka, "unlinked_open_file_keeps_working") {
+        return;
+    }
     let m = Mounted::kafka("unlinked", 1);
     let path = m.path("f");
     let mut f = OpenOptions::new()
@@ -274,12 +286,18 @@ fn unlinked_open_file_keeps_working() {
 
 #[test]
 fn real_programs_tar_cp_mv_git() {
+    if common::skip(common::Need::Kafka, "real_programs_tar_cp_mv_git") {
+        return;
+    }
     real_programs(1);
 }
 
 /// The partitioned design: a master with 8 partitions, slaves with 8 threads.
 #[test]
 fn real_programs_with_eight_partitions() {
+    if common::skip(common::Need::Kafka, "real_programs_with_eight_partitions") {
+        return;
+    }
     real_programs(8);
 }
 
@@ -389,6 +407,12 @@ pub fn build_source_tree(src: &std::path::Path) {
 
 #[test]
 fn restart_continues_the_journal_and_refuses_unaccounted_data() {
+    if common::skip(
+        common::Need::Kafka,
+        "restart_continues_the_journal_and_refuses_unaccounted_data",
+    ) {
+        return;
+    }
     let mut m = Mounted::kafka("restart", 2);
     fs::create_dir(m.path("d")).unwrap();
     fs::write(m.path("d/before"), b"1").unwrap();
@@ -452,6 +476,9 @@ fn restart_continues_the_journal_and_refuses_unaccounted_data() {
 
 #[test]
 fn concurrent_writers_converge() {
+    if common::skip(common::Need::Kafka, "concurrent_writers_converge") {
+        return;
+    }
     let m = Mounted::kafka("concurrent", 1);
     let mnt = m.mnt.clone();
     let workers: Vec<_> = (0..6)
@@ -483,6 +510,9 @@ fn concurrent_writers_converge() {
 /// (and to a set-group-id directory's group), on the master and replicas.
 #[test]
 fn new_inodes_belong_to_the_caller() {
+    if common::skip(common::Need::Kafka, "new_inodes_belong_to_the_caller") {
+        return;
+    }
     let m = Mounted::kafka("owner", 1);
     fs::create_dir(m.path("shared")).unwrap();
     fs::set_permissions(m.path("shared"), fs::Permissions::from_mode(0o1777)).unwrap();

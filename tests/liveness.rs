@@ -63,6 +63,12 @@ fn refused_at_once(what: &str, errno: i32, f: impl FnOnce() -> Result<(), i32>) 
 /// slave converges.
 #[test]
 fn calls_beyond_the_data_roots_limits_are_answered_at_once() {
+    if common::skip(
+        common::Need::Kafka,
+        "calls_beyond_the_data_roots_limits_are_answered_at_once",
+    ) {
+        return;
+    }
     let dir = common::tempdir();
     let _tmpfs = Tmpfs::mount(&dir.path().join("data"), "64m");
     let journal = Arc::new(common::kafka_topic("limits", 2));
@@ -112,6 +118,12 @@ fn calls_beyond_the_data_roots_limits_are_answered_at_once() {
 /// outcome (the same errno on every replica) and mounts; slaves finish.
 #[test]
 fn a_refused_record_in_the_journal_terminates_on_restart() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_refused_record_in_the_journal_terminates_on_restart",
+    ) {
+        return;
+    }
     let cfg = common::kafka_topic("refused-tail", 2);
     let mut m = Mounted::with_journal(Arc::new(cfg.clone()), 2, |_| {});
     fs::write(m.path("f"), b"data").unwrap();
@@ -178,6 +190,9 @@ fn a_refused_record_in_the_journal_terminates_on_restart() {
 /// its last name never fail.
 #[test]
 fn writes_racing_with_unlink_never_fail() {
+    if common::skip(common::Need::Kafka, "writes_racing_with_unlink_never_fail") {
+        return;
+    }
     let m = Mounted::kafka("unlink-race", 2);
     let mut failures = Vec::new();
     for round in 0..60 {
@@ -224,6 +239,12 @@ fn writes_racing_with_unlink_never_fail() {
 /// its handles are a bounded cache, not one per inode.
 #[test]
 fn a_master_with_256_descriptors_serves_5000_files() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_master_with_256_descriptors_serves_5000_files",
+    ) {
+        return;
+    }
     let dir = common::tempdir();
     let (data, mnt, replica) = (
         dir.path().join("data"),
@@ -286,6 +307,12 @@ fn a_master_with_256_descriptors_serves_5000_files() {
 /// the record takes effect and a slave equals the data-root.
 #[test]
 fn a_stalled_data_root_answers_within_the_timeout() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_stalled_data_root_answers_within_the_timeout",
+    ) {
+        return;
+    }
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = common::tempdir();
     let image = dir.path().join("image");
@@ -349,6 +376,9 @@ fn a_stalled_data_root_answers_within_the_timeout() {
 /// beyond: a replica there never meets a record it cannot apply.
 #[test]
 fn portable_limits_fit_ext4() {
+    if common::skip(common::Need::Kafka, "portable_limits_fit_ext4") {
+        return;
+    }
     use std::os::fd::AsFd;
     let dir = common::tempdir();
     let ext4 = Ext4::mount(&dir.path().join("fs"), &dir.path().join("image"), 64);

@@ -109,6 +109,12 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 /// naming the process that holds it; so is a second slave on a replica.
 #[test]
 fn a_second_process_on_the_same_data_is_refused() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_second_process_on_the_same_data_is_refused",
+    ) {
+        return;
+    }
     let dir = common::tempdir();
     let (data, mnt, mnt2) = (
         dir.path().join("data"),
@@ -149,6 +155,9 @@ fn a_second_process_on_the_same_data_is_refused() {
 /// Every refusal leaves the directories and the topic list as they were.
 #[test]
 fn refusals_change_nothing() {
+    if common::skip(common::Need::Kafka, "refusals_change_nothing") {
+        return;
+    }
     let dir = common::tempdir();
     let p = |n: &str| dir.path().join(n);
 
@@ -236,6 +245,9 @@ fn promote_dir(replica: &Path) -> tempfile::TempDir {
 /// running slave, a fresh slave and the new data-root are all equal.
 #[test]
 fn a_take_over_fences_the_old_master() {
+    if common::skip(common::Need::Kafka, "a_take_over_fences_the_old_master") {
+        return;
+    }
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let cfg = common::kafka_topic("takeover", 2);
@@ -301,6 +313,12 @@ fn a_take_over_fences_the_old_master() {
 /// replica ignores it, and the replicas equal the master.
 #[test]
 fn a_late_produce_after_recovery_is_void_everywhere() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_late_produce_after_recovery_is_void_everywhere",
+    ) {
+        return;
+    }
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     use std::sync::Arc;
     let j = kafkafs::journal::memory::MemoryJournal::new(2);

@@ -17,6 +17,12 @@ use kafkafs::journal::memory::MemoryJournal;
 /// refuses everything.
 #[test]
 fn withheld_acknowledgements_fail_with_eio_then_recover() {
+    if common::skip(
+        common::Need::Kafka,
+        "withheld_acknowledgements_fail_with_eio_then_recover",
+    ) {
+        return;
+    }
     let j = MemoryJournal::new(2);
     let timeout = Duration::from_secs(2);
     let m = Mounted::with_journal(Arc::new(j.clone()), 2, |c| c.journal_timeout = timeout);
@@ -69,6 +75,9 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
 /// restarted in the middle of a workload.
 #[test]
 fn real_broker_outage_mid_workload() {
+    if common::skip(common::Need::Kafka, "real_broker_outage_mid_workload") {
+        return;
+    }
     let dir = common::tempdir();
     let broker = PrivateBroker::start(dir.path().join("kafka"), 19392);
     let addr = format!("127.0.0.1:{}", broker.port);

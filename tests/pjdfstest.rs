@@ -28,6 +28,9 @@ fn pjdfstest_bin() -> std::path::PathBuf {
 
 #[test]
 fn pjdfstest_passes_on_the_mount() {
+    if common::skip(common::Need::Kafka, "pjdfstest_passes_on_the_mount") {
+        return;
+    }
     let skips: Vec<String> = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pjdfstest-skip.txt"),
     )

@@ -35,6 +35,12 @@ fn files(n: usize) -> Vec<Op> {
 /// it, in every partition; `--until P:OFFSET` of that record too.
 #[test]
 fn until_stops_at_the_state_as_of_a_moment() {
+    if common::skip(
+        common::Need::Kafka,
+        "until_stops_at_the_state_as_of_a_moment",
+    ) {
+        return;
+    }
     let cfg = common::kafka_topic("until", 2);
     let records = common::records(&files(40), 2, Timestamp::new(1_700_000_000, 0));
     common::produce(&common::kafka_sink(&cfg), &records);
@@ -70,6 +76,9 @@ fn until_stops_at_the_state_as_of_a_moment() {
 /// A slave with `--delay` never applies a record younger than the delay.
 #[test]
 fn delay_keeps_a_replica_behind() {
+    if common::skip(common::Need::Kafka, "delay_keeps_a_replica_behind") {
+        return;
+    }
     let cfg = common::kafka_topic("delay", 2);
     let mut records = common::records(&files(20), 2, Timestamp::new(1_700_000_000, 0));
     let now = Timestamp::now();

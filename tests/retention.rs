@@ -9,6 +9,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_kafkafs");
 
 #[test]
 fn new_topics_keep_everything_and_finite_retention_is_pointed_out() {
+    if common::skip(
+        common::Need::Kafka,
+        "new_topics_keep_everything_and_finite_retention_is_pointed_out",
+    ) {
+        return;
+    }
     let kept = common::kafka_topic("retention-kept", 1);
     assert_eq!(kept.retention_ms().unwrap(), Some(-1));
 

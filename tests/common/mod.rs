@@ -13,6 +13,55 @@ use kafkafs::journal::{Sink, Source};
 use kafkafs::op::{Op, Timestamp};
 use kafkafs::record::{Caller, Record, Writer};
 
+/// What an integration test needs beyond the unit tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Root (ownership, devices, mounts) and /dev/fuse.
+    Root,
+    /// Root, /dev/fuse and a Kafka broker (KAFKAFS_TEST_BROKERS, or Java
+    /// and Maven to start the project's own).
+    Kafka,
+}
+
+/// The prerequisites of `need` this machine lacks.
+pub fn missing(need: Need) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        out.push("root");
+    }
+    if !Path::new("/dev/fuse").exists() {
+        out.push("/dev/fuse");
+    }
+    let on_path = |cmd: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+    };
+    let broker_given = std::env::var("KAFKAFS_TEST_BROKERS").is_ok_and(|b| !b.trim().is_empty());
+    if need == Need::Kafka && !broker_given && !(on_path("java") && on_path("mvn")) {
+        out.push("a Kafka broker (KAFKAFS_TEST_BROKERS, or java and mvn)");
+    }
+    out
+}
+
+/// True when the calling test must be skipped (prerequisites missing): it
+/// says so on stderr. Under KAFKAFS_TEST_REQUIRE_ALL (set by
+/// scripts/test.sh) a missing prerequisite fails the test instead, so the
+/// full suite never passes by skipping.
+pub fn skip(need: Need, test: &str) -> bool {
+    let missing = missing(need);
+    if missing.is_empty() {
+        return false;
+    }
+    if std::env::var_os("KAFKAFS_TEST_REQUIRE_ALL").is_some() {
+        panic!("{test} needs {}", missing.join(", "));
+    }
+    eprintln!(
+        "SKIPPED {test}: needs {} (scripts/test.sh runs every tier)",
+        missing.join(", ")
+    );
+    true
+}
+
 /// The Kafka bootstrap address for tests: `KAFKAFS_TEST_BROKERS` when set,
 /// else the project's own broker (`scripts/kafka.sh start`, which reuses a
 /// running one).
