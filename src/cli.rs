@@ -259,6 +259,13 @@ pub struct MasterArgs {
     #[arg(long)]
     pub allow_non_empty_mount: bool,
 
+    /// Adopt a non-empty DATA: journal its whole tree (directories,
+    /// contents, symlinks, hard links, special files, owners, modes,
+    /// xattrs, ns times) into a new topic, then mount it. An interrupted
+    /// import resumes at the next start.
+    #[arg(long)]
+    pub import: bool,
+
     /// The data-root: an empty directory, or one this master served before.
     pub data: PathBuf,
 
@@ -369,6 +376,7 @@ impl MasterArgs {
         c.skip_bad_records = self.skip_bad_records;
         c.skip_records = self.skip_records.clone();
         c.mountpoint = Some(self.mnt.clone());
+        c.import = self.import;
         c.allow_non_empty_mount = self.allow_non_empty_mount;
         c
     }

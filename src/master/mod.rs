@@ -10,6 +10,7 @@
 
 pub mod fs;
 pub mod fuse;
+pub mod import;
 pub mod inodes;
 pub mod keys;
 pub mod pipeline;
@@ -105,6 +106,8 @@ pub struct MasterConfig {
     pub mountpoint: Option<PathBuf>,
     /// Mount over a non-empty mountpoint (hiding its files).
     pub allow_non_empty_mount: bool,
+    /// Adopt a non-empty DATA: journal its tree on a new topic, then serve it.
+    pub import: bool,
 }
 
 impl MasterConfig {
@@ -125,6 +128,7 @@ impl MasterConfig {
             skip_records: Vec::new(),
             mountpoint: None,
             allow_non_empty_mount: false,
+            import: false,
         }
     }
 }
@@ -145,7 +149,7 @@ pub enum MasterError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0} is not empty and holds no kafkafs checkpoint: it is not accounted for by the journal, so the master will not serve it (importing an existing tree is not supported yet). Use an empty directory.")]
+    #[error("{0} is not empty and holds no kafkafs checkpoint: it is not accounted for by the journal, so the master will not serve it. Pass --import to journal its tree into a new topic first, or use an empty directory.")]
     NotAccounted(PathBuf),
     #[error("the data-root's checkpoint is ahead of topic `{topic}` (partition {partition}: checkpoint at offset {checkpoint}, topic ends at {end}); is this a new or different topic (an embedded broker keeps nothing after exit)? Use an empty data-root for a new topic.")]
     TopicBehind {
@@ -164,6 +168,10 @@ pub enum MasterError {
         recorded: String,
         requested: String,
     },
+    #[error("importing: {0}")]
+    Import(#[source] import::ImportError),
+    #[error("--import journals an existing tree into a new, empty topic, but topic `{0}` already holds records; use a new topic")]
+    ImportNeedsNewTopic(String),
     #[error("cannot mount at {}: {why}", mnt.display())]
     Mountpoint { mnt: PathBuf, why: String },
     #[error("the master must run as root: it serves every user of the mount (allow_other) and gives new files their callers' ownership")]
@@ -249,9 +257,28 @@ impl Master {
         if let Some(statedir) = StateDir::existing(data) {
             check_not_ahead(&statedir, journal.as_ref())?;
         }
+        let adopt = config.import
+            && !import::pending(data)
+            && StateDir::existing(data)
+                .map(|sd| sd.load_checkpoint().map(|c| c.is_none()))
+                .transpose()?
+                .unwrap_or(true)
+            && data.exists()
+            && !root_is_empty(data)?;
+        if adopt && last.iter().any(Option::is_some) {
+            return Err(MasterError::ImportNeedsNewTopic(topic));
+        }
+        let root_before = if adopt {
+            Some(import::root_attributes(data).map_err(MasterError::Import)?)
+        } else {
+            None
+        };
         std::fs::create_dir_all(data).map_err(io(data))?;
         let statedir = StateDir::open(data)?;
         let lock = statedir.lock()?;
+        if let Some(root) = &root_before {
+            import::stage(data, root).map_err(MasterError::Import)?;
+        }
 
         // 1. Fence the topic: from here on only this writer is valid.
         let id = writer_id(&statedir)?;
@@ -368,6 +395,13 @@ impl Master {
             journal_limits(&pipeline, declared).map_err(MasterError::Init)?;
             journal_root(&pipeline, &root_st).map_err(MasterError::Init)?;
         }
+        if import::pending(data) {
+            tracing::info!(
+                "importing the existing tree of {} into the journal",
+                data.display()
+            );
+            import::run(&fs, data, &stop).map_err(MasterError::Import)?;
+        }
 
         // 6. Periodic durable checkpoints.
         let cp_state = state.clone();
@@ -450,11 +484,11 @@ pub fn preflight(config: &MasterConfig, topic: &str) -> Result<(), MasterError> 
                         requested: topic.to_string(),
                     });
                 }
-            } else if !root_is_empty(data)? {
+            } else if !config.import && !import::pending(data) && !root_is_empty(data)? {
                 return Err(MasterError::NotAccounted(data.clone()));
             }
         }
-        None if data.exists() && !root_is_empty(data)? => {
+        None if !config.import && data.exists() && !root_is_empty(data)? => {
             return Err(MasterError::NotAccounted(data.clone()))
         }
         None => {}
