@@ -18,22 +18,7 @@ use kafkafs::slave::{self, SlaveConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kafkafs");
 
-fn file(name: &str, body: &[u8]) -> Vec<Op> {
-    let path = RelPath::new(name).unwrap();
-    vec![
-        Op::Create {
-            path: path.clone(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-        Op::Write {
-            path,
-            offset: 0,
-            data: body.to_vec(),
-        },
-    ]
-}
+use common::file_ops as file;
 
 fn caught_up(root: &Path, topic: &str) -> SlaveConfig {
     let mut c = SlaveConfig::new(root, topic);

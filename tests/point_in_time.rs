@@ -7,27 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafkafs::op::{Op, RelPath, Timestamp};
+use kafkafs::op::{Op, Timestamp};
 use kafkafs::slave::{self, SlaveConfig, Until};
 
 fn files(n: usize) -> Vec<Op> {
     (0..n)
-        .flat_map(|i| {
-            let path = RelPath::new(format!("f{i}")).unwrap();
-            [
-                Op::Create {
-                    path: path.clone(),
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                },
-                Op::Write {
-                    path,
-                    offset: 0,
-                    data: format!("body {i}").into_bytes(),
-                },
-            ]
-        })
+        .flat_map(|i| common::file_ops(&format!("f{i}"), format!("body {i}").as_bytes()))
         .collect()
 }
 

@@ -678,3 +678,21 @@ pub fn wait_recovered(m: &Mounted, within: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A new file with content: a create and a write.
+pub fn file_ops(name: &str, body: &[u8]) -> Vec<Op> {
+    let path = kafkafs::op::RelPath::new(name).unwrap();
+    vec![
+        Op::Create {
+            path: path.clone(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+        Op::Write {
+            path,
+            offset: 0,
+            data: body.to_vec(),
+        },
+    ]
+}
