@@ -21,6 +21,8 @@ struct State<T, E> {
     closing: bool,
     /// Stop taking records (after an error or on request).
     stopping: bool,
+    /// Take no new records until resumed (a snapshot's cut).
+    paused: bool,
     error: Option<E>,
     applied: u64,
 }
@@ -54,6 +56,7 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
                 sched,
                 closing: false,
                 stopping: false,
+                paused: false,
                 error: None,
                 applied: 0,
             }),
@@ -99,9 +102,30 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
         self.lock().applied
     }
 
+    /// Stops taking records and waits until none is being applied: what is
+    /// applied then is a cut closed under dependencies (every record was
+    /// taken only once its dependencies were applied). Records keep being
+    /// queued meanwhile. Undone by `resume`.
+    pub fn pause(&self) {
+        let mut st = self.lock();
+        st.paused = true;
+        while st.sched.in_flight() > 0 && !st.stopping {
+            st = self.shared.cv.wait(st);
+        }
+    }
+
+    /// Takes records again after `pause`.
+    pub fn resume(&self) {
+        self.lock().paused = false;
+        self.shared.cv.notify_all();
+    }
+
     /// No more input: apply everything that can run, then stop.
     pub fn close(self) -> PoolEnd<T, E> {
-        self.lock().closing = true;
+        let mut st = self.lock();
+        st.closing = true;
+        st.paused = false;
+        drop(st);
         self.finish()
     }
 
@@ -161,7 +185,7 @@ fn worker<T, E>(shared: &Shared<T, E>, work: &WorkFn<T, E>) {
         if st.stopping {
             break;
         }
-        if let Some((p, mut item)) = st.sched.take() {
+        if let Some((p, mut item)) = (!st.paused).then(|| st.sched.take()).flatten() {
             drop(st);
             let result = work(p, &mut item);
             st = shared.state.lock();
@@ -235,6 +259,33 @@ mod tests {
             // The chain forces a total order.
             assert_eq!(*log.lock().unwrap(), (1..=300).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn pause_holds_a_cut_until_resumed() {
+        let work: Box<WorkFn<u64, String>> = Box::new(|_p, _item: &mut Item<u64>| {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            Ok(())
+        });
+        let pool = Pool::start(2, Scheduler::new(&[0, 0]), work);
+        for seq in 1..=200u64 {
+            pool.push(
+                (seq % 2) as u32,
+                Item {
+                    seq,
+                    deps: vec![],
+                    payload: seq,
+                },
+            );
+        }
+        pool.pause();
+        let at_cut = pool.applied();
+        assert_eq!(pool.inspect(|s| s.in_flight()), 0);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(pool.applied(), at_cut, "a paused pool applied records");
+        pool.resume();
+        let end = pool.close();
+        assert_eq!(end.applied, 200);
     }
 
     #[test]
@@ -379,6 +430,26 @@ mod loom_tests {
                     (0, item(1, &[])),
                 ],
             )
+        });
+    }
+
+    /// A pause waits for the records being applied and lets no other
+    /// start until the resume; everything is applied in the end.
+    #[test]
+    fn loom_pause_is_a_cut() {
+        model(|| {
+            let work: Box<WorkFn<u64, ()>> = Box::new(|_p, _item: &mut Item<u64>| Ok(()));
+            let pool = Pool::start(2, Scheduler::new(&[0, 0]), work);
+            pool.push(0, item(1, &[]));
+            pool.push(1, item(2, &[(0, 1)]));
+            pool.pause();
+            let at_cut = pool.applied();
+            assert_eq!(pool.inspect(|s| s.in_flight()), 0);
+            pool.push(0, item(3, &[]));
+            assert_eq!(pool.applied(), at_cut);
+            pool.resume();
+            let end = pool.close();
+            assert_eq!(end.applied, 3);
         });
     }
 

@@ -93,7 +93,7 @@ pub struct Replica {
 }
 
 /// File in the state folder holding the declared limits.
-const LIMITS_FILE: &str = "limits";
+pub const LIMITS_FILE: &str = "limits";
 
 /// A resolved final component: its parent directory (open for reading) and name.
 struct Entry {
@@ -134,7 +134,7 @@ macro_rules! try_outcome {
     };
 }
 
-fn ts(t: Timestamp) -> Timespec {
+pub(crate) fn ts(t: Timestamp) -> Timespec {
     Timespec {
         tv_sec: t.sec,
         tv_nsec: t.nsec as _,
@@ -152,7 +152,7 @@ pub fn stat_mtime(st: &Stat) -> Timestamp {
     Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32)
 }
 
-fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+pub(crate) fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     // Cannot contain a NUL: it is ASCII digits.
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }

@@ -22,6 +22,7 @@ pub mod record;
 pub mod replay;
 pub mod scheduler;
 pub mod slave;
+pub mod snapshot;
 pub mod status;
 pub mod sync;
 pub mod tree;

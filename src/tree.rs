@@ -69,7 +69,7 @@ fn hash_content(path: &Path) -> std::io::Result<(u64, u64)> {
     Ok((a, b))
 }
 
-fn xattrs(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+pub(crate) fn xattrs(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut out = BTreeMap::new();
     let mut names = vec![0u8; 4096];
     let n = loop {

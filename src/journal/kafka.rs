@@ -129,6 +129,15 @@ impl KafkaConfig {
     /// Creates the topic with `partitions` partitions if it is missing; an
     /// existing topic with a different partition count is an error.
     pub fn ensure_topic(&self, partitions: u32, replication: u32) -> Result<u32, JournalError> {
+        self.ensure_topic_replicated(partitions, replication as i32)
+    }
+
+    /// Like `ensure_topic`, with the broker's default replication factor.
+    pub fn ensure_topic_default_replication(&self, partitions: u32) -> Result<u32, JournalError> {
+        self.ensure_topic_replicated(partitions, -1)
+    }
+
+    fn ensure_topic_replicated(&self, partitions: u32, replication: i32) -> Result<u32, JournalError> {
         if let Some(n) = self.partition_count()? {
             return self.check_count(partitions, n);
         }
@@ -137,7 +146,7 @@ impl KafkaConfig {
         let mut topic = NewTopic::new(
             &self.topic,
             partitions as i32,
-            TopicReplication::Fixed(replication as i32),
+            TopicReplication::Fixed(replication),
         );
         // The journal is the filesystem: kept for ever unless told otherwise.
         let mut config = self.topic_config.clone();
@@ -238,6 +247,23 @@ impl KafkaConfig {
                         .iter()
                         .all(|p| p.error().is_none() && p.leader() >= 0)
             }))
+    }
+
+    /// Deletes every record before the given offset of each listed
+    /// partition (Kafka's DeleteRecords): the partition then starts there.
+    pub fn delete_records(&self, before: &[(u32, i64)]) -> Result<(), JournalError> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.with_properties(self.base()).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for &(p, offset) in before {
+            tpl.add_partition_offset(&self.topic, p as i32, Offset::Offset(offset))?;
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(self.request_timeout));
+        let result = futures_executor::block_on(admin.delete_records(&tpl, &opts))?;
+        for e in result.elements() {
+            e.error()?;
+        }
+        Ok(())
     }
 
     /// Deletes the topic (tests and tools).
