@@ -16,6 +16,8 @@ case " $* " in
         if [ -d "$DATA/.kafkafs" ]; then
             aside="$DATA.previous-$(date +%Y%m%d-%H%M%S)"
             mv "$DATA" "$aside"
+            # Its snapshots are of that topic too.
+            if [ -d "$DATA.snapshots" ]; then mv "$DATA.snapshots" "$aside.snapshots"; fi
             echo "kafkafs: $DATA was served by an earlier embedded broker (which kept nothing); moved it to $aside" >&2
         fi ;;
 esac

@@ -70,6 +70,15 @@ pub enum Command {
     /// Print the manual page (roff), e.g. `kafkafs man > kafkafs.1`.
     Man,
 
+    /// List the snapshots of a topic (id, when taken, positions, size),
+    /// oldest first.
+    Snapshots {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        store: SnapshotStoreArgs,
+    },
+
     /// Compare two directory trees fully (names, types, content, mode,
     /// owner, symlink targets, hard links, xattrs, mtimes in ns), ignoring
     /// the state folder .kafkafs. Exits 0 when equal, 1 when not.
@@ -461,8 +470,57 @@ pub struct SlaveArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub delay: Option<Duration>,
 
+    /// Take a snapshot of the replica every DURATION (e.g. 6h) into the
+    /// snapshot store, and one more when exiting caught up: the appliers
+    /// pause while the tree is written. A new replica of a topic whose
+    /// beginning was deleted is built from the newest one.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub snapshot_every: Option<Duration>,
+
+    /// Snapshots kept in the store; older ones are deleted.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub snapshot_keep: usize,
+
+    #[command(flatten)]
+    pub store: SnapshotStoreArgs,
+
+    /// Build this new (empty) replica from a snapshot even though the topic
+    /// still holds every record: `newest`, or an id (or a unique prefix of
+    /// one) as `kafkafs snapshots` lists them.
+    #[arg(long, value_name = "newest|ID", value_parser = parse_choice)]
+    pub from_snapshot: Option<crate::snapshot::Choice>,
+
     /// The replica directory (created if missing).
     pub data: PathBuf,
+}
+
+/// Where snapshots are kept.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SnapshotStoreArgs {
+    /// Keep snapshots as files in DIR instead of the companion topic
+    /// `<topic>.snapshots` on the broker.
+    #[arg(long, value_name = "DIR", env = "KAFKAFS_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+impl SnapshotStoreArgs {
+    /// The store for the journal `kafka`.
+    pub fn open(&self, kafka: &KafkaConfig) -> Box<dyn crate::snapshot::SnapshotStore> {
+        match &self.snapshot_dir {
+            Some(dir) => Box::new(crate::snapshot::dir_store::DirStore::new(dir)),
+            None => Box::new(crate::snapshot::kafka_store::KafkaStore::new(kafka)),
+        }
+    }
+}
+
+fn parse_choice(s: &str) -> Result<crate::snapshot::Choice, String> {
+    if s == "newest" {
+        return Ok(crate::snapshot::Choice::Newest);
+    }
+    if s.is_empty() || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("`{s}`: expected `newest` or a snapshot id (hex)"));
+    }
+    Ok(crate::snapshot::Choice::Id(s.to_string()))
 }
 
 impl SlaveArgs {
@@ -487,6 +545,9 @@ impl SlaveArgs {
         c.until = self.until;
         c.delay = self.delay;
         c.notify = true;
+        c.snapshot_every = self.snapshot_every;
+        c.snapshot_keep = self.snapshot_keep.max(1);
+        c.from_snapshot = self.from_snapshot.clone();
         c
     }
 }

@@ -172,12 +172,14 @@ pub enum SlaveError {
     },
     #[error("{pos}: this replica's filesystem cannot honour the limits the topic declares: it must hold {why}. Put the replica on a filesystem that can (see README, \"Limits\"); nothing past this record was applied")]
     Incapable { pos: RecordPos, why: String },
-    #[error("{pos}: next offset was deleted by retention (earliest available is {low}); the replica cannot be brought up to date incrementally, resync it (see README)")]
+    #[error("{pos}: next offset was deleted by retention (earliest available is {low}); the replica cannot be brought up to date incrementally. Resync it: stop this slave, empty the replica directory (or use a new one) and start the slave again; it is rebuilt from the newest snapshot (see README, \"Snapshots\")")]
     OffsetDeleted { pos: RecordPos, low: i64 },
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("replica root {path}: {source}")]
     Root {
         path: PathBuf,

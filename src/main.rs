@@ -74,6 +74,14 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Snapshots { kafka, store } => {
+            let kafka = kafka.config()?;
+            let mut store = store.open(&kafka);
+            let all = store
+                .list()
+                .with_context(|| format!("listing the snapshots in {}", store.describe()))?;
+            print!("{}", kafkafs::snapshot::listing(&all));
+        }
         Command::Log(args) => {
             let options = args.options().map_err(anyhow::Error::msg)?;
             let kafka = args.kafka.config()?;
@@ -98,8 +106,10 @@ fn main() -> anyhow::Result<()> {
                     Err(_) if stop.load(Ordering::SeqCst) => return Ok(()),
                     Err(e) => return Err(e).with_context(|| format!("reading {what}")),
                 };
-            kafka.warn_if_finite_retention();
-            let report = kafkafs::slave::run(&config, Box::new(source), stop)?;
+            let mut store = args.store.open(&kafka);
+            kafkafs::snapshot::warn_if_uncovered(&kafka, store.as_mut());
+            let report =
+                kafkafs::slave::run_with_snapshots(&config, Box::new(source), Some(store), stop)?;
             tracing::info!(
                 applied = report.applied,
                 errno_outcomes = report.errno_outcomes,
@@ -131,7 +141,8 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         kafka
             .ensure_topic(args.partitions, args.replication_factor)
             .with_context(|| format!("topic `{}` on {brokers}", args.topic()))?;
-        kafka.warn_if_finite_retention();
+        let mut store = kafkafs::snapshot::kafka_store::KafkaStore::new(&kafka);
+        kafkafs::snapshot::warn_if_uncovered(&kafka, &mut store);
     }
     let master = kafkafs::master::Master::start(&config, Arc::new(kafka), stop.clone())
         .with_context(|| format!("starting the master on {}", config.data.display()))?;
@@ -154,7 +165,8 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if args.broker.is_none() {
         println!(
             "kafkafs master: the broker at {brokers} is EMBEDDED in this process (librdkafka's \
-             mock cluster): it keeps nothing after this master exits. Use --broker for a real Kafka."
+             mock cluster): it keeps nothing after this master exits, and only the newest 5 MB (or \
+             100 000 records) of each partition meanwhile. Use --broker for a real Kafka."
         );
     }
     println!("Follow this master from another terminal with:");
@@ -162,8 +174,19 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "kafkafs".into());
+    // The embedded broker keeps only the newest records of each partition
+    // (librdkafka's mock: 5 MB or 100 000 records): the slave it prints
+    // keeps snapshots in a directory, so a replica can still be built.
+    let snapshots = if args.broker.is_none() {
+        format!(
+            " --snapshot-every 1m --snapshot-dir {}.snapshots",
+            data.display()
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "  {exe} slave --broker {brokers} --topic {} --threads {} /path/to/replica",
+        "  {exe} slave --broker {brokers} --topic {} --threads {}{snapshots} /path/to/replica",
         args.topic(),
         args.partitions.max(1)
     );

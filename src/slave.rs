@@ -25,6 +25,9 @@ use crate::replay::{
     Entry, Reader, ReplicaState, Restored, WorkError,
 };
 use crate::scheduler::{Item, Scheduler};
+use crate::snapshot::bootstrap::{clear_interrupted, interrupted, restore_into, take_into};
+use crate::snapshot::take::{limits_file, Cut};
+use crate::snapshot::{choose, Choice, SnapshotStore};
 
 /// How to run a slave.
 #[derive(Clone, Debug)]
@@ -64,6 +67,14 @@ pub struct SlaveConfig {
     /// Tell systemd (`Type=notify`): READY once following, STATUS with
     /// progress, WATCHDOG while the loop runs.
     pub notify: bool,
+    /// Take a snapshot this often (and once more when exiting caught up).
+    pub snapshot_every: Option<Duration>,
+    /// Snapshots kept in the store (older ones are deleted).
+    pub snapshot_keep: usize,
+    /// Build a new replica from this snapshot even when the topic still
+    /// holds every record (without it, a snapshot is used only when the
+    /// topic's beginning was deleted).
+    pub from_snapshot: Option<Choice>,
 }
 
 /// Where a point-in-time replica stops.
@@ -94,6 +105,9 @@ impl SlaveConfig {
             until: None,
             delay: None,
             notify: false,
+            snapshot_every: None,
+            snapshot_keep: 3,
+            from_snapshot: None,
         }
     }
 }
@@ -146,7 +160,19 @@ struct Opened {
 /// error. Always leaves a durable checkpoint of what was applied.
 pub fn run(
     config: &SlaveConfig,
+    source: Box<dyn Source>,
+    stop: Arc<AtomicBool>,
+) -> Result<SlaveReport, SlaveError> {
+    run_with_snapshots(config, source, None, stop)
+}
+
+/// `run`, with a snapshot store: a new replica of a topic whose beginning
+/// was deleted is built from its newest usable snapshot, and
+/// `snapshot_every` takes snapshots into it.
+pub fn run_with_snapshots(
+    config: &SlaveConfig,
     mut source: Box<dyn Source>,
+    mut snapshots: Option<Box<dyn SnapshotStore>>,
     stop: Arc<AtomicBool>,
 ) -> Result<SlaveReport, SlaveError> {
     check_privileges(config)?;
@@ -157,7 +183,7 @@ pub fn run(
             config.topic
         )));
     }
-    let opened = open_replica(config, partitions, &stop)?;
+    let opened = open_replica(config, source.as_mut(), &mut snapshots, &stop)?;
     check_retention(config, source.as_mut(), &opened.positions, &stop)?;
     tracing::info!(
         topic = %config.topic,
@@ -221,7 +247,25 @@ pub fn run(
             config.root.display()
         ));
     }
-    let fatal = follower.follow(config, source.as_mut(), &pool, &opened, &stop);
+    let mut snaps = Snapshots::new(config.snapshot_every, config.snapshot_keep);
+    let mut fatal = follower.follow(
+        config,
+        source.as_mut(),
+        &pool,
+        &opened,
+        &mut snaps,
+        &mut snapshots,
+        &stop,
+    );
+    let caught_up = fatal.is_none()
+        && config.exit_when_caught_up
+        && !stop.load(Ordering::Relaxed)
+        && !pool.failed();
+    if caught_up && config.snapshot_every.is_some() {
+        if let Err(e) = snaps.take(&mut snapshots, &pool, &opened, config, &stop) {
+            fatal = Some(e);
+        }
+    }
     if config.notify {
         crate::notify::stopping();
     }
@@ -256,9 +300,11 @@ pub fn run(
 /// the topic declared.
 fn open_replica(
     config: &SlaveConfig,
-    partitions: u32,
+    source: &mut dyn Source,
+    snapshots: &mut Option<Box<dyn SnapshotStore>>,
     stop: &Arc<AtomicBool>,
 ) -> Result<Opened, SlaveError> {
+    let partitions = source.partitions();
     let root_err = |source| SlaveError::Root {
         path: config.root.clone(),
         source,
@@ -275,10 +321,11 @@ fn open_replica(
     if never_used && !config.allow_non_empty && !root_is_empty(&config.root)? {
         return Err(not_empty());
     }
-    let mut replica = Replica::open(&config.root).map_err(root_err)?;
-    replica.set_unprivileged(config.unprivileged);
     let state = StateDir::open(&config.root)?;
     let lock = config.hold_lock.then(|| state.lock()).transpose()?;
+    bootstrap(config, &state, source, snapshots, stop)?;
+    let mut replica = Replica::open(&config.root).map_err(root_err)?;
+    replica.set_unprivileged(config.unprivileged);
     let Restored {
         ledger,
         positions,
@@ -312,6 +359,75 @@ fn open_replica(
         positions,
         intents,
     })
+}
+
+/// A new replica (empty, no checkpoint) is built from a snapshot when the
+/// topic no longer starts at offset 0, or when asked (--from-snapshot);
+/// an interrupted restore is cleared and started again.
+fn bootstrap(
+    config: &SlaveConfig,
+    state: &StateDir,
+    source: &mut dyn Source,
+    snapshots: &mut Option<Box<dyn SnapshotStore>>,
+    stop: &AtomicBool,
+) -> Result<(), SlaveError> {
+    let root = &config.root;
+    if interrupted(root) {
+        tracing::warn!(
+            "{}: a restore was interrupted; starting it again",
+            root.display()
+        );
+        clear_interrupted(root)?;
+    } else if state.load_checkpoint()?.is_some() || !root_is_empty(root)? {
+        return Ok(());
+    }
+    let mut lows = Vec::new();
+    let mut highs = Vec::new();
+    for p in 0..source.partitions() {
+        let (low, high) = retry_transient(stop, "reading the topic's watermarks", || {
+            source.watermarks(p)
+        })?;
+        lows.push(low);
+        highs.push(high);
+    }
+    let deleted = lows.iter().position(|&l| l > 0);
+    let choice = match (&config.from_snapshot, deleted) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => Choice::Newest,
+        (None, None) => return Ok(()),
+    };
+    let why = match deleted {
+        Some(p) => format!(
+            "topic `{}` no longer starts at offset 0 (partition {p} starts at {}): a new replica is built from a snapshot",
+            config.topic, lows[p]
+        ),
+        None => "--from-snapshot".into(),
+    };
+    let Some(store) = snapshots.as_mut() else {
+        return Err(SlaveError::Config(format!(
+            "{why}, but no snapshot store is configured"
+        )));
+    };
+    let snap = store
+        .list()
+        .and_then(|all| choose(&all, &config.topic, &lows, &highs, &choice))
+        .map_err(|e| {
+            SlaveError::Config(format!(
+                "{why}, but {} has none to use: {e}. Snapshots are taken by a slave run with \
+                 --snapshot-every (see README, \"Snapshots\")",
+                store.describe()
+            ))
+        })?;
+    tracing::info!("{why}: restoring snapshot {}", snap.id_hex());
+    restore_into(
+        root,
+        state,
+        store.as_mut(),
+        &snap,
+        config.unprivileged,
+        stop,
+    )?;
+    Ok(())
 }
 
 /// A position whose records were deleted by retention cannot be resumed.
@@ -579,6 +695,8 @@ impl Follower {
         source: &mut dyn Source,
         pool: &Pool<Entry, WorkError>,
         opened: &Opened,
+        snaps: &mut Snapshots,
+        store: &mut Option<Box<dyn SnapshotStore>>,
         stop: &AtomicBool,
     ) -> Option<SlaveError> {
         let partitions = source.partitions();
@@ -624,6 +742,15 @@ impl Follower {
                 Err(e) => return Some(e.into()),
             }
             checkpoints.tick(&opened.state, &opened.ctx);
+            if snaps.due() {
+                // A failed snapshot is logged and tried again next time.
+                if let Err(e) = snaps.take(store, pool, opened, config, stop) {
+                    tracing::warn!(
+                        "taking a snapshot: {e}; trying again in {:?}",
+                        snaps.every()
+                    );
+                }
+            }
             progress.tick(&opened.ctx, pool, source, self.applied_first);
             progress.caught_up(&opened.ctx, pool, source, &self.next_read);
             if config.notify {
@@ -733,6 +860,76 @@ fn record_time(
     Err(SlaveError::Config(format!(
         "--until: could not read {pos} within 60 s"
     )))
+}
+
+/// Periodic snapshots of the replica into the store.
+struct Snapshots {
+    every: Option<Duration>,
+    keep: usize,
+    last: Instant,
+}
+
+impl Snapshots {
+    fn new(every: Option<Duration>, keep: usize) -> Self {
+        Snapshots {
+            every,
+            keep,
+            last: Instant::now(),
+        }
+    }
+
+    fn every(&self) -> Duration {
+        self.every.unwrap_or_default()
+    }
+
+    fn due(&self) -> bool {
+        self.every.is_some_and(|d| self.last.elapsed() >= d)
+    }
+
+    /// Pauses the appliers at a cut, writes the tree and the cut's
+    /// positions into the store, resumes, and expires old snapshots.
+    fn take(
+        &mut self,
+        store: &mut Option<Box<dyn SnapshotStore>>,
+        pool: &Pool<Entry, WorkError>,
+        opened: &Opened,
+        config: &SlaveConfig,
+        stop: &AtomicBool,
+    ) -> Result<(), SlaveError> {
+        self.last = Instant::now();
+        let Some(store) = store.as_mut() else {
+            return Err(SlaveError::Config(
+                "--snapshot-every: no snapshot store is configured".into(),
+            ));
+        };
+        let started = Instant::now();
+        pool.pause();
+        let taken = limits_file(&config.root).and_then(|limits| {
+            let cut = Cut {
+                topic: config.topic.clone(),
+                positions: opened.ctx.positions(),
+                limits,
+            };
+            take_into(&config.root, &cut, store.as_mut(), stop)
+        });
+        pool.resume();
+        let snap = taken?;
+        tracing::info!(
+            "snapshot {} taken into {}: {} entries, {:.1} MiB, positions {:?}, appliers paused {:.1} s",
+            snap.id_hex(),
+            store.describe(),
+            snap.entries,
+            snap.bytes as f64 / 1048576.0,
+            snap.starts(),
+            started.elapsed().as_secs_f64()
+        );
+        match store.expire(self.keep) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} older snapshot(s) expired (keeping {})", self.keep),
+            Err(e) => tracing::warn!("expiring old snapshots: {e}"),
+        }
+        Ok(())
+    }
 }
 
 /// Periodic durable checkpoints; a failed one (a full disk) is logged and

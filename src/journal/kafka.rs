@@ -137,7 +137,11 @@ impl KafkaConfig {
         self.ensure_topic_replicated(partitions, -1)
     }
 
-    fn ensure_topic_replicated(&self, partitions: u32, replication: i32) -> Result<u32, JournalError> {
+    fn ensure_topic_replicated(
+        &self,
+        partitions: u32,
+        replication: i32,
+    ) -> Result<u32, JournalError> {
         if let Some(n) = self.partition_count()? {
             return self.check_count(partitions, n);
         }
@@ -214,23 +218,6 @@ impl KafkaConfig {
             }
         }
         Ok(None)
-    }
-
-    /// Warns when the topic deletes old records: a new replica can then no
-    /// longer be built by replaying it, nor one stopped longer resume.
-    pub fn warn_if_finite_retention(&self) {
-        match self.retention_ms() {
-            Ok(Some(ms)) if ms >= 0 => tracing::warn!(
-                "topic `{}` deletes records older than {:.1} days (retention.ms={ms}): a replica \
-                 stopped longer than that cannot resume, and a new replica can only be built while \
-                 the topic still starts at offset 0; kafkafs keeps no snapshots yet. Set \
-                 retention.ms=-1 on the topic to keep the whole journal.",
-                self.topic,
-                ms as f64 / 86_400_000.0
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::debug!("reading the retention of topic `{}`: {e}", self.topic),
-        }
     }
 
     /// Has every partition of the topic a leader, and no error?

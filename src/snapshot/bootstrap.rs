@@ -20,7 +20,9 @@ const MARKER: &str = "restoring";
 /// Was a restore into `root` interrupted? (Then everything but the state
 /// folder is the restore's own and may go.)
 pub fn interrupted(root: &Path) -> bool {
-    root.join(OsStr::from_bytes(STATE_DIR)).join(MARKER).exists()
+    root.join(OsStr::from_bytes(STATE_DIR))
+        .join(MARKER)
+        .exists()
 }
 
 /// Removes what an interrupted restore left (everything but the state
@@ -171,7 +173,10 @@ mod tests {
         fs::create_dir_all(root.join("a/b/c")).unwrap();
         fs::create_dir(root.join("empty")).unwrap();
         w("a/small", b"hello");
-        w("a/b/big", &(0..700_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        w(
+            "a/b/big",
+            &(0..700_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        );
         let sparse = fs::File::create(root.join("a/sparse")).unwrap();
         sparse.set_len(10 << 20).unwrap();
         std::os::unix::fs::FileExt::write_at(&sparse, b"middle", 5 << 20).unwrap();
@@ -191,7 +196,12 @@ mod tests {
         )
         .unwrap();
         // Where the filesystem has user xattrs.
-        let _ = rustix::fs::setxattr(root.join("a/small").as_path(), "user.k", b"v", rustix::fs::XattrFlags::empty());
+        let _ = rustix::fs::setxattr(
+            root.join("a/small").as_path(),
+            "user.k",
+            b"v",
+            rustix::fs::XattrFlags::empty(),
+        );
         fs::set_permissions(root.join("a/small"), fs::Permissions::from_mode(0o4751)).unwrap();
         fs::set_permissions(root.join("a/b"), fs::Permissions::from_mode(0o555)).unwrap();
     }
@@ -215,7 +225,11 @@ mod tests {
     #[test]
     fn a_tree_restored_from_its_snapshot_equals_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let (src, dst, store_dir) = (tmp.path().join("src"), tmp.path().join("dst"), tmp.path().join("snaps"));
+        let (src, dst, store_dir) = (
+            tmp.path().join("src"),
+            tmp.path().join("dst"),
+            tmp.path().join("snaps"),
+        );
         fs::create_dir(&src).unwrap();
         fs::create_dir(&dst).unwrap();
         build_tree(&src);
@@ -332,14 +346,25 @@ mod tests {
                     }),
                 ],
             ),
-            ("data without a file", vec![Part::Data(pb::SnapshotData { offset: 0, data: b"x".to_vec() })]),
+            (
+                "data without a file",
+                vec![Part::Data(pb::SnapshotData {
+                    offset: 0,
+                    data: b"x".to_vec(),
+                })],
+            ),
         ] {
             let _ = fs::remove_dir_all(&dst);
             fs::create_dir(&dst).unwrap();
             fs::write(outside.join("f"), b"precious").unwrap();
             let e = feed(&dst, parts).expect_err(what);
             assert!(
-                matches!(e, SnapshotError::BadName { .. } | SnapshotError::Malformed { .. } | SnapshotError::Io { .. }),
+                matches!(
+                    e,
+                    SnapshotError::BadName { .. }
+                        | SnapshotError::Malformed { .. }
+                        | SnapshotError::Io { .. }
+                ),
                 "{what}: {e}"
             );
             assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "{what}");
@@ -352,10 +377,12 @@ mod tests {
         let info = take_into(&outside, &cut(), &mut store, &stop).unwrap();
         let mut b = Builder::new(&dst, &info, true, &stop).unwrap();
         let mut parts = Vec::new();
-        store.read(&info, &mut |p| {
-            parts.push(p);
-            Ok(())
-        }).unwrap();
+        store
+            .read(&info, &mut |p| {
+                parts.push(p);
+                Ok(())
+            })
+            .unwrap();
         parts.swap(1, 2);
         let e = parts.into_iter().try_for_each(|p| b.part(p)).unwrap_err();
         assert!(e.to_string().contains("part 1"), "{e}");

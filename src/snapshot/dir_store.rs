@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
-use super::{
-    io_at, Location, PartWriter, SnapshotError, SnapshotInfo, SnapshotStore,
-};
+use super::{io_at, Location, PartWriter, SnapshotError, SnapshotInfo, SnapshotStore};
 use crate::record::pb;
 use crate::record::pb::snapshot_part::Part;
 
@@ -61,13 +59,15 @@ fn read_part(r: &mut impl Read, path: &Path) -> Result<pb::SnapshotPart, Snapsho
     }
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf).map_err(io_at(path))?;
-    pb::SnapshotPart::decode(buf.as_slice()).map_err(|e| {
-        io_at(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-    })
+    pb::SnapshotPart::decode(buf.as_slice())
+        .map_err(|e| io_at(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 fn bad(path: &Path, why: &str) -> SnapshotError {
-    io_at(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string()))
+    io_at(path)(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        why.to_string(),
+    ))
 }
 
 /// The header and end of one snapshot file.
@@ -89,7 +89,8 @@ fn describe_file(path: &Path) -> Result<SnapshotInfo, SnapshotError> {
         return Err(bad(path, "no trailer (truncated?)"));
     }
     let end_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as i64;
-    f.seek(SeekFrom::End(-12 - end_len - 4)).map_err(io_at(path))?;
+    f.seek(SeekFrom::End(-12 - end_len - 4))
+        .map_err(io_at(path))?;
     let last = read_part(&mut f, path)?;
     let Some(Part::End(end)) = last.part else {
         return Err(bad(path, "no end part before the trailer"));
@@ -184,7 +185,8 @@ impl PartWriter for FileWriter {
         let Some(out) = self.out.as_mut() else {
             return Err(bad(&self.tmp, "written after its commit"));
         };
-        out.write_all(&len.to_le_bytes()).map_err(io_at(&self.tmp))?;
+        out.write_all(&len.to_le_bytes())
+            .map_err(io_at(&self.tmp))?;
         out.write_all(&bytes).map_err(io_at(&self.tmp))?;
         self.last_len = Some(len);
         Ok(())
@@ -195,7 +197,8 @@ impl PartWriter for FileWriter {
         let Some(mut out) = self.out.take() else {
             return Err(bad(&self.tmp, "committed twice"));
         };
-        out.write_all(&len.to_le_bytes()).map_err(io_at(&self.tmp))?;
+        out.write_all(&len.to_le_bytes())
+            .map_err(io_at(&self.tmp))?;
         out.write_all(TRAILER).map_err(io_at(&self.tmp))?;
         let file = out
             .into_inner()

@@ -100,7 +100,10 @@ impl SnapshotStore for KafkaStore {
             let ix = match pb::SnapshotIndex::decode(payload) {
                 Ok(ix) => ix,
                 Err(e) => {
-                    tracing::warn!("ignoring a snapshot index: {}", undecodable(&topic, INDEX, offset, e));
+                    tracing::warn!(
+                        "ignoring a snapshot index: {}",
+                        undecodable(&topic, INDEX, offset, e)
+                    );
                     return Ok(true);
                 }
             };
@@ -151,16 +154,22 @@ impl SnapshotStore for KafkaStore {
             return Err(SnapshotError::NotFound(snap.id_hex()));
         };
         let topic = self.config.topic.clone();
-        self.scan(&mut source, PARTS, first, last + 1, &mut |offset, payload| {
-            let part = pb::SnapshotPart::decode(payload)
-                .map_err(|e| undecodable(&topic, PARTS, offset, e))?;
-            if part.snapshot_id != snap.id {
-                return Ok(true);
-            }
-            let end = matches!(part.part, Some(Part::End(_)));
-            each(part)?;
-            Ok(!end)
-        })
+        self.scan(
+            &mut source,
+            PARTS,
+            first,
+            last + 1,
+            &mut |offset, payload| {
+                let part = pb::SnapshotPart::decode(payload)
+                    .map_err(|e| undecodable(&topic, PARTS, offset, e))?;
+                if part.snapshot_id != snap.id {
+                    return Ok(true);
+                }
+                let end = matches!(part.part, Some(Part::End(_)));
+                each(part)?;
+                Ok(!end)
+            },
+        )
     }
 
     fn expire(&mut self, keep: usize) -> Result<usize, SnapshotError> {
@@ -172,7 +181,8 @@ impl SnapshotStore for KafkaStore {
         let Location::Topic { first, index, .. } = all[old].location else {
             return Ok(0);
         };
-        self.config.delete_records(&[(PARTS, first), (INDEX, index)])?;
+        self.config
+            .delete_records(&[(PARTS, first), (INDEX, index)])?;
         Ok(old)
     }
 
@@ -277,7 +287,9 @@ impl PartWriter for TopicWriter {
             }
         };
         let (Some(header), Some(end)) = (self.header, self.end) else {
-            return Err(SnapshotError::Unusable("committed without its header and end".into()));
+            return Err(SnapshotError::Unusable(
+                "committed without its header and end".into(),
+            ));
         };
         let ix = pb::SnapshotIndex {
             snapshot_id: self.id.clone(),
@@ -286,7 +298,14 @@ impl PartWriter for TopicWriter {
             first_offset: first,
             last_offset: last,
         };
-        let index = send_and_wait(&self.sink, INDEX, b"index", &ix.encode_to_vec(), &[], self.timeout)?;
+        let index = send_and_wait(
+            &self.sink,
+            INDEX,
+            b"index",
+            &ix.encode_to_vec(),
+            &[],
+            self.timeout,
+        )?;
         Ok(SnapshotInfo::from_parts(
             self.id,
             &header,

@@ -84,7 +84,11 @@ pub struct SnapshotInfo {
 pub enum Location {
     /// Partition 0 offsets of its header and end, and the offset of its
     /// index record in partition 1.
-    Topic { first: i64, last: i64, index: i64 },
+    Topic {
+        first: i64,
+        last: i64,
+        index: i64,
+    },
     File(PathBuf),
 }
 
@@ -254,7 +258,10 @@ pub fn choose(
                 .collect();
             match found.as_slice() {
                 [s] => usable(s).map(|()| (*s).clone()).map_err(|why| {
-                    SnapshotError::Unusable(format!("snapshot {} cannot be restored: {why}", s.id_hex()))
+                    SnapshotError::Unusable(format!(
+                        "snapshot {} cannot be restored: {why}",
+                        s.id_hex()
+                    ))
                 }),
                 [] => Err(SnapshotError::NotFound(want.clone())),
                 _ => Err(SnapshotError::Unusable(format!(
@@ -268,7 +275,9 @@ pub fn choose(
             for s in snaps.iter().rev() {
                 match usable(s) {
                     Ok(()) => return Ok(s.clone()),
-                    Err(why) => why_not.push(format!("{} ({}): {why}", s.id_hex(), s.taken.rfc3339())),
+                    Err(why) => {
+                        why_not.push(format!("{} ({}): {why}", s.id_hex(), s.taken.rfc3339()))
+                    }
                 }
             }
             Err(SnapshotError::Unusable(if why_not.is_empty() {
@@ -339,4 +348,72 @@ mod tests {
         let q = Position::default();
         assert_eq!(position_from_pb(&position_to_pb(&q)), q);
     }
+}
+
+/// Warns when the topic deletes old records and no snapshot in `store`
+/// covers that: a new replica could then not be built once the beginning
+/// is gone, nor a replica stopped longer resume.
+pub fn warn_if_uncovered(
+    kafka: &crate::journal::kafka::KafkaConfig,
+    store: &mut dyn SnapshotStore,
+) {
+    let ms = match kafka.retention_ms() {
+        Ok(Some(ms)) if ms >= 0 => ms,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::debug!("reading the retention of topic `{}`: {e}", kafka.topic);
+            return;
+        }
+    };
+    let newest = match store.list() {
+        Ok(all) => all.into_iter().rev().find(|s| s.topic == kafka.topic),
+        Err(e) => {
+            tracing::debug!("listing snapshots in {}: {e}", store.describe());
+            None
+        }
+    };
+    let horizon = Timestamp::now().as_nanos() - i128::from(ms) * 1_000_000;
+    let days = ms as f64 / 86_400_000.0;
+    match newest {
+        Some(s) if s.taken.as_nanos() >= horizon => tracing::info!(
+            "topic `{}` deletes records older than {days:.1} days; the newest snapshot ({}, taken {}) covers that",
+            kafka.topic,
+            s.id_hex(),
+            s.taken.rfc3339()
+        ),
+        newest => tracing::warn!(
+            "topic `{}` deletes records older than {days:.1} days (retention.ms={ms}), and {} holds {}: \
+             once its beginning is deleted, a new replica cannot be built and a replica stopped longer \
+             cannot resume. Run one slave with --snapshot-every shorter than the retention (see README, \
+             \"Snapshots\"), or set retention.ms=-1 on the topic to keep the whole journal.",
+            kafka.topic,
+            store.describe(),
+            match newest {
+                Some(s) => format!("no snapshot newer than that (the newest was taken {})", s.taken.rfc3339()),
+                None => "no snapshot".into(),
+            }
+        ),
+    }
+}
+
+/// The table `kafkafs snapshots` prints.
+pub fn listing(all: &[SnapshotInfo]) -> String {
+    let mut out = format!(
+        "{:<32}  {:<30}  {:>9}  {:>10}  starts (next offset per partition)\n",
+        "id", "taken", "entries", "MiB"
+    );
+    for s in all {
+        out.push_str(&format!(
+            "{:<32}  {:<30}  {:>9}  {:>10.1}  {:?}\n",
+            s.id_hex(),
+            s.taken.rfc3339(),
+            s.entries,
+            s.bytes as f64 / 1048576.0,
+            s.starts()
+        ));
+    }
+    if all.is_empty() {
+        out.push_str("(no snapshots)\n");
+    }
+    out
 }

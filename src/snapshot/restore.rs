@@ -21,7 +21,7 @@ use rustix::io::Errno;
 use super::{io_at, join, SnapshotError, SnapshotInfo, SNAPSHOT_VERSION};
 use crate::apply::{proc_fd_path, ts, Replica};
 use crate::error::PathError;
-use crate::op::{RelPath, Timestamp, PERM_BITS, S_IFMT, STATE_DIR};
+use crate::op::{RelPath, Timestamp, PERM_BITS, STATE_DIR, S_IFMT};
 use crate::record::pb;
 use crate::record::pb::snapshot_part::Part;
 
@@ -186,7 +186,11 @@ impl<'a> Builder<'a> {
                 let fd = rfs::openat(
                     parent,
                     &name,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_bits_retain(0o600),
                 )
                 .map_err(at)?;
@@ -298,7 +302,9 @@ impl<'a> Builder<'a> {
             return Err(self.malformed("file content beyond the file's size"));
         }
         let path = self.path(&f.rel);
-        f.file.write_all_at(&d.data, d.offset).map_err(io_at(path))?;
+        f.file
+            .write_all_at(&d.data, d.offset)
+            .map_err(io_at(path))?;
         self.got.bytes += d.data.len() as u64;
         Ok(())
     }
@@ -333,7 +339,10 @@ impl<'a> Builder<'a> {
         if !self.stack.is_empty() {
             return Err(self.malformed("the end comes before every directory was closed"));
         }
-        if end.entries != self.got.entries || end.bytes != self.got.bytes || end.parts != self.next + 1 {
+        if end.entries != self.got.entries
+            || end.bytes != self.got.bytes
+            || end.parts != self.next + 1
+        {
             return Err(self.malformed(format!(
                 "the end counts {} entries, {} bytes, {} parts; the snapshot held {}, {}, {}",
                 end.entries,
@@ -382,7 +391,12 @@ impl<'a> Builder<'a> {
 
     /// In this order: the owner (which clears set-id bits and
     /// capabilities), the xattrs, the mode.
-    fn owner_xattrs_mode(&self, handle: &OwnedFd, path: &Path, e: &pb::SnapshotEntry) -> Result<(), SnapshotError> {
+    fn owner_xattrs_mode(
+        &self,
+        handle: &OwnedFd,
+        path: &Path,
+        e: &pb::SnapshotEntry,
+    ) -> Result<(), SnapshotError> {
         let at = |x: Errno| io_at(path)(x.into());
         if !self.unprivileged {
             rfs::chownat(
@@ -399,9 +413,15 @@ impl<'a> Builder<'a> {
             if self.unprivileged && x.name.starts_with(b"trusted.") {
                 continue;
             }
-            let name = CString::new(x.name.clone()).map_err(|_| self.malformed("NUL in an xattr name"))?;
-            rfs::setxattr(proc.as_c_str(), name.as_c_str(), &x.value, rfs::XattrFlags::empty())
-                .map_err(at)?;
+            let name =
+                CString::new(x.name.clone()).map_err(|_| self.malformed("NUL in an xattr name"))?;
+            rfs::setxattr(
+                proc.as_c_str(),
+                name.as_c_str(),
+                &x.value,
+                rfs::XattrFlags::empty(),
+            )
+            .map_err(at)?;
         }
         if e.mode & S_IFMT != S_IFLNK {
             match rfs::chmod(proc.as_c_str(), Mode::from_bits_retain(e.mode & PERM_BITS)) {
@@ -415,7 +435,8 @@ impl<'a> Builder<'a> {
 }
 
 fn times(e: &pb::SnapshotEntry) -> Timestamps {
-    let t = |t: Option<pb::Timestamp>| ts(t.map(|t| Timestamp::new(t.sec, t.nsec)).unwrap_or_default());
+    let t =
+        |t: Option<pb::Timestamp>| ts(t.map(|t| Timestamp::new(t.sec, t.nsec)).unwrap_or_default());
     Timestamps {
         last_access: t(e.atime),
         last_modification: t(e.mtime),

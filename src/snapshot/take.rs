@@ -169,7 +169,12 @@ impl Walker<'_> {
         Ok(Open { dir, rel, entries })
     }
 
-    fn entry(&self, path: &Path, name: &[u8], meta: &Metadata) -> Result<pb::SnapshotEntry, SnapshotError> {
+    fn entry(
+        &self,
+        path: &Path,
+        name: &[u8],
+        meta: &Metadata,
+    ) -> Result<pb::SnapshotEntry, SnapshotError> {
         let symlink_target = if meta.file_type().is_symlink() {
             fs::read_link(path)
                 .map_err(io_at(path))?
