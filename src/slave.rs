@@ -172,7 +172,7 @@ pub fn run(
 pub fn run_with_snapshots(
     config: &SlaveConfig,
     mut source: Box<dyn Source>,
-    mut snapshots: Option<Box<dyn SnapshotStore>>,
+    snapshots: Option<Box<dyn SnapshotStore>>,
     stop: Arc<AtomicBool>,
 ) -> Result<SlaveReport, SlaveError> {
     check_privileges(config)?;
@@ -183,7 +183,8 @@ pub fn run_with_snapshots(
             config.topic
         )));
     }
-    let opened = open_replica(config, source.as_mut(), &mut snapshots, &stop)?;
+    let mut snaps = Snapshots::new(config, snapshots);
+    let opened = open_replica(config, source.as_mut(), &mut snaps.store, &stop)?;
     check_retention(config, source.as_mut(), &opened.positions, &stop)?;
     tracing::info!(
         topic = %config.topic,
@@ -247,22 +248,13 @@ pub fn run_with_snapshots(
             config.root.display()
         ));
     }
-    let mut snaps = Snapshots::new(config.snapshot_every, config.snapshot_keep);
-    let mut fatal = follower.follow(
-        config,
-        source.as_mut(),
-        &pool,
-        &opened,
-        &mut snaps,
-        &mut snapshots,
-        &stop,
-    );
+    let mut fatal = follower.follow(config, source.as_mut(), &pool, &opened, &mut snaps, &stop);
     let caught_up = fatal.is_none()
         && config.exit_when_caught_up
         && !stop.load(Ordering::Relaxed)
         && !pool.failed();
     if caught_up && config.snapshot_every.is_some() {
-        if let Err(e) = snaps.take(&mut snapshots, &pool, &opened, config, &stop) {
+        if let Err(e) = snaps.take(&pool, &opened, config, &stop) {
             fatal = Some(e);
         }
     }
@@ -696,7 +688,6 @@ impl Follower {
         pool: &Pool<Entry, WorkError>,
         opened: &Opened,
         snaps: &mut Snapshots,
-        store: &mut Option<Box<dyn SnapshotStore>>,
         stop: &AtomicBool,
     ) -> Option<SlaveError> {
         let partitions = source.partitions();
@@ -744,7 +735,7 @@ impl Follower {
             checkpoints.tick(&opened.state, &opened.ctx);
             if snaps.due() {
                 // A failed snapshot is logged and tried again next time.
-                if let Err(e) = snaps.take(store, pool, opened, config, stop) {
+                if let Err(e) = snaps.take(pool, opened, config, stop) {
                     tracing::warn!(
                         "taking a snapshot: {e}; trying again in {:?}",
                         snaps.every()
@@ -862,18 +853,20 @@ fn record_time(
     )))
 }
 
-/// Periodic snapshots of the replica into the store.
+/// The snapshot store, and periodic snapshots of the replica into it.
 struct Snapshots {
+    store: Option<Box<dyn SnapshotStore>>,
     every: Option<Duration>,
     keep: usize,
     last: Instant,
 }
 
 impl Snapshots {
-    fn new(every: Option<Duration>, keep: usize) -> Self {
+    fn new(config: &SlaveConfig, store: Option<Box<dyn SnapshotStore>>) -> Self {
         Snapshots {
-            every,
-            keep,
+            store,
+            every: config.snapshot_every,
+            keep: config.snapshot_keep,
             last: Instant::now(),
         }
     }
@@ -890,14 +883,13 @@ impl Snapshots {
     /// positions into the store, resumes, and expires old snapshots.
     fn take(
         &mut self,
-        store: &mut Option<Box<dyn SnapshotStore>>,
         pool: &Pool<Entry, WorkError>,
         opened: &Opened,
         config: &SlaveConfig,
         stop: &AtomicBool,
     ) -> Result<(), SlaveError> {
         self.last = Instant::now();
-        let Some(store) = store.as_mut() else {
+        let Some(store) = self.store.as_mut() else {
             return Err(SlaveError::Config(
                 "--snapshot-every: no snapshot store is configured".into(),
             ));

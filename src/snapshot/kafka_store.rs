@@ -23,6 +23,9 @@ const INDEX: u32 = 1;
 /// Unacknowledged bytes a snapshot writer allows itself (memory bound).
 const MAX_UNACKED: usize = 64 * 1024 * 1024;
 
+/// Called with each (offset, payload) a scan reads; false stops it.
+type Visit<'a> = dyn FnMut(i64, &[u8]) -> Result<bool, SnapshotError> + 'a;
+
 /// The companion topic of a journal topic.
 pub struct KafkaStore {
     config: KafkaConfig,
@@ -54,7 +57,7 @@ impl KafkaStore {
         p: u32,
         from: i64,
         to: i64,
-        each: &mut dyn FnMut(i64, &[u8]) -> Result<bool, SnapshotError>,
+        each: &mut Visit<'_>,
     ) -> Result<(), SnapshotError> {
         source.assign(&[(p, from)])?;
         let mut next = from;
@@ -243,7 +246,7 @@ impl PartWriter for TopicWriter {
                 (true, false)
             }
             Some(Part::End(e)) => {
-                self.end = Some(e.clone());
+                self.end = Some(*e);
                 (false, true)
             }
             _ => (false, false),

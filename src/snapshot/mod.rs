@@ -289,67 +289,6 @@ pub fn choose(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snap(id: u8, starts: &[i64]) -> SnapshotInfo {
-        SnapshotInfo {
-            id: vec![id; 16],
-            topic: "t".into(),
-            taken: Timestamp::new(i64::from(id), 0),
-            positions: starts
-                .iter()
-                .map(|&o| Position {
-                    next_offset: o,
-                    ..Position::default()
-                })
-                .collect(),
-            limits: Vec::new(),
-            entries: 1,
-            bytes: 0,
-            location: Location::File("x".into()),
-        }
-    }
-
-    #[test]
-    fn choose_takes_the_newest_snapshot_that_covers_the_topic() {
-        let snaps = vec![snap(1, &[5, 5]), snap(2, &[9, 3]), snap(3, &[20, 20])];
-        // The newest is beyond the end; the middle one lacks deleted records
-        // of partition 1; the oldest covers.
-        let got = choose(&snaps, "t", &[4, 4], &[10, 10], &Choice::Newest).unwrap();
-        assert_eq!(got.id, vec![1; 16]);
-        let got = choose(&snaps, "t", &[0, 0], &[30, 30], &Choice::Newest).unwrap();
-        assert_eq!(got.id, vec![3; 16]);
-        let e = choose(&snaps, "t", &[6, 6], &[10, 10], &Choice::Newest).unwrap_err();
-        assert!(e.to_string().contains("deleted"), "{e}");
-        let e = choose(&snaps, "other", &[0, 0], &[30, 30], &Choice::Newest).unwrap_err();
-        assert!(e.to_string().contains("topic `t`"), "{e}");
-        let got = choose(&snaps, "t", &[0, 0], &[30, 30], &Choice::Id("0202".into())).unwrap();
-        assert_eq!(got.id, vec![2; 16]);
-        assert!(matches!(
-            choose(&snaps, "t", &[0, 0], &[30, 30], &Choice::Id("ff".into())),
-            Err(SnapshotError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn positions_round_trip_through_the_format() {
-        let p = Position {
-            next_offset: 42,
-            last_seq: 7,
-            last_pseq: 3,
-            fence: Some(Fence {
-                id: [9; FENCE_ID_LEN],
-                epoch: 4,
-            }),
-        };
-        assert_eq!(position_from_pb(&position_to_pb(&p)), p);
-        let q = Position::default();
-        assert_eq!(position_from_pb(&position_to_pb(&q)), q);
-    }
-}
-
 /// Warns when the topic deletes old records and no snapshot in `store`
 /// covers that: a new replica could then not be built once the beginning
 /// is gone, nor a replica stopped longer resume.
@@ -416,4 +355,65 @@ pub fn listing(all: &[SnapshotInfo]) -> String {
         out.push_str("(no snapshots)\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(id: u8, starts: &[i64]) -> SnapshotInfo {
+        SnapshotInfo {
+            id: vec![id; 16],
+            topic: "t".into(),
+            taken: Timestamp::new(i64::from(id), 0),
+            positions: starts
+                .iter()
+                .map(|&o| Position {
+                    next_offset: o,
+                    ..Position::default()
+                })
+                .collect(),
+            limits: Vec::new(),
+            entries: 1,
+            bytes: 0,
+            location: Location::File("x".into()),
+        }
+    }
+
+    #[test]
+    fn choose_takes_the_newest_snapshot_that_covers_the_topic() {
+        let snaps = vec![snap(1, &[5, 5]), snap(2, &[9, 3]), snap(3, &[20, 20])];
+        // The newest is beyond the end; the middle one lacks deleted records
+        // of partition 1; the oldest covers.
+        let got = choose(&snaps, "t", &[4, 4], &[10, 10], &Choice::Newest).unwrap();
+        assert_eq!(got.id, vec![1; 16]);
+        let got = choose(&snaps, "t", &[0, 0], &[30, 30], &Choice::Newest).unwrap();
+        assert_eq!(got.id, vec![3; 16]);
+        let e = choose(&snaps, "t", &[6, 6], &[10, 10], &Choice::Newest).unwrap_err();
+        assert!(e.to_string().contains("deleted"), "{e}");
+        let e = choose(&snaps, "other", &[0, 0], &[30, 30], &Choice::Newest).unwrap_err();
+        assert!(e.to_string().contains("topic `t`"), "{e}");
+        let got = choose(&snaps, "t", &[0, 0], &[30, 30], &Choice::Id("0202".into())).unwrap();
+        assert_eq!(got.id, vec![2; 16]);
+        assert!(matches!(
+            choose(&snaps, "t", &[0, 0], &[30, 30], &Choice::Id("ff".into())),
+            Err(SnapshotError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn positions_round_trip_through_the_format() {
+        let p = Position {
+            next_offset: 42,
+            last_seq: 7,
+            last_pseq: 3,
+            fence: Some(Fence {
+                id: [9; FENCE_ID_LEN],
+                epoch: 4,
+            }),
+        };
+        assert_eq!(position_from_pb(&position_to_pb(&p)), p);
+        let q = Position::default();
+        assert_eq!(position_from_pb(&position_to_pb(&q)), q);
+    }
 }
