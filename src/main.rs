@@ -106,8 +106,12 @@ fn main() -> anyhow::Result<()> {
                     Err(_) if stop.load(Ordering::SeqCst) => return Ok(()),
                     Err(e) => return Err(e).with_context(|| format!("reading {what}")),
                 };
-            let mut store = args.store.open(&kafka);
-            kafkafs::snapshot::warn_if_uncovered(&kafka, store.as_mut());
+            // Informative only, and slow on brokers that do not answer
+            // config requests: never in the way of the start.
+            let (k, mut s) = (kafka.clone(), args.store.open(&kafka));
+            let warning =
+                std::thread::spawn(move || kafkafs::snapshot::warn_if_uncovered(&k, s.as_mut()));
+            let store = args.store.open(&kafka);
             let report =
                 kafkafs::slave::run_with_snapshots(&config, Box::new(source), Some(store), stop)?;
             tracing::info!(
@@ -117,6 +121,11 @@ fn main() -> anyhow::Result<()> {
                 skipped_bad = report.skipped_bad,
                 "slave stopped; checkpoint written"
             );
+            // A short run still says what it found (bounded wait).
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while !warning.is_finished() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
     Ok(())
@@ -141,8 +150,11 @@ fn run_master(args: &MasterArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         kafka
             .ensure_topic(args.partitions, args.replication_factor)
             .with_context(|| format!("topic `{}` on {brokers}", args.topic()))?;
-        let mut store = kafkafs::snapshot::kafka_store::KafkaStore::new(&kafka);
-        kafkafs::snapshot::warn_if_uncovered(&kafka, &mut store);
+        let (k, mut store) = (
+            kafka.clone(),
+            kafkafs::snapshot::kafka_store::KafkaStore::new(&kafka),
+        );
+        std::thread::spawn(move || kafkafs::snapshot::warn_if_uncovered(&k, &mut store));
     }
     let master = kafkafs::master::Master::start(&config, Arc::new(kafka), stop.clone())
         .with_context(|| format!("starting the master on {}", config.data.display()))?;

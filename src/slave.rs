@@ -859,6 +859,9 @@ struct Snapshots {
     every: Option<Duration>,
     keep: usize,
     last: Instant,
+    /// Where the last snapshot was taken (an unchanged replica is not
+    /// snapshotted again).
+    last_starts: Option<Vec<i64>>,
 }
 
 impl Snapshots {
@@ -868,6 +871,7 @@ impl Snapshots {
             every: config.snapshot_every,
             keep: config.snapshot_keep,
             last: Instant::now(),
+            last_starts: None,
         }
     }
 
@@ -896,6 +900,12 @@ impl Snapshots {
         };
         let started = Instant::now();
         pool.pause();
+        let starts: Vec<i64> = opened.ctx.positions().iter().map(|p| p.next_offset).collect();
+        if self.last_starts.as_ref() == Some(&starts) {
+            pool.resume();
+            tracing::debug!("no snapshot: nothing applied since the last one");
+            return Ok(());
+        }
         let taken = limits_file(&config.root).and_then(|limits| {
             let cut = Cut {
                 topic: config.topic.clone(),
@@ -906,6 +916,7 @@ impl Snapshots {
         });
         pool.resume();
         let snap = taken?;
+        self.last_starts = Some(starts);
         tracing::info!(
             "snapshot {} taken into {}: {} entries, {:.1} MiB, positions {:?}, appliers paused {:.1} s",
             snap.id_hex(),
