@@ -900,7 +900,12 @@ impl Snapshots {
         };
         let started = Instant::now();
         pool.pause();
-        let starts: Vec<i64> = opened.ctx.positions().iter().map(|p| p.next_offset).collect();
+        let starts: Vec<i64> = opened
+            .ctx
+            .positions()
+            .iter()
+            .map(|p| p.next_offset)
+            .collect();
         if self.last_starts.as_ref() == Some(&starts) {
             pool.resume();
             tracing::debug!("no snapshot: nothing applied since the last one");
