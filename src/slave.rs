@@ -410,6 +410,12 @@ fn bootstrap(
                 store.describe()
             ))
         })?;
+    verify_lineage(config, source, &snap, &lows).map_err(|e| {
+        SlaveError::Config(format!(
+            "{why}, but snapshot {} is not of this topic's history: {e}",
+            snap.id_hex()
+        ))
+    })?;
     tracing::info!("{why}: restoring snapshot {}", snap.id_hex());
     restore_into(
         root,
@@ -420,6 +426,63 @@ fn bootstrap(
         stop,
     )?;
     Ok(())
+}
+
+/// Checks that a snapshot's cut lies in this topic's history (not in that
+/// of an earlier topic of the same name): the record before each of its
+/// positions, where still in the topic, is the one its position says was
+/// applied last (same partition sequence number).
+fn verify_lineage(
+    config: &SlaveConfig,
+    source: &mut dyn Source,
+    snap: &crate::snapshot::SnapshotInfo,
+    lows: &[i64],
+) -> Result<(), SlaveError> {
+    for (p, pos) in snap.positions.iter().enumerate() {
+        let p32 = p as u32;
+        if pos.next_offset <= lows[p] || pos.last_pseq == 0 {
+            continue;
+        }
+        let at = pos.next_offset - 1;
+        let m = read_one(config, source, p32, at)?;
+        let Ok(rec) = crate::record::Record::decode_from(&m, config.max_record_bytes, p32) else {
+            continue;
+        };
+        let void = pos.fence.is_some_and(|f| f.voids(&rec.writer));
+        if rec.seq != 0 && !void && rec.partition_seq != pos.last_pseq {
+            return Err(SlaveError::Config(format!(
+                "partition {p} offset {at} holds partition sequence {}, the snapshot applied {} there",
+                rec.partition_seq, pos.last_pseq
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The payload of the message at (partition, offset).
+fn read_one(
+    config: &SlaveConfig,
+    source: &mut dyn Source,
+    p: u32,
+    offset: i64,
+) -> Result<Vec<u8>, SlaveError> {
+    source.assign(&[(p, offset)])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(m) = source.poll(Duration::from_millis(200))? {
+            if m.partition == p && m.offset == offset {
+                return Ok(m.payload);
+            }
+        }
+    }
+    Err(SlaveError::Config(format!(
+        "could not read {} within 60 s",
+        RecordPos {
+            topic: config.topic.clone(),
+            partition: p,
+            offset
+        }
+    )))
 }
 
 /// A position whose records were deleted by retention cannot be resumed.
@@ -837,20 +900,10 @@ fn record_time(
             "--until {p}:{offset}: {pos} is not in the topic (partition {p} holds offsets {low}..{high})"
         )));
     }
-    source.assign(&[(p, offset)])?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(m) = source.poll(Duration::from_millis(200))? {
-            if m.partition == p && m.offset == offset {
-                return crate::record::Record::decode_from(&m.payload, config.max_record_bytes, p)
-                    .map(|r| r.time)
-                    .map_err(|source| SlaveError::BadRecord { pos, source });
-            }
-        }
-    }
-    Err(SlaveError::Config(format!(
-        "--until: could not read {pos} within 60 s"
-    )))
+    let payload = read_one(config, source, p, offset)?;
+    crate::record::Record::decode_from(&payload, config.max_record_bytes, p)
+        .map(|r| r.time)
+        .map_err(|source| SlaveError::BadRecord { pos, source })
 }
 
 /// The snapshot store, and periodic snapshots of the replica into it.

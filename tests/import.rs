@@ -167,7 +167,6 @@ impl Drop for Killed {
 }
 
 #[test]
-#[ignore = "known gap (issue 10): a resumed import can leave a directory's mtime from the interrupted run"]
 fn an_interrupted_import_resumes() {
     if common::skip(common::Need::Kafka, "an_interrupted_import_resumes") {
         return;

@@ -263,3 +263,71 @@ fn stop_request_checkpoints_and_resumes() {
     common::apply_direct(&reference, &recs);
     common::assert_trees_equal(&reference, &root, "stop and resume");
 }
+
+/// A snapshot is restored only into the history it was taken from: the
+/// record before its position must be the one it says it applied.
+#[test]
+fn a_snapshot_of_another_history_is_refused() {
+    if common::skip(
+        common::Need::Root,
+        "a_snapshot_of_another_history_is_refused",
+    ) {
+        return;
+    }
+    use kafkafs::checkpoint::Position;
+    use kafkafs::snapshot::bootstrap::take_into;
+    use kafkafs::snapshot::dir_store::DirStore;
+    use kafkafs::snapshot::take::Cut;
+    use kafkafs::snapshot::Choice;
+
+    let ops: Vec<Op> = (0..8).map(|i| create(&format!("f{i}"))).collect();
+    let recs = common::records(&ops, 1, Timestamp::new(1_700_000_000, 0));
+    let dir = common::tempdir();
+    // The tree as of the first five records, with its position.
+    let source = common::path_of(&dir, "source");
+    common::apply_direct(&source, &recs[..5]);
+    let mut store = DirStore::new(dir.path().join("snaps"));
+    let cut = Cut {
+        topic: "mem".into(),
+        positions: vec![Position {
+            next_offset: 5,
+            last_seq: recs[4].seq,
+            last_pseq: recs[4].partition_seq,
+            fence: None,
+        }],
+        limits: Vec::new(),
+    };
+    take_into(&source, &cut, &mut store, &AtomicBool::new(false)).unwrap();
+    let run = |j: &MemoryJournal, name: &str| {
+        let root = common::path_of(&dir, name);
+        let mut c = config(&root);
+        c.from_snapshot = Some(Choice::Newest);
+        let r = slave::run_with_snapshots(
+            &c,
+            Box::new(j.source()),
+            Some(Box::new(DirStore::new(dir.path().join("snaps")))),
+            Arc::new(AtomicBool::new(false)),
+        );
+        (root, r)
+    };
+    // Its own history: restored, then the tail applied.
+    let (root, r) = run(&journal_with(&recs), "same");
+    assert_eq!(r.expect("same history").applied, 3);
+    let all = common::path_of(&dir, "all");
+    common::apply_direct(&all, &recs);
+    common::assert_trees_equal(&all, &root, "snapshot + tail");
+    // Another history under the same name (a duplicate shifts offsets).
+    let mut other = recs.clone();
+    other.insert(2, recs[1].clone());
+    let (root, r) = run(&journal_with(&other), "other");
+    let e = r.expect_err("another history");
+    assert!(e.to_string().contains("not of this topic's history"), "{e}");
+    // Nothing was restored.
+    assert_eq!(
+        std::fs::read_dir(&root)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != ".kafkafs")
+            .count(),
+        0
+    );
+}

@@ -78,16 +78,7 @@ pub fn stage(data: &Path, root: &fs::Metadata) -> Result<(), ImportError> {
     let dir = staging(data);
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     let note = dir.join(".root");
-    let text = format!(
-        "{} {} {} {} {} {} {}\n",
-        root.mode() & 0o7777,
-        root.uid(),
-        root.gid(),
-        root.atime(),
-        root.atime_nsec(),
-        root.mtime(),
-        root.mtime_nsec()
-    );
+    let text = format!("{}\n", Attrs::of(root).format());
     fs::write(&note, text).map_err(io(&note))?;
     let mut moved = 0u64;
     for e in fs::read_dir(data).map_err(io(data))? {
@@ -112,6 +103,7 @@ pub fn stage(data: &Path, root: &fs::Metadata) -> Result<(), ImportError> {
 pub fn run(fs: &MasterFs, data: &Path, stop: &AtomicBool) -> Result<ImportReport, ImportError> {
     let dir = staging(data);
     let links_path = data.join(OsStr::from_bytes(STATE_DIR)).join("import-links");
+    let dirs_path = data.join(OsStr::from_bytes(STATE_DIR)).join("import-dirs");
     let mut im = Importer {
         fs,
         stop,
@@ -121,14 +113,27 @@ pub fn run(fs: &MasterFs, data: &Path, stop: &AtomicBool) -> Result<ImportReport
             .append(true)
             .open(&links_path)
             .map_err(io(&links_path))?,
+        dir_notes: load_dir_notes(&dirs_path)?,
+        dir_notes_file: fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&dirs_path)
+            .map_err(io(&dirs_path))?,
         report: ImportReport::default(),
         started: Instant::now(),
         last_log: Instant::now(),
+        total: count(&dir),
     };
+    tracing::info!(
+        "import: {} entries, {:.1} MiB to journal",
+        im.total.0,
+        im.total.1 as f64 / 1048576.0
+    );
     im.import_dir(&dir, ROOT, &[])?;
     im.finish_root(&dir)?;
     fs::remove_dir_all(&dir).map_err(io(&dir))?;
     let _ = fs::remove_file(&links_path);
+    let _ = fs::remove_file(&dirs_path);
     let r = im.report;
     tracing::info!(
         "import finished: {} entries, {:.1} MiB in {:.1} s{}",
@@ -161,9 +166,7 @@ fn load_links(path: &Path) -> Result<HashMap<(u64, u64), Vec<u8>>, ImportError> 
         let (Some(dev), Some(ino), Some(hex)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
-        let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
+        let bytes = unhex(hex);
         if let (Ok(dev), Ok(ino), Some(bytes)) = (dev.parse(), ino.parse(), bytes) {
             out.insert((dev, ino), bytes);
         }
@@ -176,9 +179,35 @@ struct Importer<'a> {
     stop: &'a AtomicBool,
     links: HashMap<(u64, u64), Vec<u8>>,
     links_file: File,
+    dir_notes: HashMap<Vec<u8>, Attrs>,
+    dir_notes_file: File,
     report: ImportReport,
     started: Instant,
     last_log: Instant,
+    /// Entries and bytes staged when this run began (for progress).
+    total: (u64, u64),
+}
+
+/// Entries and content bytes staged beneath `dir` (unreadable parts are
+/// left out: the import itself reports them).
+fn count(dir: &Path) -> (u64, u64) {
+    let mut total = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
+            total.0 += 1;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() {
+                total.1 += meta.len();
+            }
+        }
+    }
+    total
 }
 
 fn caller(meta: &fs::Metadata) -> Caller {
@@ -189,11 +218,85 @@ fn caller(meta: &fs::Metadata) -> Caller {
     }
 }
 
-fn times(meta: &fs::Metadata) -> (SetTime, SetTime) {
-    (
-        SetTime::At(Timestamp::new(meta.atime(), meta.atime_nsec() as u32)),
-        SetTime::At(Timestamp::new(meta.mtime(), meta.mtime_nsec() as u32)),
-    )
+/// The attributes an imported entry gets (noted for directories before
+/// their children are moved out, which changes their times).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: Timestamp,
+    mtime: Timestamp,
+}
+
+impl Attrs {
+    fn of(meta: &fs::Metadata) -> Attrs {
+        Attrs {
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            atime: Timestamp::new(meta.atime(), meta.atime_nsec() as u32),
+            mtime: Timestamp::new(meta.mtime(), meta.mtime_nsec() as u32),
+        }
+    }
+
+    /// `mode uid gid asec ansec msec mnsec`
+    fn format(&self) -> String {
+        format!(
+            "{} {} {} {} {} {} {}",
+            self.mode,
+            self.uid,
+            self.gid,
+            self.atime.sec,
+            self.atime.nsec,
+            self.mtime.sec,
+            self.mtime.nsec
+        )
+    }
+
+    fn parse(fields: &[&str]) -> Option<Attrs> {
+        let f: Vec<i64> = fields
+            .iter()
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let [mode, uid, gid, asec, ansec, msec, mnsec] = f[..] else {
+            return None;
+        };
+        Some(Attrs {
+            mode: u32::try_from(mode).ok()?,
+            uid: u32::try_from(uid).ok()?,
+            gid: u32::try_from(gid).ok()?,
+            atime: Timestamp::new(asec, u32::try_from(ansec).ok()?),
+            mtime: Timestamp::new(msec, u32::try_from(mnsec).ok()?),
+        })
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Directories whose children an earlier run began to move out: relative
+/// path -> their attributes before that.
+fn load_dir_notes(path: &Path) -> Result<HashMap<Vec<u8>, Attrs>, ImportError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            Some((unhex(f.first()?)?, Attrs::parse(f.get(1..)?)?))
+        })
+        .collect())
 }
 
 impl Importer<'_> {
@@ -279,7 +382,7 @@ impl Importer<'_> {
             self.journal(path, r)?
         };
         self.copy_xattrs(path, attr.ino)?;
-        self.copy_attrs(path, attr.ino, &meta)?;
+        self.copy_attrs(path, attr.ino, &Attrs::of(&meta))?;
         self.fs.forget(attr.ino, 1);
         if meta.nlink() > 1 {
             self.note_link(known, rel, path)?;
@@ -304,9 +407,10 @@ impl Importer<'_> {
             }
             Err(_) => self.mkdir(path, parent, name, meta)?,
         };
+        let attrs = self.dir_attrs(rel, path, meta)?;
         self.import_dir(path, ino, rel)?;
         self.copy_xattrs(path, ino)?;
-        self.copy_attrs(path, ino, meta)?;
+        self.copy_attrs(path, ino, &attrs)?;
         self.fs.forget(ino, 1);
         fs::remove_dir(path).map_err(io(path))?;
         self.report.entries += 1;
@@ -324,6 +428,26 @@ impl Importer<'_> {
             .fs
             .mkdir(caller(meta), parent, name, meta.mode() & 0o777, 0);
         Ok(self.journal(path, r)?.ino)
+    }
+
+    /// A directory's own attributes: as noted by an earlier run that began
+    /// to move its children out (which changed its times), else as now,
+    /// noted before any child moves.
+    fn dir_attrs(
+        &mut self,
+        rel: &[u8],
+        path: &Path,
+        meta: &fs::Metadata,
+    ) -> Result<Attrs, ImportError> {
+        if let Some(a) = self.dir_notes.get(rel) {
+            return Ok(*a);
+        }
+        let a = Attrs::of(meta);
+        writeln!(self.dir_notes_file, "{} {}", hex(rel), a.format())
+            .and_then(|()| self.dir_notes_file.sync_data())
+            .map_err(io(path))?;
+        self.dir_notes.insert(rel.to_vec(), a);
+        Ok(a)
     }
 
     /// Creates the file and journals its content in chunks.
@@ -392,15 +516,14 @@ impl Importer<'_> {
     }
 
     /// Owner, mode (after the owner: chown clears set-id bits) and times.
-    fn copy_attrs(&self, path: &Path, ino: u64, meta: &fs::Metadata) -> Result<(), ImportError> {
-        let (atime, mtime) = times(meta);
+    fn copy_attrs(&self, path: &Path, ino: u64, a: &Attrs) -> Result<(), ImportError> {
         let attr = SetAttr {
-            mode: Some(meta.mode() & 0o7777),
-            uid: Some(meta.uid()),
-            gid: Some(meta.gid()),
+            mode: Some(a.mode & 0o7777),
+            uid: Some(a.uid),
+            gid: Some(a.gid),
             size: None,
-            atime: Some(atime),
-            mtime: Some(mtime),
+            atime: Some(SetTime::At(a.atime)),
+            mtime: Some(SetTime::At(a.mtime)),
         };
         let r = self.fs.setattr(Caller::default(), ino, attr);
         self.journal(path, r).map(drop)
@@ -464,8 +587,7 @@ impl Importer<'_> {
     }
 
     fn note_link(&mut self, known: (u64, u64), rel: &[u8], path: &Path) -> Result<(), ImportError> {
-        let hex: String = rel.iter().map(|b| format!("{b:02x}")).collect();
-        writeln!(self.links_file, "{} {} {hex}", known.0, known.1)
+        writeln!(self.links_file, "{} {} {}", known.0, known.1, hex(rel))
             .and_then(|()| self.links_file.sync_data())
             .map_err(io(path))?;
         self.links.insert(known, rel.to_vec());
@@ -483,20 +605,9 @@ impl Importer<'_> {
     fn finish_root(&mut self, dir: &Path) -> Result<(), ImportError> {
         let note = dir.join(".root");
         let text = fs::read_to_string(&note).map_err(io(&note))?;
-        let f: Vec<i64> = text
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let [mode, uid, gid, asec, ansec, msec, mnsec] = f[..] else {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let Some(root) = Attrs::parse(&fields) else {
             return Err(io(&note)(std::io::ErrorKind::InvalidData.into()));
-        };
-        let attr = SetAttr {
-            mode: Some(mode as u32),
-            uid: Some(uid as u32),
-            gid: Some(gid as u32),
-            size: None,
-            atime: Some(SetTime::At(Timestamp::new(asec, ansec as u32))),
-            mtime: Some(SetTime::At(Timestamp::new(msec, mnsec as u32))),
         };
         let data = dir
             .parent()
@@ -504,8 +615,7 @@ impl Importer<'_> {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         self.copy_xattrs(&data, ROOT)?;
-        let r = self.fs.setattr(Caller::default(), ROOT, attr);
-        self.journal(&data, r).map(drop)
+        self.copy_attrs(&data, ROOT, &root)
     }
 
     fn progress(&mut self) {
@@ -514,12 +624,23 @@ impl Importer<'_> {
         }
         self.last_log = Instant::now();
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let (entries, bytes) = (self.report.entries, self.report.bytes);
+        let (all_entries, all_bytes) = self.total;
+        // By bytes when there are bytes, else by entries.
+        let done = if all_bytes > 0 {
+            bytes as f64 / all_bytes as f64
+        } else {
+            entries as f64 / all_entries.max(1) as f64
+        };
+        let left = secs * (1.0 - done).max(0.0) / done.max(1e-9);
         tracing::info!(
-            "import: {} entries, {:.1} MiB ({:.0} entries/s, {:.1} MiB/s)",
-            self.report.entries,
-            self.report.bytes as f64 / 1048576.0,
-            self.report.entries as f64 / secs,
-            self.report.bytes as f64 / 1048576.0 / secs
+            "import: {entries} of {all_entries} entries, {:.1} of {:.1} MiB ({:.0}%), {:.0} entries/s, {:.1} MiB/s, about {:.0} s left",
+            bytes as f64 / 1048576.0,
+            all_bytes as f64 / 1048576.0,
+            100.0 * done.min(1.0),
+            entries as f64 / secs,
+            bytes as f64 / 1048576.0 / secs,
+            left
         );
     }
 }
