@@ -330,7 +330,14 @@ fn a_stalled_data_root_answers_within_the_timeout() {
         fs::write(m.path(&format!("other{i}")), b"x").unwrap();
     }
     let frozen = ext4.freeze();
+    // The write under test first (so it is dispatched and journaled before
+    // the crowd below queues up), answered on its own thread.
     let t = Instant::now();
+    let target = std::thread::spawn(move || {
+        let r = f.write_at(b"new", 0);
+        (r.map_err(|e| errno_of(&e)), f)
+    });
+    std::thread::sleep(Duration::from_millis(300));
     // More callers than dispatcher threads: each is answered within the
     // journal timeout of its arrival, not after those queued before it.
     let others: Vec<_> = (0..40)
@@ -343,9 +350,9 @@ fn a_stalled_data_root_answers_within_the_timeout() {
             })
         })
         .collect();
-    let e = f.write_at(b"new", 0).unwrap_err();
+    let (r, f) = target.join().unwrap();
     let took = t.elapsed();
-    assert_eq!(errno_of(&e), libc::EIO, "{e}");
+    assert_eq!(r.map(drop), Err(libc::EIO));
     assert!(took < timeout * 2, "answered after {took:?}");
     for o in others {
         let (r, took) = o.join().unwrap();
