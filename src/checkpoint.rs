@@ -290,7 +290,7 @@ fn read_slots(
         .collect()
 }
 
-fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+pub(crate) fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         let n = f.read_at(&mut buf[done..], off + done as u64)?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::JournalError;
 use crate::journal::{Message, Source};
+use crate::op::hex;
 use crate::op::{Op, RelPath, Timestamp};
 use crate::record::{Record, DEFAULT_MAX_RECORD_BYTES};
 
@@ -132,10 +133,6 @@ fn size(op: &Op) -> Option<u64> {
         Op::SetXattr { value, .. } => Some(value.len() as u64),
         _ => None,
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn text_line(m: &Message, r: &Record) -> String {

@@ -12,6 +12,18 @@ use crate::error::PathError;
 /// ledger). Records can never name it.
 pub const STATE_DIR: &[u8] = b".kafkafs";
 
+/// Bytes (ids, raw names) as lowercase hex, for messages and text files.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The bytes of `hex` output (`None` if it is not).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 /// A path relative to a replica root, validated: no leading '/', no empty,
 /// '.' or '..' components, no NUL byte, and not the reserved state folder.
 /// The empty path is the root itself.

@@ -18,6 +18,7 @@ use crate::apply::{Fingerprint, IntentLog, Outcome, Replica};
 use crate::checkpoint::{Checkpoint, Fence, Intent, Ledger, Position, Slot, StateDir};
 use crate::error::{CheckpointError, DecodeError, RecordPos, ReplicaFailure, SlaveError};
 use crate::journal::Message;
+use crate::op::hex;
 use crate::op::STATE_DIR;
 use crate::record::Record;
 use crate::scheduler::Item;
@@ -614,10 +615,6 @@ impl Reader {
         self.skipped_since[p as usize] = 0;
         Ok(Entry::apply(m.offset, rec))
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Is `root` empty apart from the state folder?

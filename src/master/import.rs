@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::error::FsError;
 use crate::master::fs::{MasterFs, SetAttr, SetTime};
 use crate::master::inodes::ROOT;
+use crate::op::{hex, unhex};
 use crate::op::{Timestamp, STATE_DIR};
 use crate::record::Caller;
 
@@ -270,16 +271,6 @@ impl Attrs {
             mtime: Timestamp::new(msec, u32::try_from(mnsec).ok()?),
         })
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Directories whose children an earlier run began to move out: relative

@@ -37,6 +37,7 @@ use crate::master::keys::{Key, KeySet};
 use crate::master::pipeline::{
     read_last, write_fences, Pipeline, PipelineStart, Planned, PreCheck, ReplayOrder, Tail,
 };
+use crate::op::hex;
 use crate::op::{Op, RelPath, Timestamp};
 use crate::record::Record;
 use crate::record::{Caller, Writer};
@@ -196,10 +197,6 @@ pub struct Master {
     statedir: StateDir,
     stop: Arc<AtomicBool>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// This data-root's writer identity (created on first use).

@@ -33,6 +33,7 @@ use crate::error::{Errno, FsError, JournalError};
 use crate::journal::{Journal, Message, Sink, Source};
 use crate::master::inodes::InodeTable;
 use crate::master::keys::{Conflicts, KeySet};
+use crate::op::hex;
 use crate::op::{Op, Timestamp};
 use crate::partition::partition_for;
 use crate::record::{
@@ -929,10 +930,6 @@ pub fn read_last(source: &mut dyn Source) -> Result<Vec<Option<(i64, Record)>>, 
         }
     }
     Ok(last)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Writes `writer`'s fence into every partition and waits until all are

@@ -135,9 +135,7 @@ pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     v
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::op::hex;
 
 /// Receives the parts of one snapshot, in order.
 pub trait PartWriter {

@@ -228,7 +228,8 @@ fn content(path: &Path, size: u64, parts: &mut Parts<'_>) -> Result<u64, Snapsho
         let mut at = start;
         while at < end {
             let want = ((end - at) as usize).min(DATA_CHUNK);
-            let n = read_full_at(&file, &mut buf[..want], at).map_err(io_at(path))?;
+            let n = crate::checkpoint::read_full_at(&file, &mut buf[..want], at)
+                .map_err(io_at(path))?;
             if n == 0 {
                 // Shrunk under us (it cannot: appliers are paused).
                 return Err(io_at(path)(std::io::ErrorKind::UnexpectedEof.into()));
@@ -243,20 +244,6 @@ fn content(path: &Path, size: u64, parts: &mut Parts<'_>) -> Result<u64, Snapsho
         pos = end;
     }
     Ok(written)
-}
-
-fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], off + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// The limits file of a replica, verbatim (empty when it has none).
