@@ -275,6 +275,11 @@ pub struct MasterArgs {
     #[arg(long)]
     pub import: bool,
 
+    /// Threads journaling an import's entries concurrently (their calls
+    /// spread over the topic's partitions).
+    #[arg(long, value_name = "N", default_value_t = crate::master::DEFAULT_IMPORT_JOBS as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub import_jobs: u16,
+
     /// The data-root: an empty directory, or one this master served before.
     pub data: PathBuf,
 
@@ -386,6 +391,7 @@ impl MasterArgs {
         c.skip_records = self.skip_records.clone();
         c.mountpoint = Some(self.mnt.clone());
         c.import = self.import;
+        c.import_jobs = usize::from(self.import_jobs);
         c.allow_non_empty_mount = self.allow_non_empty_mount;
         c
     }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notify;
 pub mod op;
 pub mod partition;
+pub mod progress;
 pub mod record;
 pub mod replay;
 pub mod scheduler;

@@ -75,6 +75,13 @@ fn make_tree(root: &Path, extra_files: usize) {
     fs::write(root.join("linked"), b"one inode, three names").unwrap();
     fs::hard_link(root.join("linked"), root.join("a/second-name")).unwrap();
     fs::hard_link(root.join("linked"), root.join("a/b/third-name")).unwrap();
+    // Many names of one inode side by side: concurrent import threads meet
+    // them at once (one imports the inode, the others wait to link it).
+    fs::create_dir(root.join("names")).unwrap();
+    fs::write(root.join("names/n00"), b"one inode, twenty names").unwrap();
+    for i in 1..20 {
+        fs::hard_link(root.join("names/n00"), root.join(format!("names/n{i:02}"))).unwrap();
+    }
     std::os::unix::fs::symlink("a/small", root.join("rel-link")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", root.join("abs-link")).unwrap();
     mknod(&root.join("fifo"), libc::S_IFIFO | 0o640, 0);
@@ -184,7 +191,7 @@ fn an_interrupted_import_resumes() {
     let master = |extra: &[&str]| {
         Command::new(BIN)
             .args(["master", "--broker", &common::brokers(), "--topic", &topic])
-            .args(["--partitions", "2"])
+            .args(["--partitions", "2", "--import-jobs", "16"])
             .args(extra)
             .arg(&data)
             .arg(&mnt)

@@ -109,7 +109,12 @@ pub struct MasterConfig {
     pub allow_non_empty_mount: bool,
     /// Adopt a non-empty DATA: journal its tree on a new topic, then serve it.
     pub import: bool,
+    /// Threads journaling an import's entries concurrently.
+    pub import_jobs: usize,
 }
+
+/// Threads an import journals with unless told otherwise.
+pub const DEFAULT_IMPORT_JOBS: usize = 8;
 
 impl MasterConfig {
     pub fn new(data: impl Into<PathBuf>) -> Self {
@@ -130,6 +135,7 @@ impl MasterConfig {
             mountpoint: None,
             allow_non_empty_mount: false,
             import: false,
+            import_jobs: DEFAULT_IMPORT_JOBS,
         }
     }
 }
@@ -397,7 +403,7 @@ impl Master {
                 "importing the existing tree of {} into the journal",
                 data.display()
             );
-            import::run(&fs, data, &stop).map_err(MasterError::Import)?;
+            import::run(&fs, data, config.import_jobs, &stop).map_err(MasterError::Import)?;
         }
 
         // 6. Periodic durable checkpoints.

@@ -6,13 +6,13 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
 
 use super::restore::{Builder, Restored};
 use super::take::{take, Cut};
 use super::{io_at, new_id, SnapshotError, SnapshotInfo, SnapshotStore};
 use crate::checkpoint::{Checkpoint, StateDir};
 use crate::op::STATE_DIR;
+use crate::progress::Progress;
 
 /// Marks a replica being restored: its tree is the restore's, unfinished.
 const MARKER: &str = "restoring";
@@ -67,12 +67,15 @@ pub fn restore_into(
         root.display()
     );
     let mut builder = Builder::new(root, snap, unprivileged, stop)?;
-    let mut progress = Progress::new(snap);
+    let progress = Progress::new("restore", snap.entries, snap.bytes);
     store.read(snap, &mut |part| {
         builder.part(part)?;
-        progress.tick(builder.so_far());
+        let so_far = builder.so_far();
+        progress.set(so_far.entries, so_far.bytes);
+        progress.tick();
         Ok(())
     })?;
+    progress.finish();
     let got = builder.finish()?;
     write_limits(state, &snap.limits)?;
     state
@@ -86,7 +89,7 @@ pub fn restore_into(
         "snapshot restored: {} entries, {:.1} MiB in {:.1} s; the replica resumes at offsets {:?}",
         got.entries,
         got.bytes as f64 / 1048576.0,
-        progress.started.elapsed().as_secs_f64(),
+        progress.elapsed().as_secs_f64(),
         snap.starts()
     );
     Ok(got)
@@ -107,44 +110,6 @@ fn write_limits(state: &StateDir, limits: &[u8]) -> Result<(), SnapshotError> {
 }
 
 /// A line every few seconds while a restore runs.
-struct Progress {
-    started: Instant,
-    last: Instant,
-    entries: u64,
-    bytes: u64,
-}
-
-impl Progress {
-    fn new(snap: &SnapshotInfo) -> Self {
-        Progress {
-            started: Instant::now(),
-            last: Instant::now(),
-            entries: snap.entries,
-            bytes: snap.bytes,
-        }
-    }
-
-    fn tick(&mut self, done: Restored) {
-        if self.last.elapsed() < Duration::from_secs(5) {
-            return;
-        }
-        self.last = Instant::now();
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = done.bytes as f64 / secs;
-        let left = self.bytes.saturating_sub(done.bytes) as f64 / rate.max(1.0);
-        tracing::info!(
-            "restoring: {} of {} entries, {:.1} of {:.1} MiB ({:.0}%), {:.1} MiB/s, about {:.0} s left",
-            done.entries,
-            self.entries,
-            done.bytes as f64 / 1048576.0,
-            self.bytes as f64 / 1048576.0,
-            100.0 * done.bytes as f64 / (self.bytes.max(1)) as f64,
-            rate / 1048576.0,
-            left
-        );
-    }
-}
-
 /// Takes a snapshot of the replica at `root`, whose applied state is
 /// `cut` and which nothing changes meanwhile, into `store`.
 pub fn take_into(
@@ -264,7 +229,7 @@ mod tests {
         let mut store = DirStore::new(tmp.path().join("snaps"));
         let ids: Vec<_> = (0..3)
             .map(|_| {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(std::time::Duration::from_millis(5));
                 take_into(&src, &cut(), &mut store, &stop).unwrap().id
             })
             .collect();
