@@ -458,8 +458,9 @@ pub struct SlaveArgs {
     #[arg(long)]
     pub unprivileged: bool,
 
-    /// Serve Prometheus metrics (applied records, per-partition offsets,
-    /// lag quantiles) at http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    /// Serve Prometheus metrics (applied records, per-partition offsets and
+    /// records behind, a lag histogram) at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS", value_parser = parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,
 

@@ -1,6 +1,7 @@
 //! Lock-free latency histogram (log-linear buckets, about 6% resolution)
-//! for replication lag: the time from a record's effect time on the master
-//! to its application on a replica.
+//! for replication lag and journal latency, rendered for Prometheus as a
+//! histogram (`_bucket{le}`, `_sum`, `_count`), with quantiles over all
+//! samples or over an interval (the difference of two [`Counts`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,9 +11,18 @@ const SUB: u64 = 16;
 /// Powers of two covered (microseconds up to ~2^40 us, about 12 days).
 const POWERS: u64 = 40;
 
+/// The `le` bounds exported to Prometheus, in seconds.
+const LE_SECONDS: [f64; 18] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 3600.0,
+];
+
 pub struct Histogram {
     buckets: Vec<AtomicU64>,
+    /// Samples per `LE_SECONDS` bound (not cumulative), then above all.
+    le: Vec<AtomicU64>,
     count: AtomicU64,
+    sum_us: AtomicU64,
     max_us: AtomicU64,
 }
 
@@ -42,11 +52,21 @@ fn lower_bound(bucket: usize) -> u64 {
     (SUB + sub) << (power - 4)
 }
 
+fn le_of(us: u64) -> usize {
+    let secs = us as f64 / 1e6;
+    LE_SECONDS
+        .iter()
+        .position(|&le| secs <= le)
+        .unwrap_or(LE_SECONDS.len())
+}
+
 impl Histogram {
     pub fn new() -> Self {
         Histogram {
             buckets: (0..POWERS * SUB).map(|_| AtomicU64::new(0)).collect(),
+            le: (0..=LE_SECONDS.len()).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
             max_us: AtomicU64::new(0),
         }
     }
@@ -54,6 +74,8 @@ impl Histogram {
     pub fn record(&self, d: Duration) {
         let us = d.as_micros().min(u64::MAX as u128) as u64;
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.le[le_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
     }
@@ -65,6 +87,83 @@ impl Histogram {
     /// The value below which a fraction `q` (0..=1) of the samples lie
     /// (lower bound of its bucket), or `None` without samples.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
+        self.counts().quantile(q)
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.max_us.load(Ordering::Relaxed))
+    }
+
+    /// The samples so far, to compute quantiles over an interval later.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+
+    /// Prometheus text: `# HELP`, `# TYPE histogram`, cumulative
+    /// `_bucket{le}` lines, `_sum` (seconds) and `_count`. `labels` is
+    /// empty or `key="value",...` (without braces).
+    pub fn render(&self, name: &str, help: &str, labels: &str) -> String {
+        let mut s = format!(
+            "# HELP {name} {help}
+# TYPE {name} histogram
+"
+        );
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, le) in LE_SECONDS.iter().enumerate() {
+            cumulative += self.le[i].load(Ordering::Relaxed);
+            s += &format!("{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}\n");
+        }
+        cumulative += self.le[LE_SECONDS.len()].load(Ordering::Relaxed);
+        s += &format!("{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}\n");
+        let braces = |l: &str| {
+            if l.is_empty() {
+                String::new()
+            } else {
+                format!("{{{l}}}")
+            }
+        };
+        s += &format!(
+            "{name}_sum{} {}\n",
+            braces(labels),
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        s += &format!("{name}_count{} {cumulative}\n", braces(labels));
+        s
+    }
+}
+
+/// Bucket counts of a histogram at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    buckets: Vec<u64>,
+}
+
+impl Counts {
+    /// The samples recorded after `earlier` (taken of the same histogram).
+    pub fn since(&self, earlier: &Counts) -> Counts {
+        Counts {
+            buckets: self
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// As [`Histogram::quantile`], over these samples.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
         let n = self.count();
         if n == 0 {
             return None;
@@ -72,16 +171,12 @@ impl Histogram {
         let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
         let mut seen = 0;
         for (i, b) in self.buckets.iter().enumerate() {
-            seen += b.load(Ordering::Relaxed);
+            seen += b;
             if seen >= rank {
                 return Some(Duration::from_micros(lower_bound(i)));
             }
         }
-        Some(Duration::from_micros(self.max_us.load(Ordering::Relaxed)))
-    }
-
-    pub fn max(&self) -> Duration {
-        Duration::from_micros(self.max_us.load(Ordering::Relaxed))
+        None
     }
 }
 
@@ -139,5 +234,70 @@ mod tests {
             assert!(lower_bound(b) <= us, "{us}");
             assert!(us < lower_bound(b + 1), "{us}");
         }
+    }
+
+    #[test]
+    fn interval_quantiles_forget_older_samples() {
+        let h = Histogram::new();
+        for _ in 0..1000 {
+            h.record(Duration::from_secs(30));
+        }
+        let before = h.counts();
+        for _ in 0..10 {
+            h.record(Duration::from_millis(2));
+        }
+        let recent = h.counts().since(&before);
+        assert_eq!(recent.count(), 10);
+        let p99 = recent.quantile(0.99).unwrap();
+        assert!(p99 < Duration::from_millis(3), "{p99:?}");
+        assert!(h.quantile(0.5).unwrap() > Duration::from_secs(25));
+        assert_eq!(Counts::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn renders_a_prometheus_histogram() {
+        let h = Histogram::new();
+        h.record(Duration::from_micros(300));
+        h.record(Duration::from_millis(7));
+        h.record(Duration::from_secs(7200));
+        let text = h.render("kafkafs_x_seconds", "X.", "topic=\"t\"");
+        assert!(
+            text.contains("# TYPE kafkafs_x_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafkafs_x_seconds_bucket{topic=\"t\",le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafkafs_x_seconds_bucket{topic=\"t\",le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafkafs_x_seconds_bucket{topic=\"t\",le=\"0.01\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafkafs_x_seconds_bucket{topic=\"t\",le=\"3600\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafkafs_x_seconds_bucket{topic=\"t\",le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafkafs_x_seconds_sum{topic=\"t\"} 7200.0073\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafkafs_x_seconds_count{topic=\"t\"} 3\n"),
+            "{text}"
+        );
+        let bare = h.render("kafkafs_y_seconds", "Y.", "");
+        assert!(
+            bare.contains("kafkafs_y_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{bare}"
+        );
+        assert!(bare.contains("kafkafs_y_seconds_count 3\n"), "{bare}");
     }
 }

@@ -19,8 +19,10 @@ const LINE_EVERY: Duration = Duration::from_secs(3);
 /// Counts work done against a known total; shared by the threads doing it.
 pub struct Progress {
     what: &'static str,
-    total_entries: u64,
-    total_bytes: u64,
+    /// What the entries are ("entries", "records").
+    unit: &'static str,
+    total_entries: AtomicU64,
+    total_bytes: AtomicU64,
     entries: AtomicU64,
     bytes: AtomicU64,
     started: Instant,
@@ -33,14 +35,27 @@ impl Progress {
     pub fn new(what: &'static str, total_entries: u64, total_bytes: u64) -> Self {
         Progress {
             what,
-            total_entries,
-            total_bytes,
+            unit: "entries",
+            total_entries: AtomicU64::new(total_entries),
+            total_bytes: AtomicU64::new(total_bytes),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             started: Instant::now(),
             last: Mutex::new(Instant::now()),
             bar: std::io::stderr().is_terminal(),
         }
+    }
+
+    /// Names what is counted (default "entries").
+    pub fn counting(mut self, unit: &'static str) -> Self {
+        self.unit = unit;
+        self
+    }
+
+    /// For work whose total grows while it is done.
+    pub fn set_total(&self, entries: u64, bytes: u64) {
+        self.total_entries.store(entries, Ordering::Relaxed);
+        self.total_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub fn add_entries(&self, n: u64) {
@@ -93,6 +108,13 @@ impl Progress {
         }
     }
 
+    /// Removes a bar (the job ended some other way; its log says how).
+    pub fn clear(&self) {
+        if BAR_SHOWN.swap(false, Ordering::Relaxed) {
+            let _ = std::io::stderr().write_all(b"\r\x1b[K");
+        }
+    }
+
     fn show(&self) {
         let text = self.text();
         if self.bar {
@@ -112,11 +134,9 @@ impl Progress {
     /// and what lags is what is left to wait for).
     fn fraction(&self) -> f64 {
         let (entries, bytes) = self.done();
+        let (total_entries, total_bytes) = self.totals();
         let share = |done: u64, total: u64| (total > 0).then(|| done as f64 / total as f64);
-        let f = match (
-            share(entries, self.total_entries),
-            share(bytes, self.total_bytes),
-        ) {
+        let f = match (share(entries, total_entries), share(bytes, total_bytes)) {
             (Some(e), Some(b)) => e.min(b),
             (Some(x), None) | (None, Some(x)) => x,
             (None, None) => 1.0,
@@ -124,20 +144,34 @@ impl Progress {
         f.clamp(0.0, 1.0)
     }
 
+    fn totals(&self) -> (u64, u64) {
+        (
+            self.total_entries.load(Ordering::Relaxed),
+            self.total_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// `12 of 40 entries, 1.0 of 4.0 MiB (25%), 6 entries/s, 0.5 MiB/s, about 6 s left`
+    /// (without bytes to count, the MiB parts are left out).
     pub fn text(&self) -> String {
         let (entries, bytes) = self.done();
+        let (total_entries, total_bytes) = self.totals();
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let done = self.fraction();
         let left = secs * (1.0 - done) / done.max(1e-9);
+        let unit = self.unit;
+        let (size, size_rate) = if total_bytes > 0 {
+            (
+                format!(", {:.1} of {:.1} MiB", mib(bytes), mib(total_bytes)),
+                format!(", {:.1} MiB/s", mib(bytes) / secs),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         format!(
-            "{entries} of {} entries, {:.1} of {:.1} MiB ({:.0}%), {:.0} entries/s, {:.1} MiB/s, {}",
-            self.total_entries,
-            mib(bytes),
-            mib(self.total_bytes),
+            "{entries} of {total_entries} {unit}{size} ({:.0}%), {:.0} {unit}/s{size_rate}, {}",
             100.0 * done,
             entries as f64 / secs,
-            mib(bytes) / secs,
             if done > 0.0 {
                 format!("about {left:.0} s left")
             } else {
@@ -200,7 +234,15 @@ mod tests {
         let p = Progress::new("import", 4, 0);
         assert!(p.text().contains("time left unknown"), "{}", p.text());
         p.add_entries(3);
-        assert!(p.text().contains("(75%)"), "{}", p.text());
+        assert!(p.text().starts_with("3 of 4 entries (75%)"), "{}", p.text());
+        let p = Progress::new("catch-up", 0, 0).counting("records");
+        p.set_total(200, 0);
+        p.set(50, 0);
+        assert!(
+            p.text().starts_with("50 of 200 records (25%)"),
+            "{}",
+            p.text()
+        );
     }
 
     #[test]

@@ -405,13 +405,11 @@ impl ReplicaState {
                 ));
             }
         }
-        s.push_str("# HELP kafkafs_lag_seconds Record time on the master to applied here.\n");
-        s.push_str("# TYPE kafkafs_lag_seconds summary\n");
-        for q in [0.5, 0.9, 0.99] {
-            let v = self.lag.quantile(q).unwrap_or_default().as_secs_f64();
-            s.push_str(&format!("kafkafs_lag_seconds{{quantile=\"{q}\"}} {v}\n"));
-        }
-        s.push_str(&format!("kafkafs_lag_seconds_count {}\n", self.lag.count()));
+        s.push_str(&self.lag.render(
+            "kafkafs_lag_seconds",
+            "Record time on the master to applied here.",
+            &format!("topic=\"{}\"", self.topic),
+        ));
         s
     }
 }

@@ -1042,9 +1042,25 @@ impl Checkpoints {
 struct Progress {
     last: Instant,
     last_applied: u64,
+    /// Lag samples at the last line: its quantiles cover the interval.
+    last_lag: crate::metrics::Counts,
+    /// The catch-up's bar, on a terminal, until caught up.
+    bar: Option<crate::progress::Progress>,
+    /// When the bar last read the topic's end offsets.
+    ends_read: Option<Instant>,
     notify: bool,
     /// The first time everything was read and applied (logged once).
     caught_up_once: bool,
+}
+
+impl Drop for Progress {
+    /// A bar still drawn (the slave stops before catching up) goes: the
+    /// stop's own line says where the replica stands.
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.clear();
+        }
+    }
 }
 
 impl Progress {
@@ -1052,6 +1068,10 @@ impl Progress {
         Progress {
             last: Instant::now(),
             last_applied: 0,
+            last_lag: crate::metrics::Counts::default(),
+            bar: std::io::IsTerminal::is_terminal(&std::io::stderr())
+                .then(|| crate::progress::Progress::new("catch-up", 0, 0).counting("records")),
+            ends_read: None,
             notify,
             caught_up_once: false,
         }
@@ -1071,6 +1091,9 @@ impl Progress {
         let none_held = vec![false; next_read.len()];
         if source.caught_up(next_read, &none_held).unwrap_or(false) {
             self.caught_up_once = true;
+            if let Some(bar) = self.bar.take() {
+                bar.finish();
+            }
             tracing::info!(
                 "caught up with topic `{}`: {} records applied, next offsets {:?}",
                 ctx.topic,
@@ -1093,6 +1116,22 @@ impl Progress {
         source: &mut dyn Source,
         first: u64,
     ) {
+        if let Some(bar) = &self.bar {
+            if self.ends_read.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+                // The topic's end, for the bar's total (else read every 10 s).
+                for p in 0..ctx.partitions() {
+                    if let Ok((_, end)) = source.watermarks(p) {
+                        ctx.set_end(p, end);
+                    }
+                }
+                self.ends_read = Some(Instant::now());
+            }
+            let applied = first + pool.applied();
+            let behind: i64 = ctx.behind().iter().flatten().sum();
+            bar.set_total(applied + behind.max(0) as u64, 0);
+            bar.set(applied, 0);
+            bar.tick();
+        }
         if self.last.elapsed() < Duration::from_secs(10) {
             return;
         }
@@ -1112,11 +1151,15 @@ impl Progress {
         } else {
             format!("{behind} records behind")
         };
+        let lag = ctx.lag.counts();
+        let recent = lag.since(&self.last_lag);
+        self.last_lag = lag;
         let line = format!(
-            "applied {} records ({rate:.0}/s); {eta}; lag p50 {:?} p99 {:?}; next offsets {:?}",
+            "applied {} records ({rate:.0}/s); {eta}; lag p50 {:?} p99 {:?} (last {:.0} s); next offsets {:?}",
             first + applied,
-            ctx.lag.quantile(0.5).unwrap_or_default(),
-            ctx.lag.quantile(0.99).unwrap_or_default(),
+            recent.quantile(0.5).unwrap_or_default(),
+            recent.quantile(0.99).unwrap_or_default(),
+            secs,
             (0..ctx.partitions())
                 .map(|p| ctx.position(p).next_offset)
                 .collect::<Vec<_>>()

@@ -25,7 +25,11 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
     }
     let j = MemoryJournal::new(2);
     let timeout = Duration::from_secs(2);
-    let m = Mounted::with_journal(Arc::new(j.clone()), 2, |c| c.journal_timeout = timeout);
+    let metrics = "127.0.0.1:19465";
+    let m = Mounted::with_journal(Arc::new(j.clone()), 2, |c| {
+        c.journal_timeout = timeout;
+        c.metrics = Some(metrics.parse().unwrap());
+    });
     fs::write(m.path("ok"), b"1").unwrap();
     fs::write(m.path("held"), b"").unwrap();
     let mut held = fs::OpenOptions::new()
@@ -69,6 +73,25 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
     );
     fs::write(m.path("final"), b"3").unwrap();
     m.assert_converged("after a refused record");
+
+    // The metrics count what happened: three calls answered EIO, the
+    // acknowledged records with their latency, nothing in flight now.
+    let body = common::get_metrics(metrics).expect("the metrics endpoint answers");
+    let value =
+        |name: &str| common::metric(&body, name).unwrap_or_else(|| panic!("no {name} in\n{body}"));
+    assert!(value("kafkafs_journal_failed_calls_total") >= 3.0, "{body}");
+    let acked = value("kafkafs_journal_acknowledged_records_total");
+    assert!(acked >= 6.0, "{body}");
+    assert_eq!(value("kafkafs_journal_ack_seconds_count"), acked, "{body}");
+    assert_eq!(
+        value("kafkafs_journal_ack_seconds_bucket{le=\"+Inf\"}"),
+        acked,
+        "{body}"
+    );
+    assert!(value("kafkafs_call_seconds_count") >= acked, "{body}");
+    assert!(value("kafkafs_call_seconds_sum") > 0.0, "{body}");
+    assert_eq!(value("kafkafs_journal_in_flight"), 0.0, "{body}");
+    assert_eq!(value("kafkafs_journal_recovering"), 0.0, "{body}");
 }
 
 /// A real Apache Kafka broker frozen (unreachable) and then stopped and

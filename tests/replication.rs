@@ -403,7 +403,6 @@ fn status_command_and_metrics_endpoint() {
     if common::skip(common::Need::Kafka, "status_command_and_metrics_endpoint") {
         return;
     }
-    use std::io::{Read, Write};
     let records = common::records(&Workload::new(11).ops(300), 1, START);
     let cfg = common::kafka_topic("status", 1);
     common::produce(&common::kafka_sink(&cfg), &records[..200]);
@@ -458,13 +457,9 @@ fn status_command_and_metrics_endpoint() {
             "metrics never showed the catch-up"
         );
         std::thread::sleep(Duration::from_millis(100));
-        let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+        let Some(body) = common::get_metrics(addr) else {
             continue;
         };
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        conn.read_to_string(&mut body).unwrap();
         if body.contains("kafkafs_applied_records_total 100\n")
             && body.contains("kafkafs_partition_records_behind{")
         {
@@ -478,8 +473,29 @@ fn status_command_and_metrics_endpoint() {
         body.contains("kafkafs_partition_next_offset{topic=\""),
         "{body}"
     );
+    // Lag is a Prometheus histogram: cumulative buckets, a sum, a count.
+    let lag_count = common::metric(
+        &body,
+        &format!("kafkafs_lag_seconds_count{{topic=\"{}\"}}", cfg.topic),
+    );
+    assert_eq!(lag_count, Some(100.0), "{body}");
+    assert_eq!(
+        common::metric(
+            &body,
+            &format!(
+                "kafkafs_lag_seconds_bucket{{topic=\"{}\",le=\"+Inf\"}}",
+                cfg.topic
+            )
+        ),
+        Some(100.0),
+        "{body}"
+    );
     assert!(
-        body.contains("kafkafs_lag_seconds{quantile=\"0.99\"}"),
+        common::metric(
+            &body,
+            &format!("kafkafs_lag_seconds_sum{{topic=\"{}\"}}", cfg.topic)
+        )
+        .is_some_and(|s| s > 0.0),
         "{body}"
     );
     // Caught up: nothing behind in any partition.

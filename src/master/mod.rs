@@ -381,14 +381,7 @@ impl Master {
         ));
         if let Some(addr) = config.metrics {
             let (m, p) = (state.clone(), pipeline.clone());
-            let render = move || {
-                format!(
-                    "{}# HELP kafkafs_journal_recovering 1 while the journal is unavailable.\n\
-                     # TYPE kafkafs_journal_recovering gauge\nkafkafs_journal_recovering {}\n",
-                    m.render_metrics(),
-                    u8::from(p.recovering())
-                )
-            };
+            let render = move || format!("{}{}", m.render_metrics(), p.render_metrics());
             let bound = crate::metrics::serve(addr, Arc::new(render)).map_err(io(data))?;
             tracing::info!("metrics on http://{bound}/metrics");
         }
@@ -406,11 +399,12 @@ impl Master {
             import::run(&fs, data, config.import_jobs, &stop).map_err(MasterError::Import)?;
         }
 
-        // 6. Periodic durable checkpoints.
+        // 6. Periodic durable checkpoints, and a line of activity.
         let cp_state = state.clone();
         let cp_dir = statedir.clone();
         let cp_stop = stop.clone();
         let interval = config.checkpoint_interval;
+        let mut activity = Activity::new(pipeline.clone());
         let checkpointer = std::thread::Builder::new()
             .name("kafkafs-checkpoint".into())
             .spawn(move || {
@@ -423,6 +417,7 @@ impl Master {
                         }
                         last = std::time::Instant::now();
                     }
+                    activity.tick();
                 }
             })
             .map_err(io(data))?;
@@ -816,4 +811,51 @@ pub fn mount(
     config.n_threads = Some(4);
     config.clone_fd = true;
     ::fuser::spawn_mount(adapter, mountpoint, &config)
+}
+
+/// The master's periodic line while it journals: records acknowledged
+/// over the last interval, their acknowledgement latency, failed calls.
+struct Activity {
+    pipeline: Pipeline,
+    last: std::time::Instant,
+    last_acked: u64,
+    last_failed: u64,
+    last_ack: crate::metrics::Counts,
+}
+
+impl Activity {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn new(pipeline: Pipeline) -> Self {
+        let (last_acked, last_failed, last_ack) = pipeline.activity();
+        Activity {
+            pipeline,
+            last: std::time::Instant::now(),
+            last_acked,
+            last_failed,
+            last_ack,
+        }
+    }
+
+    /// Logs a line if an interval passed with anything journaled or failed.
+    fn tick(&mut self) {
+        if self.last.elapsed() < Self::EVERY {
+            return;
+        }
+        let secs = self.last.elapsed().as_secs_f64();
+        let (acked, failed, ack) = self.pipeline.activity();
+        let recent = ack.since(&self.last_ack);
+        if acked > self.last_acked || failed > self.last_failed {
+            tracing::info!(
+                "journaled {} records in the last {secs:.0} s ({:.0}/s), acknowledged in p50 {:?} p99 {:?}; {} calls failed (EIO)",
+                acked - self.last_acked,
+                (acked - self.last_acked) as f64 / secs,
+                recent.quantile(0.5).unwrap_or_default(),
+                recent.quantile(0.99).unwrap_or_default(),
+                failed - self.last_failed
+            );
+        }
+        (self.last_acked, self.last_failed, self.last_ack) = (acked, failed, ack);
+        self.last = std::time::Instant::now();
+    }
 }

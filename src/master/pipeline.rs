@@ -187,6 +187,19 @@ struct Shared {
     check: PreCheck,
     /// Set once another master took over (why).
     fenced: Mutex<Option<String>>,
+    stats: JournalStats,
+}
+
+/// What the write path exports as metrics.
+#[derive(Default)]
+struct JournalStats {
+    /// Handing a record to the producer to its acknowledgement.
+    ack: crate::metrics::Histogram,
+    /// A call's arrival to its answer (journaled and applied, or an error).
+    calls: crate::metrics::Histogram,
+    acknowledged: std::sync::atomic::AtomicU64,
+    /// Calls answered EIO because the journal or the data-root failed them.
+    failed: std::sync::atomic::AtomicU64,
 }
 
 /// The write path (see module docs). Cheap to clone.
@@ -274,6 +287,7 @@ impl Pipeline {
             recovery: std::sync::Mutex::new(None),
             check: s.check,
             fenced: Mutex::new(None),
+            stats: JournalStats::default(),
         });
         let pipeline = Pipeline { shared };
         let recovery = pipeline.clone();
@@ -322,12 +336,75 @@ impl Pipeline {
     ) -> Result<Applied, FsError> {
         let arrived = CALL_ARRIVED.with(|a| a.get()).unwrap_or_else(Instant::now);
         let deadline = arrived + self.shared.timeout;
+        let answer = self.journal_and_apply(caller, deadline, plan);
+        let stats = &self.shared.stats;
+        stats.calls.record(arrived.elapsed());
+        if let Err(FsError::Journal(_) | FsError::NotApplied(_) | FsError::ShuttingDown) = &answer {
+            stats
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        answer
+    }
+
+    fn journal_and_apply(
+        &self,
+        caller: Caller,
+        deadline: Instant,
+        plan: &mut dyn FnMut(&mut InodeTable) -> Result<Planned, FsError>,
+    ) -> Result<Applied, FsError> {
         let (st, planned) = self.wait_for_keys(deadline, plan)?;
         let (tx, rx) = channel::unbounded::<Progress>();
         let late: LateKeys = Arc::default();
         let guard = self.sequence_and_send(st, planned, caller, tx, late.clone())?;
         let sent = Instant::now();
         self.await_outcome(&rx, guard, &late, deadline, sent)
+    }
+
+    /// Prometheus text for the write path: journal acknowledgement latency,
+    /// call latency, records in flight, acknowledged records, failed calls,
+    /// and whether the journal is recovering.
+    pub fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (s, stats) = (&self.shared, &self.shared.stats);
+        let mut out = stats.ack.render(
+            "kafkafs_journal_ack_seconds",
+            "A record handed to the producer to its acknowledgement by Kafka.",
+            "",
+        );
+        out += &stats.calls.render(
+            "kafkafs_call_seconds",
+            "A mutating call's arrival to its answer (journaled and applied, or an error).",
+            "",
+        );
+        out += &format!(
+            "# HELP kafkafs_journal_in_flight Records sent and not yet acknowledged.\n\
+             # TYPE kafkafs_journal_in_flight gauge\nkafkafs_journal_in_flight {}\n\
+             # HELP kafkafs_journal_acknowledged_records_total Records Kafka acknowledged.\n\
+             # TYPE kafkafs_journal_acknowledged_records_total counter\n\
+             kafkafs_journal_acknowledged_records_total {}\n\
+             # HELP kafkafs_journal_failed_calls_total Calls answered EIO because the journal (or the data-root) did not take their record in time.\n\
+             # TYPE kafkafs_journal_failed_calls_total counter\nkafkafs_journal_failed_calls_total {}\n\
+             # HELP kafkafs_journal_recovering 1 while the journal is unavailable.\n\
+             # TYPE kafkafs_journal_recovering gauge\nkafkafs_journal_recovering {}\n",
+            s.in_flight.load(Ordering::SeqCst),
+            stats.acknowledged.load(Relaxed),
+            stats.failed.load(Relaxed),
+            u8::from(self.recovering())
+        );
+        out
+    }
+
+    /// Records acknowledged, calls failed, and the acknowledgement latency
+    /// samples so far (for the master's periodic activity line).
+    pub fn activity(&self) -> (u64, u64, crate::metrics::Counts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.shared.stats;
+        (
+            stats.acknowledged.load(Relaxed),
+            stats.failed.load(Relaxed),
+            stats.ack.counts(),
+        )
     }
 
     /// Plans the operation and waits until no operation in flight conflicts
@@ -464,12 +541,22 @@ impl Pipeline {
         let generation = shared.generation.load(Ordering::SeqCst);
         let cb_shared = shared.clone();
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let handed = Instant::now();
         let sent = st.sink.send(
             p,
             &key,
             &payload,
             &[(HEADER_VERSION, b"1"), (HEADER_OP, name.as_bytes())],
-            Box::new(move |res| deliver(&cb_shared, generation, record, tx, late, res)),
+            Box::new(move |res| {
+                if res.is_ok() {
+                    let stats = &cb_shared.stats;
+                    stats.ack.record(handed.elapsed());
+                    stats
+                        .acknowledged
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                deliver(&cb_shared, generation, record, tx, late, res)
+            }),
         );
         if sent.is_err() {
             shared.in_flight.fetch_sub(1, Ordering::SeqCst);

@@ -696,3 +696,23 @@ pub fn file_ops(name: &str, body: &[u8]) -> Vec<Op> {
         },
     ]
 }
+
+/// The body of `GET /metrics` at `addr`, or None while nothing answers.
+#[allow(dead_code)]
+pub fn get_metrics(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The value of the sample line `name` (with its labels, if any) in a
+/// Prometheus text body.
+#[allow(dead_code)]
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
