@@ -4,6 +4,11 @@
 #
 #   scripts/kafka.sh start [--nodes N]   resolve jars (cached), format storage, start, wait until
 #                                        every node serves; prints the bootstrap servers last
+#   scripts/kafka.sh start --secure      one node with a second listener, SASL_SSL on PORT+2:
+#                                        TLS (a CA and a broker certificate for 127.0.0.1 made
+#                                        with the JDK's keytool) and SASL/SCRAM-SHA-256 (user
+#                                        kafkafs, a generated password)
+#   scripts/kafka.sh client-properties   librdkafka properties for the SASL_SSL listener (for -F)
 #   scripts/kafka.sh stop                stop every node (SIGTERM, then SIGKILL after a grace period)
 #   scripts/kafka.sh status              exit 0 when running and serving, 1 otherwise
 #   scripts/kafka.sh brokers             print the bootstrap servers (host:port[,host:port...])
@@ -76,23 +81,83 @@ running_node() { local d; d=$(node_dir "$1"); [ -f "$d/kafka.pid" ] && kill -0 "
 serving_node() { (exec 3<>"/dev/tcp/127.0.0.1/$(node_port "$1")") 2>/dev/null; }
 all_nodes() { local i; for i in $(seq 1 "$(nodes)"); do "$@" "$i" || return 1; done; }
 
+secure() { [ -f "$RUN/secure" ]; }
+secure_port() { echo $((BASE_PORT + 2)); }
+TLS_USER=kafkafs
+
+# A CA and a broker certificate for 127.0.0.1/localhost signed by it, in
+# PKCS12 stores; the CA as PEM for clients; one password for all.
+make_tls() {
+    local t="$RUN/tls" pw san="SAN=ip:127.0.0.1,dns:localhost"
+    command -v keytool >/dev/null || die "keytool (from the JDK) is needed for --secure"
+    mkdir -p "$t"
+    pw=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+    echo "$pw" >"$t/password"
+    {
+        keytool -genkeypair -alias ca -keyalg RSA -keysize 2048 -dname CN=kafkafs-test-ca \
+            -ext bc:c -validity 30 -keystore "$t/ca.p12" -storetype PKCS12 -storepass "$pw"
+        keytool -exportcert -alias ca -keystore "$t/ca.p12" -storepass "$pw" -rfc -file "$t/ca.pem"
+        keytool -genkeypair -alias broker -keyalg RSA -keysize 2048 -dname CN=localhost \
+            -ext "$san" -validity 30 -keystore "$t/broker.p12" -storetype PKCS12 -storepass "$pw"
+        keytool -certreq -alias broker -keystore "$t/broker.p12" -storepass "$pw" -file "$t/broker.csr"
+        keytool -gencert -alias ca -keystore "$t/ca.p12" -storepass "$pw" -infile "$t/broker.csr" \
+            -outfile "$t/broker.crt" -ext "$san" -validity 30 -rfc
+        keytool -importcert -alias ca -file "$t/ca.pem" -keystore "$t/broker.p12" -storepass "$pw" -noprompt
+        keytool -importcert -alias broker -file "$t/broker.crt" -keystore "$t/broker.p12" -storepass "$pw"
+    } >"$t/keytool.log" 2>&1 || { cat "$t/keytool.log" >&2; die "making the TLS certificates failed"; }
+}
+
+client_properties() {
+    secure || die "the broker in $RUN was not started with --secure"
+    cat <<PROPS
+# librdkafka properties for the SASL_SSL listener on 127.0.0.1:$(secure_port)
+security.protocol=SASL_SSL
+sasl.mechanisms=SCRAM-SHA-256
+sasl.username=$TLS_USER
+sasl.password=$(cat "$RUN/tls/password")
+ssl.ca.location=$RUN/tls/ca.pem
+PROPS
+}
+
+# The SASL_SSL listener's part of a node's configuration.
+secure_properties() {
+    local pw; pw=$(cat "$RUN/tls/password")
+    cat <<PROPS
+sasl.enabled.mechanisms=SCRAM-SHA-256
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.location=$RUN/tls/broker.p12
+ssl.keystore.type=PKCS12
+ssl.keystore.password=$pw
+ssl.key.password=$pw
+ssl.client.auth=none
+PROPS
+}
+
 configure_node() {
-    local i=$1 n=$2 d port cport voters="" j rf
+    local i=$1 n=$2 d port cport voters="" j rf listeners advertised map
     d=$(node_dir "$i")
     port=$(node_port "$i")
     cport=$((port + 1))
     for j in $(seq 1 "$n"); do voters="$voters${voters:+,}$j@127.0.0.1:$(($(node_port "$j") + 1))"; done
     rf=$n
+    listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+    advertised="PLAINTEXT://127.0.0.1:$port"
+    map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if secure; then
+        listeners="$listeners,SASL_SSL://127.0.0.1:$(secure_port)"
+        advertised="$advertised,SASL_SSL://127.0.0.1:$(secure_port)"
+        map="$map,SASL_SSL:SASL_SSL"
+    fi
     mkdir -p "$d/data"
     cat >"$d/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$map
 log.dirs=$d/data
 num.partitions=1
 default.replication.factor=$(( n < 3 ? n : 3 ))
@@ -104,6 +169,7 @@ group.initial.rebalance.delay.ms=0
 delete.topic.enable=true
 unclean.leader.election.enable=false
 PROPS
+    if secure; then secure_properties >>"$d/server.properties"; fi
     cat >"$d/log4j2.properties" <<L4J
 status = error
 appender.file.type = File
@@ -117,9 +183,13 @@ L4J
 }
 
 format_node() {
-    local d; d=$(node_dir "$1")
+    local d scram=()
+    d=$(node_dir "$1")
+    if secure; then
+        scram=(--add-scram "SCRAM-SHA-256=[name=$TLS_USER,password=$(cat "$RUN/tls/password")]")
+    fi
     java -Dlog4j2.configurationFile="$d/log4j2.properties" -cp "$LIB/*" kafka.tools.StorageTool format \
-        -t "$2" -c "$d/server.properties" >"$d/format.log" 2>&1 \
+        -t "$2" -c "$d/server.properties" "${scram[@]}" >"$d/format.log" 2>&1 \
         || { cat "$d/format.log" >&2; die "formatting KRaft storage of node $1 failed"; }
 }
 
@@ -153,22 +223,31 @@ wait_node() {
 }
 
 start() {
-    local n=1
-    if [ "${1:-}" = "--nodes" ]; then n="${2:?--nodes needs a number}"; fi
-    if [ -f "$RUN/nodes" ] && [ "$(nodes)" = "$n" ] && all_nodes running_node && all_nodes serving_node; then
+    local n=1 want_secure=0
+    case "${1:-}" in
+        --nodes) n="${2:?--nodes needs a number}" ;;
+        --secure) want_secure=1 ;;
+    esac
+    local was_secure=0; if secure; then was_secure=1; fi
+    if [ -f "$RUN/nodes" ] && [ "$(nodes)" = "$n" ] && [ "$was_secure" = "$want_secure" ] \
+        && all_nodes running_node && all_nodes serving_node; then
         bootstrap; return 0
     fi
     if [ -f "$RUN/nodes" ] || [ -f "$RUN/kafka.pid" ]; then stop; fi
     fetch
     local keep=0 i
     if [ "${KAFKAFS_KAFKA_KEEP:-0}" = 1 ] && [ "$(cat "$RUN/nodes" 2>/dev/null || echo 1)" = "$n" ] \
-        && [ -f "$(node_dir 1)/data/meta.properties" ]; then
+        && [ "$was_secure" = "$want_secure" ] && [ -f "$(node_dir 1)/data/meta.properties" ]; then
         keep=1
     fi
     if [ "$keep" = 0 ]; then
         rm -rf "$RUN"
         mkdir -p "$RUN"
         echo "$n" >"$RUN/nodes"
+        if [ "$want_secure" = 1 ]; then
+            touch "$RUN/secure"
+            make_tls
+        fi
         local cluster_id
         cluster_id=$(java -cp "$LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
         [ -n "$cluster_id" ] || die "could not generate a cluster id"
@@ -216,5 +295,6 @@ case "${1:-}" in
     kill-node) kill_node "${2:-}" ;;
     start-node) launch_node "${2:?node number}"; wait_node "$2"; echo "127.0.0.1:$(node_port "$2")" ;;
     fetch) fetch ;;
-    *) echo "usage: $0 start [--nodes N]|stop|status|brokers|kill-node I|start-node I|fetch" >&2; exit 2 ;;
+    client-properties) client_properties ;;
+    *) echo "usage: $0 start [--nodes N|--secure]|stop|status|brokers|client-properties|kill-node I|start-node I|fetch" >&2; exit 2 ;;
 esac

@@ -74,6 +74,8 @@ pub enum JournalError {
     },
     #[error("timed out after {0:?} waiting for the journal")]
     Timeout(std::time::Duration),
+    #[error("the connection to Kafka failed its security checks (credentials or TLS): {0}. Check security.protocol, sasl.mechanisms, sasl.username, sasl.password and ssl.ca.location (given with -X or -F)")]
+    Security(String),
     #[error("partition {partition} is out of range (topic has {count})")]
     NoSuchPartition { partition: u32, count: u32 },
     #[error("the journal is closed")]

@@ -14,7 +14,34 @@ use std::time::Duration;
 use kafkafs::cli::{Cli, Command, MasterArgs};
 use kafkafs::journal::kafka::KafkaSource;
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the process with one line: the error and its causes, each
+/// said once (a layer that repeats its cause's text adds nothing), exit 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -95,8 +122,6 @@ fn main() -> anyhow::Result<()> {
         Command::Slave(args) => {
             let config = args.config();
             kafkafs::slave::check_privileges(&config)?;
-            std::fs::create_dir_all(&config.root)
-                .with_context(|| format!("creating {}", config.root.display()))?;
             let kafka = args.kafka.config()?;
             // A daemon: wait for the broker and for the topic to exist.
             let what = format!("topic `{}` on {}", kafka.topic, kafka.broker_list());
@@ -106,6 +131,9 @@ fn main() -> anyhow::Result<()> {
                     Err(_) if stop.load(Ordering::SeqCst) => return Ok(()),
                     Err(e) => return Err(e).with_context(|| format!("reading {what}")),
                 };
+            // Only once the topic answers: a refused start leaves nothing.
+            std::fs::create_dir_all(&config.root)
+                .with_context(|| format!("creating {}", config.root.display()))?;
             // Informative only, and slow on brokers that do not answer
             // config requests: never in the way of the start.
             let (k, mut s) = (kafka.clone(), args.store.open(&kafka));

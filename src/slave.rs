@@ -540,6 +540,11 @@ pub fn retry_transient<T>(
 pub fn is_transient(e: &JournalError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     match e {
+        // A property librdkafka refuses (a CA file it cannot load...).
+        JournalError::Kafka(
+            rdkafka::error::KafkaError::ClientCreation(_)
+            | rdkafka::error::KafkaError::ClientConfig(..),
+        ) => false,
         JournalError::Kafka(k) => !matches!(
             k.rdkafka_error_code(),
             Some(C::AutoOffsetReset | C::OffsetOutOfRange | C::InvalidConfig | C::UnknownPartition)
@@ -1117,7 +1122,10 @@ impl Progress {
         first: u64,
     ) {
         if let Some(bar) = &self.bar {
-            if self.ends_read.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+            if self
+                .ends_read
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+            {
                 // The topic's end, for the bar's total (else read every 10 s).
                 for p in 0..ctx.partitions() {
                     if let Ok((_, end)) = source.watermarks(p) {

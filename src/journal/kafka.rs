@@ -122,7 +122,9 @@ impl KafkaConfig {
 
     /// Number of partitions of the topic, or `None` if it does not exist.
     pub fn partition_count(&self) -> Result<Option<u32>, JournalError> {
-        let consumer: BaseConsumer = self.consumer_config()?.create()?;
+        let consumer: BaseConsumer<ReaderContext> = self
+            .consumer_config()?
+            .create_with_context(ReaderContext::default())?;
         topic_partitions(&consumer, &self.topic, self.request_timeout)
     }
 
@@ -263,12 +265,27 @@ impl KafkaConfig {
     }
 }
 
-fn topic_partitions<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
+fn topic_partitions(
+    consumer: &BaseConsumer<ReaderContext>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<u32>, JournalError> {
-    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    // In short attempts: a refused login or handshake ends the wait at once.
+    let deadline = std::time::Instant::now() + timeout;
+    let md = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match consumer.fetch_metadata(Some(topic), left.min(Duration::from_secs(1))) {
+            Ok(md) => break md,
+            Err(e) => {
+                if let Some(refused) = security_failure(consumer, true) {
+                    return Err(refused);
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(JournalError::Kafka(e));
+                }
+            }
+        }
+    };
     match md.topics().iter().find(|t| t.name() == topic) {
         None => Ok(None),
         Some(t) => match t.error() {
@@ -281,17 +298,78 @@ fn topic_partitions<C: ConsumerContext>(
     }
 }
 
+/// A request failed: was it because the broker refused the client's
+/// credentials or TLS handshake (reported through the error callback)?
+/// Waiting does not cure that. `serve` polls to run the callback first —
+/// only on a consumer with nothing assigned, whose poll cannot return a
+/// message.
+fn security_failure(consumer: &BaseConsumer<ReaderContext>, serve: bool) -> Option<JournalError> {
+    if serve {
+        let _ = consumer.poll(Duration::ZERO);
+    }
+    let refused = consumer.context().refused.lock().ok()?.clone();
+    refused.map(JournalError::Security)
+}
+
 /// The consumer's context: end-of-partition is a normal event for a
-/// follower (used to detect "caught up"), not an error worth logging.
+/// follower (used to detect "caught up"), not an error worth logging; a
+/// refused authentication or TLS handshake is kept for the caller.
 #[derive(Default)]
 pub struct ReaderContext {
     quiet: Quiet,
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+/// librdkafka's words for a broker refusing the client's credentials or
+/// TLS handshake (its FAIL log line comes before any error event).
+fn is_refusal(message: &str) -> bool {
+    [
+        "SASL authentication error",
+        "SSL handshake failed",
+        "certificate verify failed",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if is_refusal(log_message) {
+            // Kept for the one error the caller reports; not logged per retry.
+            if let Ok(mut refused) = self.refused.lock() {
+                refused.get_or_insert_with(|| log_message.to_string());
+            }
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            KafkaError::Global(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SSL) => {
+                if let Ok(mut refused) = self.refused.lock() {
+                    refused.get_or_insert_with(|| reason.to_string());
+                }
+            }
+            // After a refusal, "all brokers down" and the like only echo it.
+            _ if self.refused.lock().is_ok_and(|r| r.is_some()) => {}
             e => {
                 if let Some(repeats) = self.quiet.admit() {
                     tracing::warn!("kafka: {e}: {reason}{}", repeated(repeats));
@@ -519,9 +597,9 @@ impl Source for KafkaSource {
     }
 
     fn watermarks(&self, partition: u32) -> Result<(i64, i64), JournalError> {
-        Ok(self
-            .consumer
-            .fetch_watermarks(&self.topic, partition as i32, self.timeout)?)
+        self.consumer
+            .fetch_watermarks(&self.topic, partition as i32, self.timeout)
+            .map_err(|e| security_failure(&self.consumer, false).unwrap_or(JournalError::Kafka(e)))
     }
 
     fn caught_up(&mut self, _next_read: &[i64], held: &[bool]) -> Result<bool, JournalError> {

@@ -579,6 +579,20 @@ impl PrivateBroker {
         Self::start_nodes(run, port, 1)
     }
 
+    /// One node with a SASL_SSL listener on `port + 2`
+    /// (`scripts/kafka.sh start --secure`).
+    #[allow(dead_code)]
+    pub fn start_secure(run: PathBuf, port: u16) -> PrivateBroker {
+        let b = PrivateBroker { run, port };
+        let out = b.script_args(&["start", "--secure"]);
+        assert!(
+            out.status.success(),
+            "starting a secure private broker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        b
+    }
+
     /// A cluster of `nodes` KRaft nodes (`scripts/kafka.sh start --nodes`).
     pub fn start_nodes(run: PathBuf, port: u16, nodes: u32) -> PrivateBroker {
         let b = PrivateBroker { run, port };
