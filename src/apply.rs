@@ -22,7 +22,7 @@
 //! fingerprint (`resume`) detects whether the main effect already happened
 //! and only completes the remaining, idempotent steps.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -749,6 +749,56 @@ impl Replica {
     }
 
     /// Sets a directory's mtime to `max(before, time)` after a namespace change.
+    /// Removes the entry at `path` — a whole subtree for a directory — and
+    /// moves its parent's mtime to `time` (a partial replica's entry that
+    /// left its view). Idempotent: an entry already gone is fine.
+    pub fn remove_tree(&self, path: &RelPath, time: Timestamp) -> Result<(), ReplicaFailure> {
+        let f = |x| fail("remove", path, x);
+        let e = match self.entry(path) {
+            Ok(e) => e,
+            // Nothing there, or not reachable without a symlink (then no
+            // record could have put anything there either).
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => return Ok(()),
+            Err(x) => return Err(f(x)),
+        };
+        let pst = rfs::fstat(&e.parent).map_err(f)?;
+        let _guard = self.lock_dir(&pst);
+        let Some(st) = lstat(&e.parent, &e.name) else {
+            return Ok(());
+        };
+        if st.st_mode & S_IFMT == 0o040000 {
+            // The parent was reached without symlinks; std's recursive
+            // removal works with descriptors and never follows one.
+            let dir = proc_fd_path(e.parent.as_fd());
+            let at = Path::new(OsStr::from_bytes(dir.as_bytes()))
+                .join(OsStr::from_bytes(e.name.as_bytes()));
+            std::fs::remove_dir_all(&at)
+                .map_err(|x| f(Errno::from_io_error(&x).unwrap_or(Errno::IO)))?;
+        } else {
+            match rfs::unlinkat(&e.parent, &e.name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(x) => return Err(f(x)),
+            }
+        }
+        self.bump(&e.parent, Some(stat_mtime(&pst)), time)
+            .map_err(f)
+    }
+
+    /// Moves the mtime of the directory at `path` to `time` if it is later
+    /// (a partial replica's directory whose entries changed out of view).
+    pub fn touch_dir(&self, path: &RelPath, time: Timestamp) -> Result<(), ReplicaFailure> {
+        let f = |x| fail("touch", path, x);
+        let dir = match self.open_dir(path) {
+            Ok(d) => d,
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(()),
+            Err(x) => return Err(f(x)),
+        };
+        let st = rfs::fstat(&dir).map_err(f)?;
+        let _guard = self.lock_dir(&st);
+        let st = rfs::fstat(&dir).map_err(f)?;
+        self.bump(&dir, Some(stat_mtime(&st)), time).map_err(f)
+    }
+
     fn bump(&self, dir: &OwnedFd, before: Option<Timestamp>, time: Timestamp) -> Result<(), Errno> {
         let m = match before {
             Some(b) if b > time => b,

@@ -497,6 +497,19 @@ pub struct SlaveArgs {
     #[arg(long, value_name = "newest|ID", value_parser = parse_choice)]
     pub from_snapshot: Option<crate::snapshot::Choice>,
 
+    /// Hold only this subtree (a path from the root whose components may
+    /// use `*` and `?`, e.g. `docs` or `projects/*/src`), with the
+    /// directories on the way to it; repeatable. Fixed at the replica's
+    /// first start.
+    #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
+    pub include: Vec<String>,
+
+    /// Leave out what this matches: with a `/`, a subtree from the root;
+    /// without, entries of that name anywhere (`*.tmp`, `node_modules`);
+    /// wins over --include; repeatable.
+    #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
+    pub exclude: Vec<String>,
+
     /// The replica directory (created if missing).
     pub data: PathBuf,
 }
@@ -538,8 +551,9 @@ impl SlaveArgs {
         }
     }
 
-    pub fn config(&self) -> SlaveConfig {
+    pub fn config(&self) -> Result<SlaveConfig, crate::filter::FilterError> {
         let mut c = SlaveConfig::new(&self.data, self.kafka.topic());
+        c.filter = crate::filter::Filter::new(&self.include, &self.exclude)?;
         c.threads = self.threads.max(1);
         c.exit_when_caught_up = self.exit_when_caught_up;
         c.skip_bad_records = self.skip_bad_records;
@@ -555,8 +569,15 @@ impl SlaveArgs {
         c.snapshot_every = self.snapshot_every;
         c.snapshot_keep = self.snapshot_keep.max(1);
         c.from_snapshot = self.from_snapshot.clone();
-        c
+        Ok(c)
     }
+}
+
+/// A filter pattern, checked as it is parsed.
+fn parse_pattern(s: &str) -> Result<String, String> {
+    crate::filter::Filter::new(&[s.to_string()], &[])
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// `90s`, `15m`, `12h`, `30d` (or plain seconds).

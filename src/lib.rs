@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod embedded;
 pub mod error;
+pub mod filter;
 pub mod journal;
 pub mod limits;
 pub mod log;

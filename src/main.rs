@@ -120,8 +120,8 @@ fn run() -> anyhow::Result<()> {
             kafkafs::log::run(&mut source, &options, &mut out, &stop)?;
         }
         Command::Slave(args) => {
-            let config = args.config();
-            kafkafs::slave::check_privileges(&config)?;
+            let config = args.config()?;
+            kafkafs::slave::check_config(&config)?;
             let kafka = args.kafka.config()?;
             // A daemon: wait for the broker and for the topic to exist.
             let what = format!("topic `{}` on {}", kafka.topic, kafka.broker_list());

@@ -116,6 +116,13 @@ pub struct ReplicaState {
     pub applied: AtomicU64,
     /// Per partition: the topic's end offset when last asked (-1: unknown).
     ends: Vec<std::sync::atomic::AtomicI64>,
+    /// What a partial replica holds (empty: everything).
+    filter: crate::filter::Filter,
+    /// Where entries that came into view without their content are listed.
+    gaps_file: Option<std::path::PathBuf>,
+    /// Records a partial replica did not apply as they are.
+    pub filtered: AtomicU64,
+    pub filter_gaps: AtomicU64,
 }
 
 impl ReplicaState {
@@ -162,7 +169,81 @@ impl ReplicaState {
                 .iter()
                 .map(|_| std::sync::atomic::AtomicI64::new(-1))
                 .collect(),
+            filter: crate::filter::Filter::default(),
+            gaps_file: None,
+            filtered: AtomicU64::new(0),
+            filter_gaps: AtomicU64::new(0),
         }
+    }
+
+    /// A partial replica: only what `filter` lets through; entries that
+    /// come into view without their content are listed in `gaps_file`.
+    pub fn with_filter(
+        mut self,
+        filter: crate::filter::Filter,
+        gaps_file: std::path::PathBuf,
+    ) -> Self {
+        self.filter = filter;
+        self.gaps_file = Some(gaps_file);
+        self
+    }
+
+    /// Applies `rec` — as it is, or as its plan under the filter.
+    fn apply_record(
+        &self,
+        p: u32,
+        offset: i64,
+        rec: &Record,
+        resume: Option<&crate::apply::Fingerprint>,
+        log: &mut dyn crate::apply::IntentLog,
+    ) -> Result<crate::apply::Outcome, crate::error::ReplicaFailure> {
+        if self.filter.is_empty() {
+            return self.replica.apply(&rec.op, rec.time, resume, log);
+        }
+        let plan = self.filter.plan(&rec.op);
+        if plan.apply {
+            return self.replica.apply(&rec.op, rec.time, resume, log);
+        }
+        if let Some(path) = &plan.remove {
+            self.replica.remove_tree(path, rec.time)?;
+        }
+        for dir in &plan.touch {
+            self.replica.touch_dir(dir, rec.time)?;
+        }
+        if let Some(path) = &plan.gap {
+            self.note_gap(p, offset, rec, path);
+        }
+        self.filtered.fetch_add(1, Ordering::Relaxed);
+        Ok(Ok(()))
+    }
+
+    /// An entry came into view from outside it: its content is not here.
+    fn note_gap(&self, p: u32, offset: i64, rec: &Record, path: &crate::op::RelPath) {
+        self.filter_gaps.fetch_add(1, Ordering::Relaxed);
+        let listed = self.gaps_file.as_ref().map(|file| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    writeln!(f, "{p} {offset} {}", crate::op::hex(path.as_bytes()))
+                })
+                .map(|()| file.display().to_string())
+        });
+        tracing::warn!(
+            "{}: {} brings `{}` into this partial replica's view from outside it: its content was \
+             never replicated here, so the replica lacks it{}. A replica whose filter includes \
+             both paths has it.",
+            self.pos(p, offset),
+            rec.op.name(),
+            path.display(),
+            match listed {
+                Some(Ok(file)) => format!(" (listed in {file})"),
+                Some(Err(e)) => format!(" (listing it failed: {e})"),
+                None => String::new(),
+            }
+        );
     }
 
     pub fn partitions(&self) -> u32 {
@@ -249,10 +330,7 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         let mut resume = entry.resume;
         let mut backoff = Duration::from_millis(50);
         let outcome = loop {
-            match ctx
-                .replica
-                .apply(&rec.op, rec.time, resume.as_ref(), &mut log)
-            {
+            match ctx.apply_record(p, entry.offset, rec, resume.as_ref(), &mut log) {
                 Ok(Ok(())) => break Ok(()),
                 Ok(Err(errno)) => {
                     tracing::debug!(
@@ -404,6 +482,16 @@ impl ReplicaState {
                     self.topic
                 ));
             }
+        }
+        if !self.filter.is_empty() {
+            s += &format!(
+                "# HELP kafkafs_filtered_records_total Records a partial replica did not apply as they are (out of its view).\n\
+                 # TYPE kafkafs_filtered_records_total counter\nkafkafs_filtered_records_total {}\n\
+                 # HELP kafkafs_filter_gaps_total Entries that came into a partial replica's view without their content.\n\
+                 # TYPE kafkafs_filter_gaps_total counter\nkafkafs_filter_gaps_total {}\n",
+                self.filtered.load(Ordering::Relaxed),
+                self.filter_gaps.load(Ordering::Relaxed)
+            );
         }
         s.push_str(&self.lag.render(
             "kafkafs_lag_seconds",

@@ -75,6 +75,9 @@ pub struct SlaveConfig {
     /// holds every record (without it, a snapshot is used only when the
     /// topic's beginning was deleted).
     pub from_snapshot: Option<Choice>,
+    /// Only the paths this lets through (a partial replica; see
+    /// `crate::filter`).
+    pub filter: crate::filter::Filter,
 }
 
 /// Where a point-in-time replica stops.
@@ -108,6 +111,7 @@ impl SlaveConfig {
             snapshot_every: None,
             snapshot_keep: 3,
             from_snapshot: None,
+            filter: crate::filter::Filter::default(),
         }
     }
 }
@@ -132,6 +136,20 @@ pub struct SlaveReport {
     pub lag_p50: Option<Duration>,
     pub lag_p99: Option<Duration>,
     pub lag_max: Option<Duration>,
+}
+
+/// Everything about a configuration that can be refused before a broker
+/// or the replica directory is touched.
+pub fn check_config(config: &SlaveConfig) -> Result<(), SlaveError> {
+    check_privileges(config)?;
+    if !config.filter.is_empty() && config.snapshot_every.is_some() {
+        return Err(SlaveError::Config(
+            "--snapshot-every needs the whole tree, but --include/--exclude make a partial replica; \
+             take snapshots with a slave that has no filter"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A slave reproduces ownership, device nodes and set-id bits, which needs
@@ -175,7 +193,7 @@ pub fn run_with_snapshots(
     snapshots: Option<Box<dyn SnapshotStore>>,
     stop: Arc<AtomicBool>,
 ) -> Result<SlaveReport, SlaveError> {
-    check_privileges(config)?;
+    check_config(config)?;
     let partitions = source.partitions();
     if partitions == 0 {
         return Err(SlaveError::Config(format!(
@@ -328,6 +346,7 @@ fn open_replica(
     if fresh && !config.allow_non_empty && !root_is_empty(&config.root)? {
         return Err(not_empty());
     }
+    adopt_filter(config, &state, fresh)?;
     if fresh {
         init_fresh(&config.root)?;
     } else if let Some(why) = replica.unmet(&replica.limits()).map_err(root_err)? {
@@ -337,13 +356,10 @@ fn open_replica(
             config.topic
         )));
     }
-    let ctx = Arc::new(ReplicaState::new(
-        replica,
-        ledger,
-        &config.topic,
-        &positions,
-        stop.clone(),
-    ));
+    let ctx = Arc::new(
+        ReplicaState::new(replica, ledger, &config.topic, &positions, stop.clone())
+            .with_filter(config.filter.clone(), state.path().join(FILTER_GAPS)),
+    );
     Ok(Opened {
         _lock: lock,
         state,
@@ -351,6 +367,53 @@ fn open_replica(
         positions,
         intents,
     })
+}
+
+/// The filter a partial replica was built with, in its state folder.
+const FILTER_FILE: &str = "filter";
+/// Entries that came into a partial replica's view without their content.
+pub const FILTER_GAPS: &str = "filter-gaps";
+
+/// A replica keeps the filter it was built with: a new replica notes it,
+/// a later start must give the same one (else the replica would hold what
+/// the new filter leaves out, or lack what it lets in).
+fn adopt_filter(config: &SlaveConfig, state: &StateDir, fresh: bool) -> Result<(), SlaveError> {
+    let path = state.path().join(FILTER_FILE);
+    let io = |e| SlaveError::Root {
+        path: path.clone(),
+        source: e,
+    };
+    let wanted = config.filter.spec();
+    let noted = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(e)),
+    };
+    let describe = |spec: &str| {
+        if spec.is_empty() {
+            "no filter (the whole tree)".to_string()
+        } else {
+            spec.trim_end().replace('\n', ", ")
+        }
+    };
+    match noted {
+        Some(noted) if noted == wanted => Ok(()),
+        None if fresh => {
+            if !wanted.is_empty() {
+                std::fs::write(&path, &wanted).map_err(io)?;
+            }
+            Ok(())
+        }
+        None if wanted.is_empty() => Ok(()),
+        noted => Err(SlaveError::Config(format!(
+            "{} was built with {}, but this start gives {}: a filter holds from a replica's \
+             first start. Start it with the same --include/--exclude, or build a new replica in an \
+             empty directory",
+            config.root.display(),
+            describe(noted.as_deref().unwrap_or_default()),
+            describe(&wanted)
+        ))),
+    }
 }
 
 /// A new replica (empty, no checkpoint) is built from a snapshot when the
@@ -395,6 +458,12 @@ fn bootstrap(
         ),
         None => "--from-snapshot".into(),
     };
+    if !config.filter.is_empty() {
+        return Err(SlaveError::Config(format!(
+            "{why}, but a snapshot holds the whole tree and --include/--exclude make a partial \
+             replica: build it without a filter, or from a topic that still holds every record"
+        )));
+    }
     let Some(store) = snapshots.as_mut() else {
         return Err(SlaveError::Config(format!(
             "{why}, but no snapshot store is configured"

@@ -1104,3 +1104,48 @@ fn fingerprint_of(r: &Replica, op: &Op) -> Option<Fingerprint> {
     let _ = r.apply(op, Timestamp::default(), None, &mut a);
     a.0
 }
+
+/// A partial replica's removals and directory touches (entries leaving
+/// its view) stay beneath the root: a symlink on the way is never
+/// followed, a symlink itself is removed as a link, a directory whole.
+#[test]
+fn partial_replica_removal_stays_beneath_the_root() {
+    if common::skip(
+        common::Need::Root,
+        "partial_replica_removal_stays_beneath_the_root",
+    ) {
+        return;
+    }
+    let f = fix();
+    let outside = f._dir.path().join("outside");
+    fs::create_dir_all(outside.join("inner")).unwrap();
+    fs::write(outside.join("inner/keep"), b"keep").unwrap();
+    let before = mtime(&outside);
+    std::os::unix::fs::symlink(&outside, f.root.join("esc")).unwrap();
+    fs::create_dir_all(f.root.join("tree/a/b")).unwrap();
+    fs::write(f.root.join("tree/a/b/f"), b"x").unwrap();
+    std::os::unix::fs::symlink(&outside, f.root.join("tree/a/link")).unwrap();
+    let t = Timestamp::new(2_000_000_000, 5);
+    for path in ["esc/inner", "esc/inner/keep", "esc"] {
+        f.r.remove_tree(&p(path), t).unwrap();
+        f.r.touch_dir(&p(path), t).unwrap();
+    }
+    assert!(
+        outside.join("inner/keep").exists(),
+        "followed a symlink out"
+    );
+    assert_eq!(mtime(&outside), before, "touched a directory outside");
+    assert!(!f.root.join("esc").exists(), "the symlink itself goes");
+    f.r.remove_tree(&p("tree/a"), t).unwrap();
+    assert!(!f.root.join("tree/a").exists());
+    assert!(outside.join("inner/keep").exists());
+    assert_eq!(mtime(&f.root.join("tree")), t, "the parent's mtime moves");
+    // Idempotent: gone is gone.
+    f.r.remove_tree(&p("tree/a"), t).unwrap();
+    f.r.touch_dir(&p("tree"), Timestamp::new(2_000_000_001, 0))
+        .unwrap();
+    assert_eq!(
+        mtime(&f.root.join("tree")),
+        Timestamp::new(2_000_000_001, 0)
+    );
+}
