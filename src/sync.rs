@@ -58,7 +58,6 @@ mod imp {
     }
 
     pub use crossbeam_channel as channel;
-    pub use dashmap::DashMap;
 }
 
 #[cfg(loom)]
@@ -121,7 +120,6 @@ mod imp {
     }
 
     pub use crossbeam_channel as channel;
-    pub use dashmap::DashMap;
 }
 
 pub use imp::*;

@@ -71,15 +71,24 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
         !m.path("refused").exists(),
         "never acknowledged, never applied"
     );
+    // A send the producer takes but whose delivery report is a failure.
+    j.fail_next_sends(1);
+    let e = fs::write(m.path("undelivered"), b"x").unwrap_err();
+    assert_eq!(errno_of(&e), libc::EIO, "{e}");
+    common::wait_recovered(&m, Duration::from_secs(30));
+    assert!(
+        !m.path("undelivered").exists(),
+        "never delivered, never applied"
+    );
     fs::write(m.path("final"), b"3").unwrap();
-    m.assert_converged("after a refused record");
+    m.assert_converged("after a refused record and a failed delivery");
 
-    // The metrics count what happened: three calls answered EIO, the
+    // The metrics count what happened: four calls answered EIO, the
     // acknowledged records with their latency, nothing in flight now.
     let body = common::get_metrics(metrics).expect("the metrics endpoint answers");
     let value =
         |name: &str| common::metric(&body, name).unwrap_or_else(|| panic!("no {name} in\n{body}"));
-    assert!(value("kafkafs_journal_failed_calls_total") >= 3.0, "{body}");
+    assert!(value("kafkafs_journal_failed_calls_total") >= 4.0, "{body}");
     let acked = value("kafkafs_journal_acknowledged_records_total");
     assert!(acked >= 6.0, "{body}");
     assert_eq!(value("kafkafs_journal_ack_seconds_count"), acked, "{body}");
