@@ -67,10 +67,7 @@ fn import(original: &Path, dir: &Path, jobs: u32) -> f64 {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    while !common::is_mounted(&mnt) {
-        assert!(master.try_wait().unwrap().is_none(), "the import failed");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_master_mounted(&mnt, &mut master, std::time::Duration::from_secs(600));
     let secs = started.elapsed().as_secs_f64();
     unsafe { libc::kill(master.id() as i32, libc::SIGTERM) };
     assert!(master.wait().unwrap().success());

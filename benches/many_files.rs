@@ -76,22 +76,6 @@ fn open_fds(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn wait_mounted(mnt: &Path, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        if mounts
-            .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(mnt.to_str().unwrap()))
-        {
-            return;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "master exited");
-        assert!(Instant::now() < deadline, "master did not mount");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn main() {
     let files = env_num("KAFKAFS_BENCH_MANY", 1_000_000);
     let tmp = tempfile::Builder::new()
@@ -115,7 +99,7 @@ fn main() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_mounted(&mnt, &mut master);
+    common::wait_master_mounted(&mnt, &mut master, Duration::from_secs(120));
     let pid = master.id();
     let peak_fds = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));

@@ -22,7 +22,8 @@ command -v perl >/dev/null || need+=(perl)
 command -v python3 >/dev/null || need+=(python3)
 for extra in "$@"; do
     case "$extra" in
-        broker) command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+        # keytool (the JDK's) makes the secure broker's certificates.
+        broker) { command -v java >/dev/null && command -v keytool >/dev/null; } || need+=(openjdk-17-jre-headless)
                 command -v mvn >/dev/null || need+=(maven) ;;
         # Tests: small ext4 images, open-file limits, unprivileged runs,
         # freezing, JSON checks.

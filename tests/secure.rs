@@ -70,12 +70,7 @@ fn replication_through_sasl_ssl() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !common::is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "the master never mounted");
-        assert!(master.try_wait().unwrap().is_none(), "the master exited");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_master_mounted(&mnt, &mut master, Duration::from_secs(90));
     fs::create_dir_all(mnt.join("a/b")).unwrap();
     for i in 0..20 {
         fs::write(mnt.join(format!("a/b/f{i}")), format!("secret {i}")).unwrap();

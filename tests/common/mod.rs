@@ -730,3 +730,20 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Waits until a `kafkafs master` process has mounted `mnt`; panics if it
+/// exits first or takes longer than `within`.
+#[allow(dead_code)]
+pub fn wait_master_mounted(mnt: &Path, master: &mut std::process::Child, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while !is_mounted(mnt) {
+        if let Some(status) = master.try_wait().unwrap() {
+            panic!("the master exited ({status}) before mounting {mnt:?}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the master did not mount {mnt:?} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
