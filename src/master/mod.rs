@@ -14,7 +14,6 @@ pub mod import;
 pub mod inodes;
 pub mod keys;
 pub mod pipeline;
-pub mod sequencer;
 
 use std::ffi::CString;
 use std::io::Read;
