@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use kafkafs::apply::{NoIntentLog, Replica};
 use kafkafs::journal::kafka::KafkaConfig;
 use kafkafs::master::keys::{Conflicts, Key, KeySet};
 use kafkafs::op::{Op, RelPath, Timestamp};
 use kafkafs::partition::partition_for;
 use kafkafs::record::{Caller, Record, Writer};
+use kafkafs::replica::apply::{NoIntentLog, Replica};
 use kafkafs::slave::{self, SlaveConfig};
 
 const PARTITIONS: [u32; 5] = [1, 2, 4, 8, 16];

@@ -153,7 +153,7 @@ fn kafkafs_run(partitions: u32, workload: &str, tar: &Path) -> Row {
     let highs: Vec<i64> = (0..partitions)
         .map(|p| source.watermarks(p).unwrap().1)
         .collect();
-    let sd = kafkafs::checkpoint::StateDir::open(&replica).unwrap();
+    let sd = kafkafs::replica::checkpoint::StateDir::open(&replica).unwrap();
     loop {
         let (_, slots) = sd.open_ledger(partitions).unwrap();
         let done = slots

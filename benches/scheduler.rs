@@ -3,9 +3,9 @@
 //! and the threaded pool with no-op work.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kafkafs::applier::{Pool, WorkFn};
 use kafkafs::record::Dep;
-use kafkafs::scheduler::{Item, Scheduler};
+use kafkafs::replica::pool::{Pool, WorkFn};
+use kafkafs::replica::scheduler::{Item, Scheduler};
 use rand::{Rng, SeedableRng};
 
 const N: u64 = 20_000;

@@ -106,7 +106,7 @@ pub const DEFAULT_TOPIC: &str = "kafkafs";
 
 /// The topic a replica or data-root follows, from its checkpoint.
 fn followed_topic(data: &std::path::Path) -> Option<String> {
-    let sd = crate::checkpoint::StateDir::existing(data)?;
+    let sd = crate::replica::checkpoint::StateDir::existing(data)?;
     Some(sd.load_checkpoint().ok()??.topic)
 }
 

@@ -149,7 +149,7 @@ impl std::fmt::Display for RecordPos {
 
 /// Errors that stop a slave (or the master's own applier).
 #[derive(Debug, thiserror::Error)]
-pub enum SlaveError {
+pub enum ReplicaError {
     #[error(
         "{pos}: cannot decode record: {source}. Its position is held and nothing that depends on it is applied; to skip exactly this record, restart with --skip-record {}:{}",
         .pos.partition, .pos.offset
@@ -190,6 +190,16 @@ pub enum SlaveError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("serving metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{records} records could not be applied: they depend on records that are not in the topic"
+    )]
+    Unresolved { records: usize },
 }
 
 /// Classifies an errno returned by a replica syscall: is it a deterministic

@@ -4,9 +4,6 @@
 //! before it takes effect; slaves replay the topic onto local directories.
 //! The module layout is described in DESIGN.md.
 
-pub mod applier;
-pub mod apply;
-pub mod checkpoint;
 pub mod cli;
 pub mod embedded;
 pub mod error;
@@ -21,8 +18,7 @@ pub mod op;
 pub mod partition;
 pub mod progress;
 pub mod record;
-pub mod replay;
-pub mod scheduler;
+pub mod replica;
 pub mod slave;
 pub mod snapshot;
 pub mod status;

@@ -311,7 +311,7 @@ fn from_pb(r: pb::Record) -> Result<Record, DecodeError> {
             value: r.seq,
         });
     }
-    if fence && writer.id.len() != crate::checkpoint::FENCE_ID_LEN {
+    if fence && writer.id.len() != crate::replica::checkpoint::FENCE_ID_LEN {
         return Err(DecodeError::BadValue {
             field: "fence writer.id length",
             value: writer.id.len() as u64,

@@ -6,9 +6,9 @@ use std::fmt;
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::checkpoint::{Position, StateDir};
 use crate::error::{CheckpointError, JournalError};
 use crate::journal::Source;
+use crate::replica::checkpoint::{Position, StateDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {

@@ -7,10 +7,10 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use kafkafs::apply::{Fingerprint, IntentLog, NoIntentLog, Outcome, Replica};
 use kafkafs::error::{Errno, ReplicaFailure};
 use kafkafs::op::{Op, RelPath, RenameFlags, Timestamp, XattrFlags};
 use kafkafs::op::{S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK};
+use kafkafs::replica::apply::{Fingerprint, IntentLog, NoIntentLog, Outcome, Replica};
 
 fn p(s: &str) -> RelPath {
     RelPath::new(s).unwrap()

@@ -411,7 +411,7 @@ fn check_causality(
         let positions = match r {
             Ok(rep) => rep.positions,
             Err(e) if e.to_string().contains("could not be applied") => {
-                kafkafs::checkpoint::StateDir::open(&replica)
+                kafkafs::replica::checkpoint::StateDir::open(&replica)
                     .unwrap()
                     .load_checkpoint()
                     .unwrap()

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafkafs::error::SlaveError;
+use kafkafs::error::ReplicaError;
 use kafkafs::op::Timestamp;
 use kafkafs::record::pb;
 use kafkafs::slave::{self, SlaveConfig};
@@ -215,7 +215,7 @@ fn escaping_records_are_refused_and_position_held() {
         .expect_err("bad record must stop the slave");
         let msg = err.to_string();
         match &err {
-            SlaveError::BadRecord { pos, .. } => {
+            ReplicaError::BadRecord { pos, .. } => {
                 assert_eq!(
                     (pos.partition, pos.offset),
                     (0, 1),
@@ -378,7 +378,7 @@ fn slave_stops_cleanly_on_sigterm_and_sigint() {
             .spawn()
             .unwrap();
         // Following: wait until it applied everything, then signal it.
-        let sd = kafkafs::checkpoint::StateDir::open(&replica).unwrap();
+        let sd = kafkafs::replica::checkpoint::StateDir::open(&replica).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (_, slots) = sd.open_ledger(1).unwrap();

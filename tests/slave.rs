@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafkafs::error::SlaveError;
+use kafkafs::error::ReplicaError;
 use kafkafs::journal::memory::MemoryJournal;
 use kafkafs::op::{Op, RelPath, Timestamp};
 use kafkafs::record::Record;
@@ -82,7 +82,7 @@ fn duplicates_are_skipped_and_gaps_halt() {
     assert!(
         matches!(
             err,
-            SlaveError::Gap {
+            ReplicaError::Gap {
                 last: 1,
                 found: 3,
                 ..
@@ -235,7 +235,7 @@ fn stop_request_checkpoints_and_resumes() {
         let (stop, source) = (stop.clone(), j.source());
         move || slave::run(&c, Box::new(source), stop)
     });
-    let sd = kafkafs::checkpoint::StateDir::open(&root).unwrap();
+    let sd = kafkafs::replica::checkpoint::StateDir::open(&root).unwrap();
     loop {
         let (_, slots) = sd.open_ledger(1).unwrap();
         if slots[0].is_some_and(|s| s.position.next_offset >= 500) {
@@ -274,7 +274,7 @@ fn a_snapshot_of_another_history_is_refused() {
     ) {
         return;
     }
-    use kafkafs::checkpoint::Position;
+    use kafkafs::replica::checkpoint::Position;
     use kafkafs::snapshot::bootstrap::take_into;
     use kafkafs::snapshot::dir_store::DirStore;
     use kafkafs::snapshot::take::Cut;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kafkafs::error::SlaveError;
+use kafkafs::error::ReplicaError;
 use kafkafs::journal::kafka::{KafkaConfig, KafkaSource};
 use kafkafs::journal::Source;
 use kafkafs::slave::{self, SlaveConfig, SlaveReport, Until};
@@ -52,7 +52,7 @@ fn slave(
     replica: &Path,
     cfg: &KafkaConfig,
     tune: impl FnOnce(&mut SlaveConfig),
-) -> Result<SlaveReport, SlaveError> {
+) -> Result<SlaveReport, ReplicaError> {
     fs::create_dir_all(replica).unwrap();
     let mut c = SlaveConfig::new(replica, &cfg.topic);
     c.threads = 2;
@@ -161,7 +161,7 @@ fn replicas_are_built_from_snapshots_once_the_journal_beginning_is_deleted() {
 
     // The early replica cannot resume: the error says how to resync...
     let e = slave(&stale, &cfg, |_| {}).expect_err("its next records were deleted");
-    assert!(matches!(e, SlaveError::OffsetDeleted { .. }), "{e}");
+    assert!(matches!(e, ReplicaError::OffsetDeleted { .. }), "{e}");
     assert!(e.to_string().contains("empty the replica directory"), "{e}");
     // ...and the resync it describes works.
     fs::remove_dir_all(&stale).unwrap();

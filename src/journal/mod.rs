@@ -147,3 +147,22 @@ pub fn send_and_wait(
         Err(crate::sync::channel::RecvTimeoutError::Disconnected) => Err(JournalError::Closed),
     }
 }
+
+/// Does waiting cure this journal error (broker away, topic not created
+/// yet, a request that timed out)?
+pub fn is_transient(e: &JournalError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e {
+        // A property librdkafka refuses (a CA file it cannot load...).
+        JournalError::Kafka(
+            rdkafka::error::KafkaError::ClientCreation(_)
+            | rdkafka::error::KafkaError::ClientConfig(..),
+        ) => false,
+        JournalError::Kafka(k) => !matches!(
+            k.rdkafka_error_code(),
+            Some(C::AutoOffsetReset | C::OffsetOutOfRange | C::InvalidConfig | C::UnknownPartition)
+        ),
+        JournalError::NoSuchTopic(_) | JournalError::Timeout(_) => true,
+        _ => false,
+    }
+}

@@ -25,10 +25,7 @@ use std::time::Duration;
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::applier::{Pool, WorkFn};
-use crate::apply::Replica;
-use crate::checkpoint::{DataLock, StateDir};
-use crate::error::{CheckpointError, Errno, FsError, JournalError, SlaveError};
+use crate::error::{CheckpointError, Errno, FsError, JournalError, ReplicaError};
 use crate::journal::Journal;
 use crate::limits::{Limits, LimitsProfile};
 use crate::master::fs::MasterFs;
@@ -41,10 +38,11 @@ use crate::op::hex;
 use crate::op::{Op, RelPath, Timestamp};
 use crate::record::Record;
 use crate::record::{Caller, Writer};
-use crate::replay::{
-    apply_entry, durable_checkpoint, restore, root_is_empty, Entry, ReplicaState, WorkError,
-};
-use crate::scheduler::{Item, Scheduler};
+use crate::replica::checkpoint::{DataLock, StateDir};
+use crate::replica::entry::{Entry, WorkError};
+use crate::replica::pool::Pool;
+use crate::replica::state::{durable_checkpoint, root_is_empty, ReplicaState};
+use crate::replica::OpenOptions;
 use crate::slave::{self, SlaveConfig, SlaveReport};
 use crate::sync::Mutex;
 
@@ -143,9 +141,9 @@ impl MasterConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
     #[error("bringing the data-root up to the journal: {0}")]
-    CatchUp(#[source] SlaveError),
+    CatchUp(#[source] ReplicaError),
     #[error("{0}")]
-    Slave(#[from] SlaveError),
+    Slave(#[from] ReplicaError),
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
     #[error("checkpoint: {0}")]
@@ -205,6 +203,227 @@ pub struct Master {
     checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
+/// An existing tree to import: the data-root's attributes before the
+/// state folder is created in it (`None`: nothing to import).
+fn import_root(
+    config: &MasterConfig,
+    last: &[Option<(i64, Record)>],
+    topic: &str,
+) -> Result<Option<std::fs::Metadata>, MasterError> {
+    let data = &config.data;
+    let adopt = config.import
+        && !import::pending(data)
+        && StateDir::existing(data)
+            .map(|sd| sd.load_checkpoint().map(|c| c.is_none()))
+            .transpose()?
+            .unwrap_or(true)
+        && data.exists()
+        && !root_is_empty(data)?;
+    if !adopt {
+        return Ok(None);
+    }
+    if last.iter().any(Option::is_some) {
+        return Err(MasterError::ImportNeedsNewTopic(topic.to_string()));
+    }
+    import::root_attributes(data)
+        .map(Some)
+        .map_err(MasterError::Import)
+}
+
+/// Writes this writer's fences (epoch one above the last writer's) and
+/// returns the writer.
+fn fence(
+    config: &MasterConfig,
+    journal: &dyn Journal,
+    statedir: &StateDir,
+    last: &[Option<(i64, Record)>],
+) -> Result<Writer, MasterError> {
+    let id = writer_id(statedir)?;
+    let epoch = last
+        .iter()
+        .flatten()
+        .map(|(_, r)| r.writer.epoch)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let writer = Writer { id, epoch };
+    let sink = journal.sink()?;
+    write_fences(
+        sink.as_ref(),
+        &writer,
+        config.take_over,
+        config.journal_timeout,
+    )?;
+    Ok(writer)
+}
+
+fn open_replica(
+    config: &MasterConfig,
+    statedir: &StateDir,
+    topic: &str,
+    partitions: u32,
+    stop: &Arc<AtomicBool>,
+) -> Result<Arc<ReplicaState>, MasterError> {
+    let opened = crate::replica::open(
+        &config.data,
+        statedir,
+        OpenOptions {
+            topic,
+            partitions,
+            unprivileged: false,
+            filter: crate::filter::Filter::default(),
+            stop: stop.clone(),
+        },
+    )?;
+    Ok(opened.state)
+}
+
+/// The serving side of a started master.
+struct Started {
+    fs: Arc<MasterFs>,
+    pipeline: Pipeline,
+    root_st: rustix::fs::Stat,
+    /// The limits a new topic declares (`None`: the topic has records).
+    declared: Option<Limits>,
+}
+
+/// Opens the data-root's inode table and starts the pipeline and the
+/// filesystem over it.
+fn start_fs(
+    config: &MasterConfig,
+    journal: Arc<dyn Journal>,
+    state: &Arc<ReplicaState>,
+    pool: &Pool<Entry, WorkError>,
+    tails: Vec<Tail>,
+    writer: Writer,
+    last_time: Option<Timestamp>,
+) -> Result<Started, MasterError> {
+    let data = &config.data;
+    let (inodes, root_st) = open_inodes(config)?;
+    let fresh_topic = tails.iter().all(|t| t.last_pseq == 0);
+    let declared = if fresh_topic {
+        let capacity = state.replica.capacity().map_err(io(data))?;
+        Some(match config.limits {
+            LimitsProfile::Portable => Limits::portable().min(&capacity),
+            LimitsProfile::DataRoot => capacity,
+        })
+    } else {
+        None
+    };
+    let limits = effective_limits(state, declared.as_ref(), data)?;
+    let pipeline = Pipeline::start(PipelineStart {
+        ordering: config.ordering,
+        journal,
+        inodes: inodes.clone(),
+        feeder: pool.feeder(),
+        tails,
+        last_time: last_time.unwrap_or_default(),
+        writer,
+        timeout: config.journal_timeout,
+        history_limit: config.history_limit,
+        check: pre_check(state.clone(), limits.clone()),
+    })?;
+    let fs = Arc::new(MasterFs::new(
+        pipeline.clone(),
+        inodes,
+        config.max_chunk,
+        limits.max_file_size,
+    ));
+    Ok(Started {
+        fs,
+        pipeline,
+        root_st,
+        declared,
+    })
+}
+
+/// The inode table over the data-root, with its handle cache sized to the
+/// open-file limit.
+fn open_inodes(
+    config: &MasterConfig,
+) -> Result<(Arc<Mutex<InodeTable>>, rustix::fs::Stat), MasterError> {
+    let data = &config.data;
+    let root_fd = rustix::fs::open(
+        data.as_path(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(data)(e.into()))?;
+    let root_st = rustix::fs::fstat(&root_fd).map_err(|e| io(data)(e.into()))?;
+    let nofile = raise_nofile();
+    let capacity = fd_cache_capacity(config.fd_cache, nofile);
+    tracing::info!("open-file limit {nofile}; at most {capacity} data-root handles cached");
+    let table = InodeTable::new(root_fd, &root_st, capacity);
+    Ok((Arc::new(Mutex::new(table)), root_st))
+}
+
+fn serve_metrics(
+    config: &MasterConfig,
+    state: &Arc<ReplicaState>,
+    pipeline: &Pipeline,
+) -> Result<(), MasterError> {
+    let Some(addr) = config.metrics else {
+        return Ok(());
+    };
+    let (m, p) = (state.clone(), pipeline.clone());
+    let render = move || format!("{}{}", m.render_metrics(), p.render_metrics());
+    let bound = crate::metrics::serve(addr, Arc::new(render)).map_err(io(&config.data))?;
+    tracing::info!("metrics on http://{bound}/metrics");
+    Ok(())
+}
+
+/// A new topic's first records: the limits it declares and the root's
+/// attributes; then an import that is pending.
+fn journal_beginning(
+    config: &MasterConfig,
+    started: &Started,
+    stop: &AtomicBool,
+) -> Result<(), MasterError> {
+    let data = &config.data;
+    if let Some(declared) = &started.declared {
+        journal_limits(&started.pipeline, declared.clone()).map_err(MasterError::Init)?;
+        journal_root(&started.pipeline, &started.root_st).map_err(MasterError::Init)?;
+    }
+    if import::pending(data) {
+        tracing::info!(
+            "importing the existing tree of {} into the journal",
+            data.display()
+        );
+        import::run(&started.fs, data, config.import_jobs, stop).map_err(MasterError::Import)?;
+    }
+    Ok(())
+}
+
+/// A thread writing the durable checkpoint every `checkpoint_interval`
+/// and a line of activity a minute.
+fn spawn_checkpointer(
+    config: &MasterConfig,
+    statedir: &StateDir,
+    state: &Arc<ReplicaState>,
+    pipeline: &Pipeline,
+    stop: &Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, MasterError> {
+    let (cp_state, cp_dir, cp_stop) = (state.clone(), statedir.clone(), stop.clone());
+    let interval = config.checkpoint_interval;
+    let mut activity = Activity::new(pipeline.clone());
+    std::thread::Builder::new()
+        .name("kafkafs-checkpoint".into())
+        .spawn(move || {
+            let mut last = std::time::Instant::now();
+            while !cp_stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= interval {
+                    if let Err(e) = durable_checkpoint(&cp_dir, &cp_state) {
+                        tracing::error!("writing the checkpoint failed: {e}");
+                    }
+                    last = std::time::Instant::now();
+                }
+                activity.tick();
+            }
+        })
+        .map_err(io(&config.data))
+}
+
 /// This data-root's writer identity (created on first use).
 fn writer_id(statedir: &StateDir) -> Result<Vec<u8>, MasterError> {
     if let Some(id) = existing_writer_id(statedir)? {
@@ -260,172 +479,36 @@ impl Master {
         if let Some(statedir) = StateDir::existing(data) {
             check_not_ahead(&statedir, journal.as_ref())?;
         }
-        let adopt = config.import
-            && !import::pending(data)
-            && StateDir::existing(data)
-                .map(|sd| sd.load_checkpoint().map(|c| c.is_none()))
-                .transpose()?
-                .unwrap_or(true)
-            && data.exists()
-            && !root_is_empty(data)?;
-        if adopt && last.iter().any(Option::is_some) {
-            return Err(MasterError::ImportNeedsNewTopic(topic));
-        }
-        let root_before = if adopt {
-            Some(import::root_attributes(data).map_err(MasterError::Import)?)
-        } else {
-            None
-        };
+        let root_before = import_root(config, &last, &topic)?;
         std::fs::create_dir_all(data).map_err(io(data))?;
         let statedir = StateDir::open(data)?;
         let lock = statedir.lock()?;
         if let Some(root) = &root_before {
             import::stage(data, root).map_err(MasterError::Import)?;
         }
-
         // 1. Fence the topic: from here on only this writer is valid.
-        let id = writer_id(&statedir)?;
-        let epoch = last
-            .iter()
-            .flatten()
-            .map(|(_, r)| r.writer.epoch)
-            .max()
-            .unwrap_or(0)
-            + 1;
-        let last_time = last
-            .iter()
-            .flatten()
-            .map(|(_, r)| r.time)
-            .max()
-            .unwrap_or_default();
-        let writer = Writer { id, epoch };
-        let sink = journal.sink()?;
-        write_fences(
-            sink.as_ref(),
-            &writer,
-            config.take_over,
-            config.journal_timeout,
-        )?;
-        drop(sink);
-
+        let writer = fence(config, journal.as_ref(), &statedir, &last)?;
         // 2. Catch up with the journal, through the fences.
         let report = catch_up(config, journal.as_ref(), &stop)?;
         check_fenced_to(&report, &writer, &topic)?;
-        let tails: Vec<Tail> = report
-            .positions
-            .iter()
-            .map(|p| Tail {
-                next_offset: p.next_offset,
-                last_seq: p.last_seq,
-                last_pseq: p.last_pseq,
-            })
-            .collect();
-        let fresh_topic = tails.iter().all(|t| t.last_pseq == 0);
-
-        // 3. The data-root's own applier.
-        let replica = Replica::open(data).map_err(io(data))?;
-        let restored = restore(&statedir, &topic, tails.len() as u32)?;
-        let state = Arc::new(ReplicaState::new(
-            replica,
-            restored.ledger,
-            &topic,
-            &restored.positions,
-            stop.clone(),
-        ));
-        let work_state = state.clone();
-        let work: Box<WorkFn<Entry, WorkError>> = Box::new(move |p, item: &mut Item<Entry>| {
-            apply_entry(&work_state, p, &mut item.payload)
-        });
-        let applied_seqs: Vec<u64> = restored.positions.iter().map(|p| p.last_seq).collect();
-        let pool = Pool::start(config.threads, Scheduler::new(&applied_seqs), work);
-
+        let tails: Vec<Tail> = report.positions.iter().map(Tail::after).collect();
+        // 3. The data-root's own applier: the same replica runtime a slave
+        //    runs (its catch-up in step 2 finished any interrupted record).
+        let state = open_replica(config, &statedir, &topic, tails.len() as u32, &stop)?;
+        let pool = crate::replica::start_pool(config.threads, &state);
         // 4. Inodes, pipeline, filesystem.
-        let root_fd = rustix::fs::open(
-            data.as_path(),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io(data)(e.into()))?;
-        let root_st = rustix::fs::fstat(&root_fd).map_err(|e| io(data)(e.into()))?;
-        let nofile = raise_nofile();
-        let capacity = fd_cache_capacity(config.fd_cache, nofile);
-        tracing::info!("open-file limit {nofile}; at most {capacity} data-root handles cached");
-        let inodes = Arc::new(Mutex::new(InodeTable::new(root_fd, &root_st, capacity)));
-        let declared = if fresh_topic {
-            let capacity = state.replica.capacity().map_err(io(data))?;
-            Some(match config.limits {
-                LimitsProfile::Portable => Limits::portable().min(&capacity),
-                LimitsProfile::DataRoot => capacity,
-            })
-        } else {
-            None
-        };
-        let limits = effective_limits(&state, declared.as_ref(), data)?;
-        let pipeline = Pipeline::start(PipelineStart {
-            ordering: config.ordering,
-            journal,
-            inodes: inodes.clone(),
-            feeder: pool.feeder(),
-            tails,
-            last_time,
-            writer,
-            timeout: config.journal_timeout,
-            history_limit: config.history_limit,
-            check: pre_check(state.clone(), limits.clone()),
-        })?;
-        let fs = Arc::new(MasterFs::new(
-            pipeline.clone(),
-            inodes,
-            config.max_chunk,
-            limits.max_file_size,
-        ));
-        if let Some(addr) = config.metrics {
-            let (m, p) = (state.clone(), pipeline.clone());
-            let render = move || format!("{}{}", m.render_metrics(), p.render_metrics());
-            let bound = crate::metrics::serve(addr, Arc::new(render)).map_err(io(data))?;
-            tracing::info!("metrics on http://{bound}/metrics");
-        }
-
-        // 5. A new journal starts with the root's attributes.
-        if let Some(declared) = declared {
-            journal_limits(&pipeline, declared).map_err(MasterError::Init)?;
-            journal_root(&pipeline, &root_st).map_err(MasterError::Init)?;
-        }
-        if import::pending(data) {
-            tracing::info!(
-                "importing the existing tree of {} into the journal",
-                data.display()
-            );
-            import::run(&fs, data, config.import_jobs, &stop).map_err(MasterError::Import)?;
-        }
-
+        let last_time = last.iter().flatten().map(|(_, r)| r.time).max();
+        let started = start_fs(config, journal, &state, &pool, tails, writer, last_time)?;
+        serve_metrics(config, &state, &started.pipeline)?;
+        // 5. A new journal starts with the root's attributes; an import
+        //    follows.
+        journal_beginning(config, &started, &stop)?;
         // 6. Periodic durable checkpoints, and a line of activity.
-        let cp_state = state.clone();
-        let cp_dir = statedir.clone();
-        let cp_stop = stop.clone();
-        let interval = config.checkpoint_interval;
-        let mut activity = Activity::new(pipeline.clone());
-        let checkpointer = std::thread::Builder::new()
-            .name("kafkafs-checkpoint".into())
-            .spawn(move || {
-                let mut last = std::time::Instant::now();
-                while !cp_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if last.elapsed() >= interval {
-                        if let Err(e) = durable_checkpoint(&cp_dir, &cp_state) {
-                            tracing::error!("writing the checkpoint failed: {e}");
-                        }
-                        last = std::time::Instant::now();
-                    }
-                    activity.tick();
-                }
-            })
-            .map_err(io(data))?;
-
+        let checkpointer = spawn_checkpointer(config, &statedir, &state, &started.pipeline, &stop)?;
         Ok(Master {
             _lock: lock,
-            fs,
-            pipeline,
+            fs: started.fs,
+            pipeline: started.pipeline,
             pool: Some(pool),
             state,
             statedir,
@@ -598,7 +681,7 @@ fn with_retries<T>(
     let deadline = std::time::Instant::now() + patience;
     loop {
         match f() {
-            Err(e) if slave::is_transient(&e) && std::time::Instant::now() < deadline => {
+            Err(e) if crate::journal::is_transient(&e) && std::time::Instant::now() < deadline => {
                 tracing::debug!("reading the journal: {e}; retrying");
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -697,7 +780,7 @@ fn pre_check(state: Arc<ReplicaState>, limits: Limits) -> PreCheck {
 
 /// ENOSPC when the data-root cannot take `bytes` more (with a margin for
 /// the filesystem's own metadata).
-fn free_space_for(replica: &crate::apply::Replica, bytes: u64) -> Option<Errno> {
+fn free_space_for(replica: &crate::replica::apply::Replica, bytes: u64) -> Option<Errno> {
     let vfs = rustix::fs::fstatvfs(replica.root_fd()).ok()?;
     let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
     let margin = 64 * 1024 + bytes / 32;

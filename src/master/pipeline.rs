@@ -26,9 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::applier::Feeder;
-use crate::apply::Outcome;
-use crate::checkpoint::{Fence, Position};
 use crate::error::{Errno, FsError, JournalError};
 use crate::journal::{Journal, Message, Sink, Source};
 use crate::master::inodes::InodeTable;
@@ -39,7 +36,11 @@ use crate::partition::partition_for;
 use crate::record::{
     Caller, Dep, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP, HEADER_VERSION,
 };
-use crate::replay::{Entry, Reader, WorkError};
+use crate::replica::apply::Outcome;
+use crate::replica::checkpoint::{Fence, Position};
+use crate::replica::entry::{Entry, WorkError};
+use crate::replica::pool::Feeder;
+use crate::replica::reader::RecordReader;
 use crate::sync::{channel, Condvar, Mutex, MutexGuard};
 
 thread_local! {
@@ -88,6 +89,17 @@ pub struct Tail {
     pub last_pseq: u64,
 }
 
+impl Tail {
+    /// The tail after a replica's applied position.
+    pub fn after(p: &crate::replica::checkpoint::Position) -> Tail {
+        Tail {
+            next_offset: p.next_offset,
+            last_seq: p.last_seq,
+            last_pseq: p.last_pseq,
+        }
+    }
+}
+
 /// The sequencing state, under the pipeline lock.
 struct SeqState {
     conflicts: Conflicts,
@@ -100,7 +112,7 @@ struct SeqState {
 
 /// What recovery found when it read the log back.
 struct ReadBack {
-    reader: Reader,
+    reader: RecordReader,
     pushed: Vec<i64>,
     last: Vec<(u64, u64)>,
     applied: u64,
@@ -119,7 +131,7 @@ impl ReadBack {
             })
             .collect();
         ReadBack {
-            reader: Reader::new(
+            reader: RecordReader::new(
                 topic,
                 DEFAULT_MAX_RECORD_BYTES,
                 false,
@@ -757,7 +769,7 @@ impl Pipeline {
                 .entry(m)
                 .map_err(|e| JournalError::Unreadable(e.to_string()))?;
             read.pushed[p as usize] = offset + 1;
-            if let crate::replay::EntryKind::Fence(f) = &entry.kind {
+            if let crate::replica::entry::EntryKind::Fence(f) = &entry.kind {
                 if f.id.as_slice() != writer.id.as_slice() {
                     read.fenced.get_or_insert_with(|| {
                         format!(
@@ -917,7 +929,7 @@ fn gap_is_void(shared: &Shared, p: u32, d: &Delivery, offset: i64) -> bool {
             fence: d.fence,
         };
         let topic = shared.journal.topic();
-        let mut reader = Reader::new(
+        let mut reader = RecordReader::new(
             &topic,
             DEFAULT_MAX_RECORD_BYTES,
             false,
@@ -941,7 +953,7 @@ fn gap_is_void(shared: &Shared, p: u32, d: &Delivery, offset: i64) -> bool {
             let entry = reader
                 .entry(m)
                 .map_err(|e| JournalError::Unreadable(e.to_string()))?;
-            if !matches!(entry.kind, crate::replay::EntryKind::Skip) {
+            if !matches!(entry.kind, crate::replica::entry::EntryKind::Skip) {
                 return Ok(false);
             }
         }

@@ -10,9 +10,9 @@ use std::sync::atomic::AtomicBool;
 use super::restore::{Builder, Restored};
 use super::take::{take, Cut};
 use super::{io_at, new_id, SnapshotError, SnapshotInfo, SnapshotStore};
-use crate::checkpoint::{Checkpoint, StateDir};
 use crate::op::STATE_DIR;
 use crate::progress::Progress;
+use crate::replica::checkpoint::{Checkpoint, StateDir};
 
 /// Marks a replica being restored: its tree is the restore's, unfinished.
 const MARKER: &str = "restoring";
@@ -101,7 +101,7 @@ fn write_limits(state: &StateDir, limits: &[u8]) -> Result<(), SnapshotError> {
     if limits.is_empty() {
         return Ok(());
     }
-    let path = state.path().join(crate::apply::LIMITS_FILE);
+    let path = state.path().join(crate::replica::apply::LIMITS_FILE);
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, limits)
         .and_then(|()| fs::File::open(&tmp)?.sync_all())
@@ -127,9 +127,9 @@ pub fn take_into(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::Position;
     use crate::record::pb;
     use crate::record::pb::snapshot_part::Part;
+    use crate::replica::checkpoint::Position;
     use crate::snapshot::dir_store::DirStore;
     use std::os::unix::fs::{symlink, PermissionsExt};
 

@@ -19,10 +19,10 @@ pub mod take;
 
 use std::path::PathBuf;
 
-use crate::checkpoint::{Fence, Position, FENCE_ID_LEN};
 use crate::error::{JournalError, PathError};
 use crate::op::Timestamp;
 use crate::record::pb;
+use crate::replica::checkpoint::{Fence, Position, FENCE_ID_LEN};
 
 /// Format version of the snapshot parts this kafkafs writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;

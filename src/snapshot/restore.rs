@@ -19,11 +19,11 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timestamps};
 use rustix::io::Errno;
 
 use super::{io_at, join, SnapshotError, SnapshotInfo, SNAPSHOT_VERSION};
-use crate::apply::{proc_fd_path, ts, Replica};
 use crate::error::PathError;
 use crate::op::{RelPath, Timestamp, PERM_BITS, STATE_DIR, S_IFMT};
 use crate::record::pb;
 use crate::record::pb::snapshot_part::Part;
+use crate::replica::apply::{proc_fd_path, ts, Replica};
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::SeekFrom;
 
 use super::{io_at, join, position_to_pb, PartWriter, SnapshotError, DATA_CHUNK, SNAPSHOT_VERSION};
-use crate::checkpoint::Position;
 use crate::op::{Timestamp, STATE_DIR};
 use crate::record::pb;
 use crate::record::pb::snapshot_part::Part;
+use crate::replica::checkpoint::Position;
 
 /// What a snapshot records besides the tree.
 #[derive(Clone, Debug)]
@@ -228,7 +228,7 @@ fn content(path: &Path, size: u64, parts: &mut Parts<'_>) -> Result<u64, Snapsho
         let mut at = start;
         while at < end {
             let want = ((end - at) as usize).min(DATA_CHUNK);
-            let n = crate::checkpoint::read_full_at(&file, &mut buf[..want], at)
+            let n = crate::replica::checkpoint::read_full_at(&file, &mut buf[..want], at)
                 .map_err(io_at(path))?;
             if n == 0 {
                 // Shrunk under us (it cannot: appliers are paused).
@@ -250,7 +250,7 @@ fn content(path: &Path, size: u64, parts: &mut Parts<'_>) -> Result<u64, Snapsho
 pub fn limits_file(root: &Path) -> Result<Vec<u8>, SnapshotError> {
     let path = root
         .join(OsStr::from_bytes(STATE_DIR))
-        .join(crate::apply::LIMITS_FILE);
+        .join(crate::replica::apply::LIMITS_FILE);
     match fs::read(&path) {
         Ok(b) => Ok(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),

@@ -181,11 +181,16 @@ pub fn kafka_source(cfg: &KafkaConfig) -> Box<dyn Source> {
 
 /// Applies ops directly (no journal) to `dir`, the reference replica.
 pub fn apply_direct(dir: &Path, records: &[Record]) {
-    let r = kafkafs::apply::Replica::open(dir).unwrap();
+    let r = kafkafs::replica::apply::Replica::open(dir).unwrap();
     r.init_fresh().unwrap();
     for rec in records {
         let _outcome = r
-            .apply(&rec.op, rec.time, None, &mut kafkafs::apply::NoIntentLog)
+            .apply(
+                &rec.op,
+                rec.time,
+                None,
+                &mut kafkafs::replica::apply::NoIntentLog,
+            )
             .expect("replica failure on the reference directory");
     }
 }
@@ -378,7 +383,7 @@ pub fn errno_of(e: &std::io::Error) -> i32 {
 
 /// Records a replica has applied: the sum of its ledger's next offsets.
 pub fn ledger_applied(replica: &Path, partitions: u32) -> i64 {
-    let sd = kafkafs::checkpoint::StateDir::open(replica).unwrap();
+    let sd = kafkafs::replica::checkpoint::StateDir::open(replica).unwrap();
     let (_, slots) = sd.open_ledger(partitions).unwrap();
     slots
         .iter()

@@ -96,7 +96,7 @@ pub struct Replica {
 pub const LIMITS_FILE: &str = "limits";
 
 /// A resolved final component: its parent directory (open for reading) and name.
-struct Entry {
+struct DirEntry {
     parent: OwnedFd,
     name: CString,
 }
@@ -104,7 +104,7 @@ struct Entry {
 /// What the operation targets: the root itself, or an entry in a directory.
 enum Target {
     Root,
-    Entry(Entry),
+    Entry(DirEntry),
 }
 
 fn fail(op: &'static str, path: &RelPath, errno: Errno) -> ReplicaFailure {
@@ -335,14 +335,14 @@ impl Replica {
     fn target(&self, path: &RelPath) -> Result<Target, Errno> {
         match path.split_last() {
             None => Ok(Target::Root),
-            Some((parent, name)) => Ok(Target::Entry(Entry {
+            Some((parent, name)) => Ok(Target::Entry(DirEntry {
                 parent: self.open_dir(&parent)?,
                 name: cstring(name)?,
             })),
         }
     }
 
-    fn entry(&self, path: &RelPath) -> Result<Entry, Errno> {
+    fn entry(&self, path: &RelPath) -> Result<DirEntry, Errno> {
         match self.target(path)? {
             Target::Root => Err(Errno::EXIST),
             Target::Entry(e) => Ok(e),

@@ -21,9 +21,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::apply::Fingerprint;
 use crate::error::CheckpointError;
 use crate::op::Timestamp;
+use crate::replica::apply::Fingerprint;
 
 const SLOT: usize = 256;
 const MAGIC: &[u8; 4] = b"KFL1";
@@ -398,12 +398,12 @@ fn encode_slot(partition: u32, boot: &[u8; 16], slot: &Slot) -> [u8; SLOT] {
     out
 }
 
-struct Reader<'a> {
+struct SlotCursor<'a> {
     b: &'a [u8],
     at: usize,
 }
 
-impl Reader<'_> {
+impl SlotCursor<'_> {
     fn take<const N: usize>(&mut self) -> [u8; N] {
         let mut a = [0u8; N];
         a.copy_from_slice(&self.b[self.at..self.at + N]);
@@ -428,7 +428,7 @@ fn decode_slot(buf: &[u8; SLOT], partition: u32, boot: &[u8; 16]) -> Option<Slot
     if &buf[..4] != MAGIC || crc32fast::hash(&buf[..SLOT - 4]) != crc {
         return None;
     }
-    let mut r = Reader { b: buf, at: 4 };
+    let mut r = SlotCursor { b: buf, at: 4 };
     if u32::from_le_bytes(r.take::<4>()) != partition {
         return None;
     }

@@ -8,7 +8,7 @@
 //! ready, and with N threads over P partitions up to min(N, P) records are
 //! applied at once.
 
-use crate::scheduler::{Item, Scheduler};
+use crate::replica::scheduler::{Item, Scheduler};
 use crate::sync::{thread, Arc, Condvar, Mutex, MutexGuard};
 
 /// What a worker does with a record. An `Err` stops the pool: the record
