@@ -188,8 +188,16 @@ pub enum ReplicaError {
         #[source]
         source: io::Error,
     },
+    /// A configuration that cannot work (refused before anything changed).
     #[error("{0}")]
     Config(String),
+    /// The replica (or the snapshot it would start from) cannot be used as
+    /// asked; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// Records that must be read back could not be within a bound.
+    #[error("{0}")]
+    Stalled(String),
     #[error("serving metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -232,6 +240,25 @@ pub fn is_outcome(errno: Errno) -> bool {
     OUTCOMES.contains(&errno)
 }
 
+impl ReplicaFailure {
+    /// Writing a record's intent into the ledger failed (the replica's
+    /// disk, like any other replica failure: retried).
+    pub fn of_ledger(e: &CheckpointError) -> Self {
+        let (path, errno) = match e {
+            CheckpointError::Io { path, source } => (
+                path.display().to_string(),
+                Errno::from_io_error(source).unwrap_or(Errno::IO),
+            ),
+            other => (other.to_string(), Errno::IO),
+        };
+        ReplicaFailure {
+            op: "writing the ledger",
+            path,
+            errno,
+        }
+    }
+}
+
 impl From<io::Error> for ReplicaFailure {
     fn from(e: io::Error) -> Self {
         ReplicaFailure {
@@ -244,15 +271,43 @@ impl From<io::Error> for ReplicaFailure {
 
 /// A filesystem call's failure on the master, with the errno the caller
 /// gets. The mapping is exhaustive: every variant names its errno.
+///
+/// `Outcome` is the only replicated failure: the record is in the journal
+/// and every replica got the same errno. Every other variant is local to
+/// this master (nothing was journaled, or the call journals nothing).
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    /// The operation's own outcome (the same errno every replica got).
+    /// The journaled record's own outcome (the same errno every replica
+    /// got).
     #[error("{0}")]
     Outcome(Errno),
-    /// The journal could not take the record within the timeout, or
-    /// refused it: nothing was acknowledged.
+    /// A call served from the data-root alone (lookup, open, read,
+    /// readlink, readdir, a local xattr) failed with this errno; nothing
+    /// was journaled.
+    #[error("{op} on the data-root: {errno}")]
+    Local { op: &'static str, errno: Errno },
+    /// Arguments the call cannot take (unknown flags, a bad size); nothing
+    /// was journaled.
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    /// A file or directory handle this master never gave out (or closed).
+    #[error("unknown handle {0}")]
+    BadHandle(u64),
+    /// An operation kafkafs does not journal (the errno a filesystem
+    /// without it gives).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    /// The journal refused the record or failed to deliver it: nothing was
+    /// acknowledged.
     #[error("journal unavailable: {0}")]
-    Journal(String),
+    Journal(#[source] JournalError),
+    /// The journal stayed in recovery (after a failed delivery) for the
+    /// whole call.
+    #[error("the journal did not recover within {0:?}")]
+    NotRecovered(std::time::Duration),
+    /// No acknowledgement from the journal within the timeout.
+    #[error("no acknowledgement from the journal within {0:?}")]
+    NotAcknowledged(std::time::Duration),
     /// The kernel named an inode this master does not know.
     #[error("unknown inode {0}")]
     StaleInode(u64),
@@ -262,9 +317,6 @@ pub enum FsError {
     /// A name that cannot be journaled.
     #[error("invalid name")]
     InvalidName,
-    /// Reading the data-root failed.
-    #[error("reading the data-root: {0}")]
-    Read(Errno),
     /// The master is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -286,20 +338,40 @@ pub enum FsError {
 }
 
 impl FsError {
+    /// The errno the caller gets.
     pub fn errno(&self) -> Errno {
         match self {
             FsError::Outcome(e) => *e,
-            FsError::Journal(_) => Errno::IO,
+            FsError::Local { errno, .. } => *errno,
+            FsError::Invalid(_) => Errno::INVAL,
+            FsError::BadHandle(_) => Errno::BADF,
+            FsError::Unsupported(_) => Errno::OPNOTSUPP,
+            FsError::Journal(_) | FsError::NotRecovered(_) | FsError::NotAcknowledged(_) => {
+                Errno::IO
+            }
             FsError::StaleInode(_) => Errno::STALE,
             FsError::Reserved => Errno::PERM,
             FsError::InvalidName => Errno::INVAL,
-            FsError::Read(e) => *e,
             FsError::ShuttingDown => Errno::IO,
             FsError::Refused(e) => *e,
             FsError::NotApplied(_) => Errno::IO,
             FsError::Unlinked => Errno::NOENT,
             FsError::Fenced(_) => Errno::ROFS,
         }
+    }
+
+    /// The journal could not take a record: the caller gets EIO and the
+    /// cause is worth a warning.
+    pub fn is_journal_failure(&self) -> bool {
+        matches!(
+            self,
+            FsError::Journal(_) | FsError::NotRecovered(_) | FsError::NotAcknowledged(_)
+        )
+    }
+
+    /// A local call on the data-root failed.
+    pub fn local(op: &'static str) -> impl Fn(Errno) -> FsError {
+        move |errno| FsError::Local { op, errno }
     }
 }
 

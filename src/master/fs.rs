@@ -88,7 +88,10 @@ fn proc_path(fd: BorrowedFd<'_>) -> CString {
 }
 
 fn read_err(e: Errno) -> FsError {
-    FsError::Read(e)
+    FsError::Local {
+        op: "read",
+        errno: e,
+    }
 }
 
 fn name_ok(parent: u64, name: &[u8]) -> Result<(), FsError> {
@@ -192,7 +195,7 @@ impl MasterFs {
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(FsError::Outcome)?;
+        .map_err(FsError::local("lookup"))?;
         let st = rfs::fstat(&fd).map_err(read_err)?;
         let ino = self.inodes.lock().learn(parent, name, fd, &st);
         Ok(Attr { ino, st })
@@ -202,7 +205,10 @@ impl MasterFs {
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         if parent == ROOT && name == STATE_DIR {
-            return Err(FsError::Outcome(Errno::NOENT));
+            return Err(FsError::Local {
+                op: "lookup",
+                errno: Errno::NOENT,
+            });
         }
         self.learn(parent, name)
     }
@@ -217,7 +223,7 @@ impl MasterFs {
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let fd = self.fd(ino)?;
-        let target = rfs::readlinkat(&*fd, c"", Vec::new()).map_err(FsError::Outcome)?;
+        let target = rfs::readlinkat(&*fd, c"", Vec::new()).map_err(FsError::local("readlink"))?;
         Ok(target.into_bytes())
     }
 
@@ -231,7 +237,7 @@ impl MasterFs {
             OFlags::RDWR
         };
         let file = rfs::open(proc_path(fd.as_fd()).as_c_str(), of, Mode::empty())
-            .map_err(FsError::Outcome)?;
+            .map_err(FsError::local("open"))?;
         self.inodes.lock().pin(ino)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, Handle { ino, fd: file });
@@ -240,7 +246,7 @@ impl MasterFs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let handles = self.handles.lock();
-        let h = handles.get(&fh).ok_or(FsError::Outcome(Errno::BADF))?;
+        let h = handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -270,7 +276,7 @@ impl MasterFs {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(FsError::Outcome)?;
+        .map_err(FsError::local("opendir"))?;
         let mut entries = Vec::new();
         let parent = {
             let inodes = self.inodes.lock();
@@ -321,7 +327,7 @@ impl MasterFs {
     /// Entries of an open directory from `offset` (0-based index).
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
         let dirs = self.dirs.lock();
-        let entries = dirs.get(&fh).ok_or(FsError::Outcome(Errno::BADF))?;
+        let entries = dirs.get(&fh).ok_or(FsError::BadHandle(fh))?;
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 
@@ -345,7 +351,7 @@ impl MasterFs {
                     return Ok(buf);
                 }
                 Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
-                Err(e) => return Err(FsError::Outcome(e)),
+                Err(e) => return Err(FsError::local("getxattr")(e)),
             }
         }
     }
@@ -361,7 +367,7 @@ impl MasterFs {
                     return Ok(buf);
                 }
                 Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
-                Err(e) => return Err(FsError::Outcome(e)),
+                Err(e) => return Err(FsError::local("listxattr")(e)),
             }
         }
     }
@@ -489,7 +495,9 @@ impl MasterFs {
         target: &[u8],
     ) -> Result<Attr, FsError> {
         if target.is_empty() || target.contains(&0) {
-            return Err(FsError::Outcome(Errno::INVAL));
+            return Err(FsError::Invalid(
+                "a symlink target must be non-empty and free of NUL bytes",
+            ));
         }
         let target = target.to_vec();
         let (applied, _, _) =
@@ -567,7 +575,8 @@ impl MasterFs {
     ) -> Result<(), FsError> {
         name_ok(parent, name)?;
         name_ok(newparent, newname)?;
-        let flags = RenameFlags::from_bits(flags).ok_or(FsError::Outcome(Errno::INVAL))?;
+        let flags =
+            RenameFlags::from_bits(flags).ok_or(FsError::Invalid("unknown rename flags"))?;
         let applied = self.submit(caller, |inodes| {
             let src = inodes.child_path(parent, name)?;
             let dst = inodes.child_path(newparent, newname)?;
@@ -708,11 +717,11 @@ impl MasterFs {
                 gid.map(rfs::Gid::from_raw),
                 AtFlags::EMPTY_PATH,
             )
-            .map_err(FsError::Outcome)?;
+            .map_err(FsError::local("chown"))?;
         }
         if let Some(mode) = mode {
             rfs::chmod(path.as_c_str(), Mode::from_bits_retain(mode & PERM_BITS))
-                .map_err(FsError::Outcome)?;
+                .map_err(FsError::local("chmod"))?;
         }
         if let Some(size) = size {
             let f = rfs::open(
@@ -720,8 +729,8 @@ impl MasterFs {
                 OFlags::WRONLY | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(FsError::Outcome)?;
-            rfs::ftruncate(&f, size).map_err(FsError::Outcome)?;
+            .map_err(FsError::local("open"))?;
+            rfs::ftruncate(&f, size).map_err(FsError::local("truncate"))?;
         }
         if atime.is_some() || mtime.is_some() {
             let spec = |t: Option<SetTime>| match t {
@@ -747,7 +756,7 @@ impl MasterFs {
                 },
                 AtFlags::empty(),
             )
-            .map_err(FsError::Outcome)?;
+            .map_err(FsError::local("utimens"))?;
         }
         Ok(())
     }
@@ -800,13 +809,13 @@ impl MasterFs {
     /// A write to an open file that has no name: the data-root alone.
     fn write_unlinked(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
         let handles = self.handles.lock();
-        let h = handles.get(&fh).ok_or(FsError::Outcome(Errno::BADF))?;
+        let h = handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
         let mut done = 0;
         while done < data.len() {
             match rustix::io::pwrite(&h.fd, &data[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
-                Err(e) if done == 0 => return Err(FsError::Outcome(e)),
+                Err(e) if done == 0 => return Err(FsError::local("write")(e)),
                 Err(_) => break,
             }
         }
@@ -823,7 +832,7 @@ impl MasterFs {
     ) -> Result<(), FsError> {
         let mode = mode as u32;
         if mode & !FALLOC_ALLOWED != 0 {
-            return Err(FsError::Outcome(Errno::OPNOTSUPP));
+            return Err(FsError::Unsupported("fallocate mode"));
         }
         let journaled = self.inode_op(caller, ino, false, |path| Op::Fallocate {
             path,
@@ -839,14 +848,14 @@ impl MasterFs {
                     OFlags::WRONLY,
                     Mode::empty(),
                 )
-                .map_err(FsError::Outcome)?;
+                .map_err(FsError::local("open"))?;
                 rfs::fallocate(
                     &file,
                     rfs::FallocateFlags::from_bits_retain(mode),
                     offset,
                     length,
                 )
-                .map_err(FsError::Outcome)
+                .map_err(FsError::local("fallocate"))
             }
             other => other,
         }
@@ -876,9 +885,12 @@ impl MasterFs {
         value: &[u8],
         flags: i32,
     ) -> Result<(), FsError> {
-        let flags = XattrFlags::from_bits(flags as u32).ok_or(FsError::Outcome(Errno::INVAL))?;
+        let flags = XattrFlags::from_bits(flags as u32)
+            .ok_or(FsError::Invalid("unknown setxattr flags"))?;
         if name.is_empty() || name.contains(&0) {
-            return Err(FsError::Outcome(Errno::INVAL));
+            return Err(FsError::Invalid(
+                "an xattr name must be non-empty and free of NUL bytes",
+            ));
         }
         let journaled = self.inode_op(caller, ino, false, |path| Op::SetXattr {
             path,
@@ -895,7 +907,8 @@ impl MasterFs {
             XattrFlags::Create => rfs::XattrFlags::CREATE,
             XattrFlags::Replace => rfs::XattrFlags::REPLACE,
         };
-        rfs::setxattr(proc_path(fd.as_fd()).as_c_str(), name, value, xf).map_err(FsError::Outcome)
+        rfs::setxattr(proc_path(fd.as_fd()).as_c_str(), name, value, xf)
+            .map_err(FsError::local("setxattr"))
     }
 
     pub fn removexattr(&self, caller: Caller, ino: u64, name: &[u8]) -> Result<(), FsError> {
@@ -907,6 +920,7 @@ impl MasterFs {
             return journaled;
         }
         let fd = self.fd(ino)?;
-        rfs::removexattr(proc_path(fd.as_fd()).as_c_str(), name).map_err(FsError::Outcome)
+        rfs::removexattr(proc_path(fd.as_fd()).as_c_str(), name)
+            .map_err(FsError::local("removexattr"))
     }
 }

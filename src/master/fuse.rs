@@ -64,8 +64,8 @@ impl FuseAdapter {
 }
 
 fn errno(e: &FsError) -> FErrno {
-    if let FsError::Journal(why) = e {
-        tracing::warn!("failing a call with EIO: {why}");
+    if e.is_journal_failure() {
+        tracing::warn!("failing a call with EIO: {e}");
     }
     FErrno::from_i32(e.errno().raw_os_error())
 }

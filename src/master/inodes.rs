@@ -166,7 +166,7 @@ impl InodeTable {
             Mode::empty(),
         )
         .map_err(|e| self.resolve_failed(ino, e))?;
-        let st = rfs::fstat(&fd).map_err(FsError::Read)?;
+        let st = rfs::fstat(&fd).map_err(FsError::local("fstat"))?;
         if backing(&st) != want {
             tracing::error!(
                 "inode {ino}: the data-root changed behind the master's back at {:?}",
@@ -183,7 +183,10 @@ impl InodeTable {
         match e {
             crate::error::Errno::NFILE
             | crate::error::Errno::MFILE
-            | crate::error::Errno::NOMEM => FsError::Read(e),
+            | crate::error::Errno::NOMEM => FsError::Local {
+                op: "open",
+                errno: e,
+            },
             _ => FsError::StaleInode(ino),
         }
     }
@@ -240,16 +243,14 @@ impl InodeTable {
     }
 
     /// The entries leading from the root to `ino`: (parent, name) pairs.
-    /// `Err(ENOENT)` when the inode has no name any more (unlinked).
+    /// `Err(Unlinked)` (ENOENT) when an inode on the way has no name any
+    /// more.
     pub fn chain(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>, FsError> {
         let mut out = Vec::new();
         let mut cur = ino;
         while cur != ROOT {
             let node = self.get(cur)?;
-            let (parent, name) = node
-                .names
-                .first()
-                .ok_or(FsError::Outcome(crate::error::Errno::NOENT))?;
+            let (parent, name) = node.names.first().ok_or(FsError::Unlinked)?;
             out.push((*parent, name.clone()));
             cur = *parent;
             if out.len() > MAX_DEPTH {

@@ -351,7 +351,14 @@ impl Pipeline {
         let answer = self.journal_and_apply(caller, deadline, plan);
         let stats = &self.shared.stats;
         stats.calls.record(arrived.elapsed());
-        if let Err(FsError::Journal(_) | FsError::NotApplied(_) | FsError::ShuttingDown) = &answer {
+        if let Err(
+            FsError::Journal(_)
+            | FsError::NotRecovered(_)
+            | FsError::NotAcknowledged(_)
+            | FsError::NotApplied(_)
+            | FsError::ShuttingDown,
+        ) = &answer
+        {
             stats
                 .failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -438,10 +445,7 @@ impl Pipeline {
             let now = Instant::now();
             if now >= deadline {
                 return Err(if shared.recovering.load(Ordering::SeqCst) {
-                    FsError::Journal(format!(
-                        "the journal did not recover within {:?}",
-                        shared.timeout
-                    ))
+                    FsError::NotRecovered(shared.timeout)
                 } else {
                     FsError::NotApplied(shared.timeout)
                 });
@@ -506,7 +510,7 @@ impl Pipeline {
             st.pseq[p as usize] -= 1;
             drop(st);
             self.enter_recovery(&format!("send failed: {e}"));
-            return Err(FsError::Journal(e.to_string()));
+            return Err(FsError::Journal(e));
         }
         Ok(guard)
     }
@@ -599,7 +603,7 @@ impl Pipeline {
                 }
                 Ok(Progress::Failed(e)) => {
                     self.enter_recovery(&format!("record not acknowledged: {e}"));
-                    return Err(FsError::Journal(e.to_string()));
+                    return Err(FsError::Journal(e));
                 }
                 Err(channel::RecvTimeoutError::Timeout) if delivered => {
                     return self.stop_waiting(rx, guard, late);
@@ -613,9 +617,7 @@ impl Pipeline {
                 }
                 Err(channel::RecvTimeoutError::Timeout) => {
                     self.enter_recovery(&format!("no acknowledgement within {timeout:?}"));
-                    return Err(FsError::Journal(format!(
-                        "no acknowledgement from the journal within {timeout:?}"
-                    )));
+                    return Err(FsError::NotAcknowledged(timeout));
                 }
                 Err(channel::RecvTimeoutError::Disconnected) => return Err(FsError::ShuttingDown),
             }

@@ -113,11 +113,7 @@ impl IntentLog for LedgerIntent<'_> {
         };
         self.ledger
             .write(self.partition, &slot)
-            .map_err(|e| ReplicaFailure {
-                op: "ledger",
-                path: e.to_string(),
-                errno: crate::error::Errno::IO,
-            })?;
+            .map_err(|e| ReplicaFailure::of_ledger(&e))?;
         self.last = Some(*fp);
         Ok(())
     }

@@ -92,7 +92,7 @@ impl Follower {
                 return Ok(None);
             }
             if Instant::now() > deadline {
-                return Err(ReplicaError::Config(format!(
+                return Err(ReplicaError::Stalled(format!(
                     "could not read back the interrupted records of partitions {:?} within 120 s",
                     pending.keys().collect::<Vec<_>>()
                 )));
@@ -107,7 +107,7 @@ impl Follower {
                 continue;
             };
             if intent.offset != m.offset {
-                return Err(ReplicaError::Config(format!(
+                return Err(ReplicaError::Stalled(format!(
                     "{}: expected the interrupted record at offset {}, found offset {}",
                     ctx.pos(p, m.offset),
                     intent.offset,

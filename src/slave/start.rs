@@ -41,7 +41,7 @@ pub(super) fn open_replica(
         source,
     };
     let not_empty = || {
-        ReplicaError::Config(format!(
+        ReplicaError::Refused(format!(
             "{} is not empty and holds no kafkafs checkpoint; replaying the journal onto it would not \
              reproduce the master's tree. Use an empty directory (or pass --allow-non-empty).",
             config.root.display()
@@ -80,7 +80,7 @@ pub(super) fn open_replica(
     if fresh {
         init_fresh(&config.root)?;
     } else if let Some(why) = replica.unmet(&replica.limits()).map_err(root_err)? {
-        return Err(ReplicaError::Config(format!(
+        return Err(ReplicaError::Refused(format!(
             "{}: this replica's filesystem cannot honour the limits of topic `{}`: it must hold {why}",
             config.root.display(),
             config.topic
@@ -133,7 +133,7 @@ pub(super) fn adopt_filter(
             Ok(())
         }
         None if wanted.is_empty() => Ok(()),
-        noted => Err(ReplicaError::Config(format!(
+        noted => Err(ReplicaError::Refused(format!(
             "{} was built with {}, but this start gives {}: a filter holds from a replica's \
              first start. Start it with the same --include/--exclude, or build a new replica in an \
              empty directory",
@@ -193,7 +193,7 @@ pub(super) fn bootstrap(
         )));
     }
     let Some(store) = snapshots.as_mut() else {
-        return Err(ReplicaError::Config(format!(
+        return Err(ReplicaError::Refused(format!(
             "{why}, but no snapshot store is configured"
         )));
     };
@@ -201,14 +201,14 @@ pub(super) fn bootstrap(
         .list()
         .and_then(|all| choose(&all, &config.topic, &lows, &highs, &choice))
         .map_err(|e| {
-            ReplicaError::Config(format!(
+            ReplicaError::Refused(format!(
                 "{why}, but {} has none to use: {e}. Snapshots are taken by a slave run with \
                  --snapshot-every (see README, \"Snapshots\")",
                 store.describe()
             ))
         })?;
     verify_lineage(config, source, &snap, &lows).map_err(|e| {
-        ReplicaError::Config(format!(
+        ReplicaError::Refused(format!(
             "{why}, but snapshot {} is not of this topic's history: {e}",
             snap.id_hex()
         ))
@@ -247,7 +247,7 @@ pub(super) fn verify_lineage(
         };
         let void = pos.fence.is_some_and(|f| f.voids(&rec.writer));
         if rec.seq != 0 && !void && rec.partition_seq != pos.last_pseq {
-            return Err(ReplicaError::Config(format!(
+            return Err(ReplicaError::Refused(format!(
                 "partition {p} offset {at} holds partition sequence {}, the snapshot applied {} there",
                 rec.partition_seq, pos.last_pseq
             )));
@@ -272,7 +272,7 @@ pub(super) fn read_one(
             }
         }
     }
-    Err(ReplicaError::Config(format!(
+    Err(ReplicaError::Stalled(format!(
         "could not read {} within 60 s",
         RecordPos {
             topic: config.topic.clone(),
