@@ -2,7 +2,7 @@
 # The whole kafkafs test suite in one command:
 #   unit and integration tests against a real Apache Kafka broker (started
 #   here unless KAFKAFS_TEST_BROKERS points at one) and real FUSE mounts,
-#   then the scheduler's loom model checks.
+#   then the loom model checks (applier pool, master hand-offs).
 # Set KAFKAFS_TEST_SEEDS to run more randomized seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,6 @@ KAFKAFS_BENCH_MANY="${KAFKAFS_BENCH_MANY:-300}" \
 KAFKAFS_BENCH_IMPORT_FILES="${KAFKAFS_BENCH_IMPORT_FILES:-300}" \
     cargo test --benches
 
-echo "test.sh: loom model checks of the scheduler" >&2
+echo "test.sh: loom model checks (applier pool, master hand-offs)" >&2
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --lib --release loom

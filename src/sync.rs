@@ -8,11 +8,14 @@
 //!
 //! The API is the small common subset: `lock()` returns the guard (a
 //! poisoned loom mutex is a test failure anyway), `Condvar::wait` takes the
-//! guard by value and gives it back.
+//! guard by value and gives it back. Channels are crossbeam's outside loom
+//! and, under loom, a small MPMC channel built on loom's mutex and condvar
+//! with the same API subset (timed receives wait without a timeout, the
+//! stricter model).
 
 #[cfg(not(loom))]
 mod imp {
-    pub use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
     pub use std::sync::Arc;
     pub use std::thread;
 
@@ -62,7 +65,7 @@ mod imp {
 
 #[cfg(loom)]
 mod imp {
-    pub use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    pub use loom::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
     pub use loom::sync::Arc;
     pub use loom::thread;
 
@@ -119,7 +122,152 @@ mod imp {
         }
     }
 
-    pub use crossbeam_channel as channel;
+    /// A multi-producer, multi-consumer channel on loom's primitives.
+    pub mod channel {
+        use super::{Arc, Condvar, Mutex};
+        use std::collections::VecDeque;
+
+        struct Chan<T> {
+            queue: VecDeque<T>,
+            cap: Option<usize>,
+            senders: usize,
+            receivers: usize,
+        }
+
+        struct Shared<T> {
+            chan: Mutex<Chan<T>>,
+            cv: Condvar,
+        }
+
+        /// The sending side.
+        pub struct Sender<T>(Arc<Shared<T>>);
+        /// The receiving side.
+        pub struct Receiver<T>(Arc<Shared<T>>);
+
+        /// The receivers are gone; the message comes back.
+        #[derive(Debug)]
+        pub struct SendError<T>(pub T);
+        /// The senders are gone and the channel is empty.
+        #[derive(Debug)]
+        pub struct RecvError;
+        #[derive(Debug, PartialEq, Eq)]
+        pub enum RecvTimeoutError {
+            Timeout,
+            Disconnected,
+        }
+        #[derive(Debug, PartialEq, Eq)]
+        pub enum TryRecvError {
+            Empty,
+            Disconnected,
+        }
+
+        fn new<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
+            let shared = Arc::new(Shared {
+                chan: Mutex::new(Chan {
+                    queue: VecDeque::new(),
+                    cap,
+                    senders: 1,
+                    receivers: 1,
+                }),
+                cv: Condvar::new(),
+            });
+            (Sender(shared.clone()), Receiver(shared))
+        }
+
+        pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
+            new(None)
+        }
+
+        pub fn bounded<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
+            new(Some(cap.max(1)))
+        }
+
+        impl<T> Sender<T> {
+            pub fn send(&self, value: T) -> Result<(), SendError<T>> {
+                let mut c = self.0.chan.lock();
+                loop {
+                    if c.receivers == 0 {
+                        return Err(SendError(value));
+                    }
+                    if c.cap.is_none_or(|cap| c.queue.len() < cap) {
+                        c.queue.push_back(value);
+                        self.0.cv.notify_all();
+                        return Ok(());
+                    }
+                    c = self.0.cv.wait(c);
+                }
+            }
+        }
+
+        impl<T> Clone for Sender<T> {
+            fn clone(&self) -> Self {
+                self.0.chan.lock().senders += 1;
+                Sender(self.0.clone())
+            }
+        }
+
+        impl<T> Drop for Sender<T> {
+            fn drop(&mut self) {
+                self.0.chan.lock().senders -= 1;
+                self.0.cv.notify_all();
+            }
+        }
+
+        impl<T> Receiver<T> {
+            pub fn recv(&self) -> Result<T, RecvError> {
+                let mut c = self.0.chan.lock();
+                loop {
+                    if let Some(v) = c.queue.pop_front() {
+                        self.0.cv.notify_all();
+                        return Ok(v);
+                    }
+                    if c.senders == 0 {
+                        return Err(RecvError);
+                    }
+                    c = self.0.cv.wait(c);
+                }
+            }
+
+            /// Loom has no time: waits like `recv`.
+            pub fn recv_timeout(
+                &self,
+                _timeout: std::time::Duration,
+            ) -> Result<T, RecvTimeoutError> {
+                self.recv()
+                    .map_err(|RecvError| RecvTimeoutError::Disconnected)
+            }
+
+            pub fn try_recv(&self) -> Result<T, TryRecvError> {
+                let mut c = self.0.chan.lock();
+                match c.queue.pop_front() {
+                    Some(v) => {
+                        self.0.cv.notify_all();
+                        Ok(v)
+                    }
+                    None if c.senders == 0 => Err(TryRecvError::Disconnected),
+                    None => Err(TryRecvError::Empty),
+                }
+            }
+
+            pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+                std::iter::from_fn(move || self.recv().ok())
+            }
+        }
+
+        impl<T> Clone for Receiver<T> {
+            fn clone(&self) -> Self {
+                self.0.chan.lock().receivers += 1;
+                Receiver(self.0.clone())
+            }
+        }
+
+        impl<T> Drop for Receiver<T> {
+            fn drop(&mut self) {
+                self.0.chan.lock().receivers -= 1;
+                self.0.cv.notify_all();
+            }
+        }
+    }
 }
 
 pub use imp::*;

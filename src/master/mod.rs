@@ -10,6 +10,7 @@
 
 pub mod fs;
 pub mod fuse;
+pub(crate) mod handoff;
 pub mod import;
 pub mod inodes;
 pub mod keys;

@@ -22,12 +22,11 @@
 //! numbers are re-read from the log, a new producer is made, and operations
 //! resume.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Errno, FsError, JournalError};
 use crate::journal::{Journal, Message, Sink, Source};
+use crate::master::handoff::{handoff, GaveUp, Notifier, Progress, Waiter};
 use crate::master::inodes::InodeTable;
 use crate::master::keys::{Conflicts, KeySet};
 use crate::op::hex;
@@ -41,7 +40,13 @@ use crate::replica::checkpoint::{Fence, Position};
 use crate::replica::entry::{Entry, WorkError};
 use crate::replica::pool::Feeder;
 use crate::replica::reader::RecordReader;
-use crate::sync::{channel, Condvar, Mutex, MutexGuard};
+use crate::sync::channel::RecvTimeoutError;
+use crate::sync::{thread, Condvar, Mutex, MutexGuard};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
+// Shared handles (journal, sink, inode table) are plain `Arc`s: loom's
+// cannot hold trait objects, and what loom must see here is the locks,
+// atomics, channels and threads.
+use std::sync::Arc;
 
 thread_local! {
     /// When the call this thread serves arrived (see `since`).
@@ -174,12 +179,6 @@ struct Delivery {
     last: Vec<(u64, u64)>,
 }
 
-enum Progress {
-    Delivered,
-    Applied(Outcome),
-    Failed(JournalError),
-}
-
 struct Shared {
     state: Mutex<SeqState>,
     cv: Condvar,
@@ -195,7 +194,7 @@ struct Shared {
     timeout: Duration,
     partitions: u32,
     ordering: ReplayOrder,
-    recovery: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    recovery: Mutex<Option<thread::JoinHandle<()>>>,
     check: PreCheck,
     /// Set once another master took over (why).
     fenced: Mutex<Option<String>>,
@@ -209,9 +208,9 @@ struct JournalStats {
     ack: crate::metrics::Histogram,
     /// A call's arrival to its answer (journaled and applied, or an error).
     calls: crate::metrics::Histogram,
-    acknowledged: std::sync::atomic::AtomicU64,
+    acknowledged: AtomicU64,
     /// Calls answered EIO because the journal or the data-root failed them.
-    failed: std::sync::atomic::AtomicU64,
+    failed: AtomicU64,
 }
 
 /// The write path (see module docs). Cheap to clone.
@@ -230,11 +229,6 @@ pub struct Applied {
 /// record it conflicts with is applied), whether the data-root can take it:
 /// `Some(errno)` refuses the call with the errno a local filesystem gives.
 pub type PreCheck = Arc<dyn Fn(&Op) -> Option<Errno> + Send + Sync>;
-
-/// Where a record's keys go when its caller stopped waiting before the
-/// record was applied: the completion releases them (and re-reads the
-/// names it may have changed) once it is.
-type LateKeys = Arc<std::sync::Mutex<Option<KeyGuard>>>;
 
 struct KeyGuard {
     shared: Arc<Shared>,
@@ -296,20 +290,18 @@ impl Pipeline {
             timeout: s.timeout,
             partitions,
             ordering: s.ordering,
-            recovery: std::sync::Mutex::new(None),
+            recovery: Mutex::new(None),
             check: s.check,
             fenced: Mutex::new(None),
             stats: JournalStats::default(),
         });
         let pipeline = Pipeline { shared };
         let recovery = pipeline.clone();
-        let handle = std::thread::Builder::new()
+        let handle = thread::Builder::new()
             .name("kafkafs-recovery".into())
             .spawn(move || recovery.recovery_loop())
             .map_err(|_| JournalError::Closed)?;
-        if let Ok(mut h) = pipeline.shared.recovery.lock() {
-            *h = Some(handle);
-        }
+        *pipeline.shared.recovery.lock() = Some(handle);
         Ok(pipeline)
     }
 
@@ -326,7 +318,7 @@ impl Pipeline {
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.cv.notify_all();
-        let handle = self.shared.recovery.lock().ok().and_then(|mut h| h.take());
+        let handle = self.shared.recovery.lock().take();
         if let Some(h) = handle {
             let _ = h.join();
         }
@@ -359,9 +351,7 @@ impl Pipeline {
             | FsError::ShuttingDown,
         ) = &answer
         {
-            stats
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats.failed.fetch_add(1, Ordering::Relaxed);
         }
         answer
     }
@@ -373,18 +363,17 @@ impl Pipeline {
         plan: &mut dyn FnMut(&mut InodeTable) -> Result<Planned, FsError>,
     ) -> Result<Applied, FsError> {
         let (st, planned) = self.wait_for_keys(deadline, plan)?;
-        let (tx, rx) = channel::unbounded::<Progress>();
-        let late: LateKeys = Arc::default();
-        let guard = self.sequence_and_send(st, planned, caller, tx, late.clone())?;
+        let (notifier, waiter) = handoff::<KeyGuard>();
+        let guard = self.sequence_and_send(st, planned, caller, notifier)?;
         let sent = Instant::now();
-        self.await_outcome(&rx, guard, &late, deadline, sent)
+        self.await_outcome(&waiter, guard, deadline, sent)
     }
 
     /// Prometheus text for the write path: journal acknowledgement latency,
     /// call latency, records in flight, acknowledged records, failed calls,
     /// and whether the journal is recovering.
     pub fn render_metrics(&self) -> String {
-        use std::sync::atomic::Ordering::Relaxed;
+        use Ordering::Relaxed;
         let (s, stats) = (&self.shared, &self.shared.stats);
         let mut out = stats.ack.render(
             "kafkafs_journal_ack_seconds",
@@ -417,7 +406,7 @@ impl Pipeline {
     /// Records acknowledged, calls failed, and the acknowledgement latency
     /// samples so far (for the master's periodic activity line).
     pub fn activity(&self) -> (u64, u64, crate::metrics::Counts) {
-        use std::sync::atomic::Ordering::Relaxed;
+        use Ordering::Relaxed;
         let stats = &self.shared.stats;
         (
             stats.acknowledged.load(Relaxed),
@@ -471,8 +460,7 @@ impl Pipeline {
         mut st: MutexGuard<'_, SeqState>,
         planned: Planned,
         caller: Caller,
-        tx: channel::Sender<Progress>,
-        late: LateKeys,
+        notifier: Notifier<KeyGuard>,
     ) -> Result<KeyGuard, FsError> {
         let shared = &self.shared;
         st.conflicts.acquire(&planned.keys);
@@ -504,7 +492,7 @@ impl Pipeline {
             caller,
             op,
         };
-        if let Err(e) = self.send(&st, record, tx, late) {
+        if let Err(e) = self.send(&st, record, notifier) {
             // Nothing was queued: this partition sequence number is free again.
             st.seq -= 1;
             st.pseq[p as usize] -= 1;
@@ -546,8 +534,7 @@ impl Pipeline {
         &self,
         st: &SeqState,
         record: Record,
-        tx: channel::Sender<Progress>,
-        late: LateKeys,
+        notifier: Notifier<KeyGuard>,
     ) -> Result<(), JournalError> {
         let shared = &self.shared;
         let payload = record.encode();
@@ -567,11 +554,9 @@ impl Pipeline {
                 if res.is_ok() {
                     let stats = &cb_shared.stats;
                     stats.ack.record(handed.elapsed());
-                    stats
-                        .acknowledged
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    stats.acknowledged.fetch_add(1, Ordering::Relaxed);
                 }
-                deliver(&cb_shared, generation, record, tx, late, res)
+                deliver(&cb_shared, generation, record, notifier, res)
             }),
         );
         if sent.is_err() {
@@ -583,9 +568,8 @@ impl Pipeline {
     /// Waits for the acknowledgement and then the outcome, until `deadline`.
     fn await_outcome(
         &self,
-        rx: &channel::Receiver<Progress>,
+        waiter: &Waiter<KeyGuard>,
         guard: KeyGuard,
-        late: &LateKeys,
         deadline: Instant,
         sent: Instant,
     ) -> Result<Applied, FsError> {
@@ -593,7 +577,7 @@ impl Pipeline {
         let mut delivered = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            match waiter.recv_timeout(left.max(Duration::from_millis(1))) {
                 Ok(Progress::Delivered) => delivered = true,
                 Ok(Progress::Applied(outcome)) => {
                     return Ok(Applied {
@@ -605,21 +589,21 @@ impl Pipeline {
                     self.enter_recovery(&format!("record not acknowledged: {e}"));
                     return Err(FsError::Journal(e));
                 }
-                Err(channel::RecvTimeoutError::Timeout) if delivered => {
-                    return self.stop_waiting(rx, guard, late);
+                Err(RecvTimeoutError::Timeout) if delivered => {
+                    return self.stop_waiting(waiter, guard);
                 }
-                Err(channel::RecvTimeoutError::Timeout) if sent.elapsed() < timeout / 2 => {
+                Err(RecvTimeoutError::Timeout) if sent.elapsed() < timeout / 2 => {
                     // The call spent most of its time before it was sent:
                     // its deadline passed, not the journal's patience. The
                     // record goes on; its delivery applies it (or fails and
                     // starts recovery).
-                    return self.stop_waiting(rx, guard, late);
+                    return self.stop_waiting(waiter, guard);
                 }
-                Err(channel::RecvTimeoutError::Timeout) => {
+                Err(RecvTimeoutError::Timeout) => {
                     self.enter_recovery(&format!("no acknowledgement within {timeout:?}"));
                     return Err(FsError::NotAcknowledged(timeout));
                 }
-                Err(channel::RecvTimeoutError::Disconnected) => return Err(FsError::ShuttingDown),
+                Err(RecvTimeoutError::Disconnected) => return Err(FsError::ShuttingDown),
             }
         }
     }
@@ -628,18 +612,9 @@ impl Pipeline {
     /// data-root is failing, or the call waited long before it was sent):
     /// the caller gets EIO, and the record keeps its keys until it is
     /// applied (or its delivery fails).
-    fn stop_waiting(
-        &self,
-        rx: &channel::Receiver<Progress>,
-        guard: KeyGuard,
-        late: &LateKeys,
-    ) -> Result<Applied, FsError> {
-        if let Ok(mut slot) = late.lock() {
-            *slot = Some(guard);
-        }
+    fn stop_waiting(&self, waiter: &Waiter<KeyGuard>, guard: KeyGuard) -> Result<Applied, FsError> {
         // It may have been applied meanwhile.
-        if let Ok(Progress::Applied(outcome)) = rx.try_recv() {
-            let keys = late.lock().ok().and_then(|mut k| k.take());
+        if let GaveUp::Applied(outcome, keys) = waiter.give_up(guard) {
             return Ok(Applied {
                 outcome,
                 _keys: keys,
@@ -845,76 +820,61 @@ fn deliver(
     shared: &Arc<Shared>,
     generation: u64,
     record: Record,
-    tx: channel::Sender<Progress>,
-    late: LateKeys,
+    notifier: Notifier<KeyGuard>,
     res: Result<i64, JournalError>,
 ) {
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-    match res {
-        Ok(offset) => {
-            let p = record.partition;
-            let mut d = shared.delivery.lock();
-            if shared.generation.load(Ordering::SeqCst) != generation
-                || offset < d.pushed[p as usize]
-            {
-                // Recovery owns this record now (it read it from the log).
-                release_late(&late);
-                return;
-            }
-            if offset > d.pushed[p as usize] && gap_is_void(shared, p, &d, offset) {
-                // Only void records (a fenced writer's, or a late one of
-                // this writer's older epoch) came between: every replica
-                // ignores them too.
-                d.pushed[p as usize] = offset;
-            }
-            if offset > d.pushed[p as usize] {
-                // Records this master did not write precede it: another
-                // writer took over (or the log cannot be read). Recovery
-                // reads them and decides; the record is not applied here.
-                let expected = d.pushed[p as usize];
-                drop(d);
-                release_late(&late);
-                shared.recovering.store(true, Ordering::SeqCst);
-                let _ = tx.send(Progress::Failed(JournalError::Interleaved {
-                    partition: p,
-                    expected,
-                    offset,
-                }));
-                return;
-            }
-            d.pushed[p as usize] = offset + 1;
-            d.last[p as usize] = (record.partition_seq, record.seq);
-            let _ = tx.send(Progress::Delivered);
-            let namespace = record.op.is_namespace();
-            let mut entry = Entry::apply(offset, record);
-            entry.done = Some(Box::new(move |outcome| {
-                let _ = tx.send(Progress::Applied(outcome.unwrap_or(Ok(()))));
-                let keys = late.lock().ok().and_then(|mut k| k.take());
-                if let Some(keys) = keys {
-                    // Its caller gave up: the names it changed are re-read.
-                    if namespace {
-                        keys.shared.inodes.lock().revalidate();
-                    }
-                    drop(keys);
-                }
-            }));
-            // Under the delivery lock: entries reach the applier in offset order.
-            shared.feeder.push(p, entry.into_item());
-        }
+    let offset = match res {
+        Ok(offset) => offset,
         Err(e) => {
-            release_late(&late);
             shared.recovering.store(true, Ordering::SeqCst);
-            let _ = tx.send(Progress::Failed(e));
+            notifier.failed(e);
+            return;
         }
+    };
+    let p = record.partition;
+    let mut d = shared.delivery.lock();
+    if shared.generation.load(Ordering::SeqCst) != generation || offset < d.pushed[p as usize] {
+        // Recovery owns this record now (it read it from the log).
+        notifier.abandon();
+        return;
     }
-}
-
-/// The record will not be applied from its delivery report (recovery
-/// takes it over, or it failed): keys its caller left behind are released
-/// (calls wait for recovery meanwhile).
-fn release_late(late: &LateKeys) {
-    let keys = late.lock().ok().and_then(|mut k| k.take());
-    drop(keys);
+    if offset > d.pushed[p as usize] && gap_is_void(shared, p, &d, offset) {
+        // Only void records (a fenced writer's, or a late one of this
+        // writer's older epoch) came between: every replica ignores them
+        // too.
+        d.pushed[p as usize] = offset;
+    }
+    if offset > d.pushed[p as usize] {
+        // Records this master did not write precede it: another writer
+        // took over (or the log cannot be read). Recovery reads them and
+        // decides; the record is not applied here.
+        let expected = d.pushed[p as usize];
+        drop(d);
+        shared.recovering.store(true, Ordering::SeqCst);
+        notifier.failed(JournalError::Interleaved {
+            partition: p,
+            expected,
+            offset,
+        });
+        return;
+    }
+    d.pushed[p as usize] = offset + 1;
+    d.last[p as usize] = (record.partition_seq, record.seq);
+    notifier.delivered();
+    let namespace = record.op.is_namespace();
+    let mut entry = Entry::apply(offset, record);
+    entry.done = Some(Box::new(move |outcome| {
+        if let Some(keys) = notifier.applied(outcome.unwrap_or(Ok(()))) {
+            // Its caller gave up: the names it changed are re-read.
+            if namespace {
+                keys.shared.inodes.lock().revalidate();
+            }
+            drop(keys);
+        }
+    }));
+    // Under the delivery lock: entries reach the applier in offset order.
+    shared.feeder.push(p, entry.into_item());
 }
 
 /// Are the records of partition `p` between this writer's last one and

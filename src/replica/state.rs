@@ -3,8 +3,10 @@
 //! resumes (`restore`) and its durable checkpoint.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+use crate::sync::{AtomicI64, AtomicU64, Mutex, Ordering};
 
 use super::apply::Replica;
 use super::checkpoint::{Checkpoint, Intent, Ledger, Position, StateDir};
@@ -17,7 +19,7 @@ pub struct ReplicaState {
     pub replica: Replica,
     pub ledger: Ledger,
     pub topic: String,
-    positions: Vec<std::sync::Mutex<Position>>,
+    positions: Vec<Mutex<Position>>,
     pub stop: Arc<AtomicBool>,
     pub errno_outcomes: AtomicU64,
     /// Replication lag: record time on the master to applied here.
@@ -25,7 +27,7 @@ pub struct ReplicaState {
     /// Records applied (or skipped) since start.
     pub applied: AtomicU64,
     /// Per partition: the topic's end offset when last asked (-1: unknown).
-    ends: Vec<std::sync::atomic::AtomicI64>,
+    ends: Vec<AtomicI64>,
     /// What a partial replica holds (empty: everything).
     filter: crate::filter::Filter,
     /// Where entries that came into view without their content are listed.
@@ -67,18 +69,12 @@ impl ReplicaState {
             replica,
             ledger,
             topic: topic.to_string(),
-            positions: positions
-                .iter()
-                .map(|p| std::sync::Mutex::new(*p))
-                .collect(),
+            positions: positions.iter().map(|p| Mutex::new(*p)).collect(),
             stop,
             errno_outcomes: AtomicU64::new(0),
             lag: crate::metrics::Histogram::new(),
             applied: AtomicU64::new(0),
-            ends: positions
-                .iter()
-                .map(|_| std::sync::atomic::AtomicI64::new(-1))
-                .collect(),
+            ends: positions.iter().map(|_| AtomicI64::new(-1)).collect(),
             filter: crate::filter::Filter::default(),
             gaps_file: None,
             filtered: AtomicU64::new(0),
@@ -165,17 +161,11 @@ impl ReplicaState {
     }
 
     pub fn position(&self, p: u32) -> Position {
-        match self.positions[p as usize].lock() {
-            Ok(g) => *g,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        *self.positions[p as usize].lock()
     }
 
     pub fn set_position(&self, p: u32, pos: Position) {
-        match self.positions[p as usize].lock() {
-            Ok(mut g) => *g = pos,
-            Err(poisoned) => *poisoned.into_inner() = pos,
-        }
+        *self.positions[p as usize].lock() = pos;
     }
 
     pub fn pos(&self, partition: u32, offset: i64) -> RecordPos {

@@ -1,0 +1,299 @@
+//! One call's hand-off between the journal's side (the producer's delivery
+//! report, then the applier's completion) and the caller waiting for its
+//! answer.
+//!
+//! The caller holds the record's conflict keys while it waits. If its
+//! deadline passes first it gives up: the keys move into the hand-off and
+//! the journal's side releases them once the record is applied (or its
+//! delivery failed), so a conflicting call can never overtake a record
+//! that is still on its way. Exactly one side ends up dropping the keys,
+//! whatever the interleaving; the loom models below check that.
+
+use crate::error::JournalError;
+use crate::replica::apply::Outcome;
+use crate::sync::channel::{self, RecvTimeoutError, TryRecvError};
+use crate::sync::{Arc, Mutex};
+
+/// What the journal's side reports to the caller.
+pub(crate) enum Progress {
+    /// Kafka acknowledged the record.
+    Delivered,
+    /// The data-root applied it, with this outcome.
+    Applied(Outcome),
+    /// It was not acknowledged (or not by this writer's turn).
+    Failed(JournalError),
+}
+
+/// The journal's side: delivery report and completion.
+pub(crate) struct Notifier<K> {
+    tx: channel::Sender<Progress>,
+    late: Arc<Mutex<Option<K>>>,
+}
+
+/// The caller's side.
+pub(crate) struct Waiter<K> {
+    rx: channel::Receiver<Progress>,
+    late: Arc<Mutex<Option<K>>>,
+}
+
+/// A new hand-off for one record.
+pub(crate) fn handoff<K>() -> (Notifier<K>, Waiter<K>) {
+    let (tx, rx) = channel::unbounded();
+    let late = Arc::new(Mutex::new(None));
+    (
+        Notifier {
+            tx,
+            late: late.clone(),
+        },
+        Waiter { rx, late },
+    )
+}
+
+impl<K> Notifier<K> {
+    /// Kafka acknowledged the record (the caller waits on for the apply).
+    pub(crate) fn delivered(&self) {
+        // A caller that gave up no longer reads: nothing to do then.
+        let _ = self.tx.send(Progress::Delivered);
+    }
+
+    /// The record was applied: the caller gets its outcome; returns the
+    /// keys of a caller that gave up, which the completion releases.
+    pub(crate) fn applied(self, outcome: Outcome) -> Option<K> {
+        let _ = self.tx.send(Progress::Applied(outcome));
+        self.late.lock().take()
+    }
+
+    /// The record will not be applied from this report (its delivery
+    /// failed): keys a caller left behind are released, the caller (if it
+    /// still waits) gets the error.
+    pub(crate) fn failed(self, e: JournalError) {
+        // Report first, take the keys after: a caller giving up meanwhile
+        // either sees the report (and releases its keys itself) or left
+        // them before this takes them.
+        let _ = self.tx.send(Progress::Failed(e));
+        self.release_late();
+    }
+
+    /// Recovery took the record over (it reads it back from the log):
+    /// keys a caller left behind are released; the caller, if it still
+    /// waits, sees the hand-off closed.
+    pub(crate) fn abandon(self) {
+        self.release_late();
+    }
+
+    /// Closes the channel, then releases keys a caller left behind (the
+    /// order `failed` explains).
+    fn release_late(self) {
+        let Notifier { tx, late } = self;
+        drop(tx);
+        drop(late.lock().take());
+    }
+}
+
+/// What a caller that gave up gets back.
+pub(crate) enum GaveUp<K> {
+    /// The record was applied meanwhile: its outcome, and the keys if the
+    /// completion had not taken them yet.
+    Applied(Outcome, Option<K>),
+    /// Not applied yet: the keys stay with the record until it is.
+    Pending,
+}
+
+impl<K> Waiter<K> {
+    /// The next report, waiting at most `timeout`.
+    pub(crate) fn recv_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Progress, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// The caller stops waiting: its keys go to the record, unless it was
+    /// applied meanwhile (the caller takes them back with the outcome) or
+    /// will never be applied from this hand-off (its delivery failed, or
+    /// recovery took it over: the keys are released here).
+    pub(crate) fn give_up(&self, keys: K) -> GaveUp<K> {
+        *self.late.lock() = Some(keys);
+        loop {
+            match self.rx.try_recv() {
+                Ok(Progress::Delivered) => continue,
+                Ok(Progress::Applied(outcome)) => {
+                    return GaveUp::Applied(outcome, self.late.lock().take());
+                }
+                Ok(Progress::Failed(_)) | Err(TryRecvError::Disconnected) => {
+                    drop(self.late.lock().take());
+                    return GaveUp::Pending;
+                }
+                Err(TryRecvError::Empty) => return GaveUp::Pending,
+            }
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The hand-off under every interleaving, alone and on the master's
+    //! real path: delivery report → applier pool → completion → caller.
+
+    use super::*;
+    use crate::replica::pool::{Pool, WorkFn};
+    use crate::replica::scheduler::{Item, Scheduler};
+    use crate::sync::thread;
+    use crate::sync::{AtomicUsize, Ordering};
+
+    /// Conflict keys that count their releases.
+    struct Keys(Arc<AtomicUsize>);
+
+    impl Drop for Keys {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The caller's side of `Pipeline::await_outcome`: wait for the
+    /// outcome (patient), or give up at once — loom runs that at every
+    /// point of the other side's progress, as a deadline could fire.
+    fn caller(waiter: &Waiter<Keys>, keys: Keys, patient: bool) -> Option<(Outcome, Option<Keys>)> {
+        if !patient {
+            return match waiter.give_up(keys) {
+                GaveUp::Applied(o, k) => Some((o, k)),
+                GaveUp::Pending => None,
+            };
+        }
+        loop {
+            match waiter.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(Progress::Delivered) => continue,
+                Ok(Progress::Applied(o)) => return Some((o, Some(keys))),
+                Ok(Progress::Failed(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    #[test]
+    fn loom_give_up_races_the_completion() {
+        loom::model(|| {
+            let released = Arc::new(AtomicUsize::new(0));
+            let (notifier, waiter) = handoff::<Keys>();
+            let applier = thread::spawn(move || {
+                notifier.delivered();
+                drop(notifier.applied(Ok(())));
+            });
+            let answer = caller(&waiter, Keys(released.clone()), false);
+            drop(answer);
+            applier.join().unwrap();
+            // Released exactly once, by whichever side held the keys last,
+            // and nothing is left behind in the hand-off.
+            assert_eq!(released.load(Ordering::SeqCst), 1);
+            assert!(waiter.late.lock().is_none());
+        });
+    }
+
+    #[test]
+    fn loom_give_up_races_a_failed_delivery() {
+        loom::model(|| {
+            let released = Arc::new(AtomicUsize::new(0));
+            let (notifier, waiter) = handoff::<Keys>();
+            let reporter = thread::spawn(move || {
+                notifier.failed(JournalError::Closed);
+            });
+            let answer = caller(&waiter, Keys(released.clone()), false);
+            assert!(
+                answer.is_none(),
+                "a failed delivery never answers an outcome"
+            );
+            reporter.join().unwrap();
+            assert_eq!(released.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn loom_give_up_races_recovery_taking_over() {
+        loom::model(|| {
+            let released = Arc::new(AtomicUsize::new(0));
+            let (notifier, waiter) = handoff::<Keys>();
+            let recovery = thread::spawn(move || notifier.abandon());
+            let answer = caller(&waiter, Keys(released.clone()), false);
+            assert!(answer.is_none());
+            recovery.join().unwrap();
+            assert_eq!(released.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    /// Keys a caller left behind are released only once the record is
+    /// applied: never while a conflicting record could still overtake it.
+    #[test]
+    fn loom_late_keys_outlive_the_apply() {
+        loom::model(|| {
+            let released = Arc::new(AtomicUsize::new(0));
+            let applied = Arc::new(AtomicUsize::new(0));
+            let (notifier, waiter) = handoff::<Keys>();
+            let (r, a) = (released.clone(), applied.clone());
+            let applier = thread::spawn(move || {
+                a.fetch_add(1, Ordering::SeqCst);
+                let late = notifier.applied(Ok(()));
+                if late.is_some() {
+                    // The caller gave up before: nothing released its keys.
+                    assert_eq!(r.load(Ordering::SeqCst), 0);
+                }
+                drop(late);
+            });
+            if let GaveUp::Applied(_, keys) = waiter.give_up(Keys(released.clone())) {
+                assert_eq!(applied.load(Ordering::SeqCst), 1);
+                drop(keys);
+            }
+            applier.join().unwrap();
+            assert_eq!(released.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    /// The master's path: the delivery report pushes the entry to the
+    /// applier pool, a worker applies it and runs the completion, the
+    /// caller waits (patiently or not).
+    fn delivery_apply_reply(patient: bool) {
+        loom::model(move || {
+            let released = Arc::new(AtomicUsize::new(0));
+            let (notifier, waiter) = handoff::<Keys>();
+            type Done = Box<dyn FnOnce() + Send>;
+            let work: Box<WorkFn<Option<Done>, ()>> =
+                Box::new(|_, item: &mut Item<Option<Done>>| {
+                    if let Some(done) = item.payload.take() {
+                        done();
+                    }
+                    Ok(())
+                });
+            let pool = Pool::start(1, Scheduler::new(&[0]), work);
+            let feeder = pool.feeder();
+            let reporter = thread::spawn(move || {
+                notifier.delivered();
+                let done: Done = Box::new(move || drop(notifier.applied(Ok(()))));
+                feeder.push(
+                    0,
+                    Item {
+                        seq: 1,
+                        deps: Vec::new(),
+                        payload: Some(done),
+                    },
+                );
+            });
+            let answer = caller(&waiter, Keys(released.clone()), patient);
+            if patient {
+                assert!(answer.is_some(), "a patient caller gets the outcome");
+            }
+            drop(answer);
+            reporter.join().unwrap();
+            let end = pool.close();
+            assert_eq!(end.applied, 1);
+            assert_eq!(released.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn loom_delivery_apply_reply_patient_caller() {
+        delivery_apply_reply(true);
+    }
+
+    #[test]
+    fn loom_delivery_apply_reply_caller_gives_up() {
+        delivery_apply_reply(false);
+    }
+}
