@@ -300,7 +300,7 @@ pub enum FsError {
     /// The journal refused the record or failed to deliver it: nothing was
     /// acknowledged.
     #[error("journal unavailable: {0}")]
-    Journal(#[source] JournalError),
+    Journal(#[source] Box<JournalError>),
     /// The journal stayed in recovery (after a failed delivery) for the
     /// whole call.
     #[error("the journal did not recover within {0:?}")]

@@ -1,9 +1,11 @@
 //! The journal: where records are written (a `Sink`) and read back (a
 //! `Source`). `kafka` is the real one (rdkafka); `memory` is an in-process
-//! one for fast tests and fault injection. Nothing outside this module
+//! one for fast tests and fault injection (tests and benches only: feature
+//! `test-util`). Nothing outside this module
 //! names rdkafka's producer or consumer types.
 
 pub mod kafka;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 
 use std::time::Duration;
@@ -90,6 +92,7 @@ pub trait Journal: Send + Sync {
     fn topic(&self) -> String;
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Journal for memory::MemoryJournal {
     fn sink(&self) -> Result<std::sync::Arc<dyn Sink>, JournalError> {
         Ok(std::sync::Arc::new(self.clone()))

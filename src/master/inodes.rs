@@ -426,3 +426,122 @@ impl InodeTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The inode table over a real directory (no root, no Kafka).
+
+    use super::*;
+
+    fn table(dir: &std::path::Path, capacity: usize) -> InodeTable {
+        let fd = rfs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let st = rfs::fstat(&fd).unwrap();
+        InodeTable::new(fd, &st, capacity)
+    }
+
+    /// Learns `name` in `parent` as the kernel would after a lookup.
+    fn learn(t: &mut InodeTable, parent: u64, name: &str) -> u64 {
+        let pfd = t.fd(parent).unwrap();
+        let fd = rfs::openat(
+            &*pfd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let st = rfs::fstat(&fd).unwrap();
+        t.learn(parent, name.as_bytes(), fd, &st)
+    }
+
+    #[test]
+    fn paths_follow_learned_names_and_renames() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        std::fs::write(d.path().join("a/f"), b"x").unwrap();
+        let mut t = table(d.path(), 16);
+        let a = learn(&mut t, ROOT, "a");
+        let f = learn(&mut t, a, "f");
+        assert_eq!(t.path(f).unwrap().as_bytes(), b"a/f");
+        assert_eq!(t.child(a, b"f"), Some(f));
+        assert_eq!(learn(&mut t, a, "f"), f, "the same file is the same inode");
+        assert_eq!(t.get(f).unwrap().lookups, 2);
+
+        std::fs::rename(d.path().join("a/f"), d.path().join("g")).unwrap();
+        t.rename(a, b"f", ROOT, b"g", false);
+        assert_eq!(t.path(f).unwrap().as_bytes(), b"g");
+        assert_eq!(t.child(a, b"f"), None);
+        // The handle still reaches the file under its new name.
+        assert!(rfs::fstat(&*t.fd(f).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn hard_links_share_an_inode_and_unlinked_inodes_have_no_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("one"), b"x").unwrap();
+        std::fs::hard_link(d.path().join("one"), d.path().join("two")).unwrap();
+        let mut t = table(d.path(), 16);
+        let one = learn(&mut t, ROOT, "one");
+        let two = learn(&mut t, ROOT, "two");
+        assert_eq!(one, two);
+        assert_eq!(t.get(one).unwrap().names.len(), 2);
+        t.remove_name(ROOT, b"one");
+        assert_eq!(t.path(one).unwrap().as_bytes(), b"two");
+        t.remove_name(ROOT, b"two");
+        assert!(matches!(t.path(one), Err(FsError::Unlinked)));
+    }
+
+    #[test]
+    fn forget_drops_an_inode_after_its_last_lookup() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let mut t = table(d.path(), 16);
+        let f = learn(&mut t, ROOT, "f");
+        learn(&mut t, ROOT, "f");
+        t.forget(f, 1);
+        assert!(t.get(f).is_ok());
+        t.forget(f, 1);
+        assert!(matches!(t.get(f), Err(FsError::StaleInode(_))));
+        assert!(t.is_empty());
+        t.forget(ROOT, 100);
+        assert!(t.get(ROOT).is_ok(), "the root is never forgotten");
+    }
+
+    #[test]
+    fn cached_handles_stay_within_capacity_and_reopen_on_demand() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            std::fs::write(d.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        let mut t = table(d.path(), 4);
+        let inos: Vec<u64> = (0..20)
+            .map(|i| learn(&mut t, ROOT, &format!("f{i}")))
+            .collect();
+        assert!(t.cached() <= 4, "{} handles cached", t.cached());
+        for &ino in &inos {
+            assert!(rfs::fstat(&*t.fd(ino).unwrap()).is_ok());
+            assert!(t.cached() <= 4);
+        }
+    }
+
+    #[test]
+    fn a_name_replaced_behind_the_table_is_dropped_by_revalidate() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        let mut t = table(d.path(), 16);
+        let f = learn(&mut t, ROOT, "f");
+        // Replaced by another file (as a record applied by recovery would).
+        std::fs::remove_file(d.path().join("f")).unwrap();
+        std::fs::write(d.path().join("f2"), b"y").unwrap();
+        std::fs::rename(d.path().join("f2"), d.path().join("f")).unwrap();
+        t.revalidate();
+        assert_eq!(t.child(ROOT, b"f"), None);
+        assert!(t.get(f).unwrap().names.is_empty());
+        let again = learn(&mut t, ROOT, "f");
+        assert_ne!(again, f, "the new file is a new inode");
+    }
+}

@@ -15,6 +15,8 @@ pub mod import;
 pub mod inodes;
 pub mod keys;
 pub mod pipeline;
+#[cfg(test)]
+mod tests;
 
 use std::ffi::CString;
 use std::io::Read;
@@ -110,6 +112,11 @@ pub struct MasterConfig {
     pub import: bool,
     /// Threads journaling an import's entries concurrently.
     pub import_jobs: usize,
+    /// Serve without root, in-process and without a mount (tests,
+    /// embedding): calls come from this process's own user, and ownership,
+    /// device nodes and set-id bits are not reproduced on the data-root.
+    /// Refused together with a mountpoint.
+    pub unprivileged: bool,
 }
 
 /// Threads an import journals with unless told otherwise.
@@ -135,6 +142,7 @@ impl MasterConfig {
             allow_non_empty_mount: false,
             import: false,
             import_jobs: DEFAULT_IMPORT_JOBS,
+            unprivileged: false,
         }
     }
 }
@@ -271,7 +279,7 @@ fn open_replica(
         OpenOptions {
             topic,
             partitions,
-            unprivileged: false,
+            unprivileged: config.unprivileged,
             filter: crate::filter::Filter::default(),
             stop: stop.clone(),
         },
@@ -551,8 +559,15 @@ impl Master {
 /// (the topic, `DATA/.kafkafs`) or applied: privileges, the data-root's
 /// state and topic, its exclusive use, the mountpoint.
 pub fn preflight(config: &MasterConfig, topic: &str) -> Result<(), MasterError> {
-    if !rustix::process::geteuid().is_root() {
-        return Err(MasterError::NotRoot);
+    match (&config.mountpoint, config.unprivileged) {
+        (Some(mnt), true) => {
+            return Err(MasterError::Mountpoint {
+                mnt: mnt.clone(),
+                why: "an unprivileged master serves in-process only, never a mount".into(),
+            })
+        }
+        (_, false) if !rustix::process::geteuid().is_root() => return Err(MasterError::NotRoot),
+        _ => {}
     }
     let data = &config.data;
     match StateDir::existing(data) {
@@ -725,6 +740,7 @@ fn catch_up(
     c.skip_bad_records = config.skip_bad_records;
     c.skip_records = config.skip_records.clone();
     c.hold_lock = false;
+    c.unprivileged = config.unprivileged;
     let report = slave::run(&c, journal.source()?, stop.clone()).map_err(MasterError::CatchUp)?;
     if report.applied > 0 {
         tracing::info!(

@@ -498,7 +498,7 @@ impl Pipeline {
             st.pseq[p as usize] -= 1;
             drop(st);
             self.enter_recovery(&format!("send failed: {e}"));
-            return Err(FsError::Journal(e));
+            return Err(FsError::Journal(Box::new(e)));
         }
         Ok(guard)
     }
@@ -587,7 +587,7 @@ impl Pipeline {
                 }
                 Ok(Progress::Failed(e)) => {
                     self.enter_recovery(&format!("record not acknowledged: {e}"));
-                    return Err(FsError::Journal(e));
+                    return Err(FsError::Journal(Box::new(e)));
                 }
                 Err(RecvTimeoutError::Timeout) if delivered => {
                     return self.stop_waiting(waiter, guard);

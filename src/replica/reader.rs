@@ -196,3 +196,198 @@ impl RecordReader {
         Ok(Entry::apply(m.offset, rec))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reader's checks, message by message (no Kafka).
+
+    use super::*;
+    use crate::op::{Op, RelPath, Timestamp};
+    use crate::record::{Caller, Dep, Writer};
+
+    const TOPIC: &str = "t";
+
+    fn writer(id: &[u8], epoch: u64) -> Writer {
+        Writer {
+            id: id.to_vec(),
+            epoch,
+        }
+    }
+
+    fn record(w: &Writer, seq: u64, pseq: u64, op: Op) -> Record {
+        Record {
+            writer: w.clone(),
+            seq,
+            partition_seq: pseq,
+            partition: 0,
+            deps: Vec::new(),
+            time: Timestamp::new(1_700_000_000, seq as u32),
+            caller: Caller::default(),
+            op,
+        }
+    }
+
+    fn mkdir(name: &str) -> Op {
+        Op::Mkdir {
+            path: RelPath::new(name).unwrap(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn message(offset: i64, payload: Vec<u8>) -> Message {
+        Message {
+            partition: 0,
+            offset,
+            key: Vec::new(),
+            payload,
+            timestamp_ms: None,
+        }
+    }
+
+    fn reader(partitions: usize) -> RecordReader {
+        RecordReader::new(
+            TOPIC,
+            1 << 20,
+            false,
+            Vec::new(),
+            &vec![Position::default(); partitions],
+        )
+    }
+
+    fn is_skip(e: &Entry) -> bool {
+        matches!(e.kind, EntryKind::Skip)
+    }
+
+    #[test]
+    fn records_in_order_are_applied_and_duplicates_skipped() {
+        let w = writer(b"w", 1);
+        let mut r = reader(1);
+        let first = record(&w, 1, 1, mkdir("a"));
+        let e = r.entry(message(0, first.encode())).unwrap();
+        assert!(e.record().is_some());
+        let e = r.entry(message(1, first.encode())).unwrap();
+        assert!(is_skip(&e), "a re-sent record is a duplicate");
+        assert_eq!(r.duplicates, 1);
+        let e = r
+            .entry(message(2, record(&w, 2, 2, mkdir("b")).encode()))
+            .unwrap();
+        assert!(e.record().is_some());
+        assert_eq!(r.last_read(0), (2, 2));
+    }
+
+    #[test]
+    fn an_undecodable_record_names_its_position_unless_skipped() {
+        let mut r = reader(1);
+        let Err(err) = r.entry(message(7, b"\xff\xff garbage".to_vec())) else {
+            panic!("garbage decoded");
+        };
+        let text = err.to_string();
+        assert!(matches!(err, ReplicaError::BadRecord { .. }));
+        assert!(text.contains("topic `t` partition 0 offset 7"), "{text}");
+        assert!(text.contains("--skip-record 0:7"), "{text}");
+
+        let mut skipping =
+            RecordReader::new(TOPIC, 1 << 20, true, Vec::new(), &[Position::default()]);
+        let e = skipping.entry(message(7, b"\xff\xff".to_vec())).unwrap();
+        assert!(is_skip(&e));
+        assert_eq!(skipping.skipped_bad, 1);
+    }
+
+    #[test]
+    fn a_named_record_is_skipped_whatever_it_holds() {
+        let w = writer(b"w", 1);
+        let mut r = RecordReader::new(TOPIC, 1 << 20, false, vec![(0, 0)], &[Position::default()]);
+        let e = r
+            .entry(message(0, record(&w, 1, 1, mkdir("a")).encode()))
+            .unwrap();
+        assert!(is_skip(&e));
+        // The next record explains the jump in partition sequence.
+        let e = r
+            .entry(message(1, record(&w, 2, 2, mkdir("b")).encode()))
+            .unwrap();
+        assert!(e.record().is_some());
+    }
+
+    #[test]
+    fn gaps_conflicts_and_falling_seqs_stop_the_partition() {
+        let w = writer(b"w", 1);
+        let mut r = reader(1);
+        r.entry(message(0, record(&w, 1, 1, mkdir("a")).encode()))
+            .unwrap();
+        let gap = r.entry(message(1, record(&w, 3, 3, mkdir("c")).encode()));
+        assert!(matches!(
+            gap,
+            Err(ReplicaError::Gap {
+                last: 1,
+                found: 3,
+                ..
+            })
+        ));
+        let conflict = r.entry(message(1, record(&w, 9, 1, mkdir("x")).encode()));
+        assert!(
+            matches!(
+                conflict,
+                Err(ReplicaError::Conflict {
+                    pseq: 1,
+                    seq: 9,
+                    applied_seq: 1,
+                    ..
+                })
+            ),
+            "two records claim partition sequence 1"
+        );
+        let falling = r.entry(message(1, record(&w, 1, 2, mkdir("y")).encode()));
+        assert!(matches!(falling, Err(ReplicaError::BadRecord { .. })));
+    }
+
+    #[test]
+    fn a_dependency_on_a_missing_partition_is_a_bad_record() {
+        let w = writer(b"w", 1);
+        let mut r = reader(2);
+        let mut rec = record(&w, 2, 1, mkdir("a"));
+        rec.deps = vec![Dep {
+            partition: 5,
+            seq: 1,
+        }];
+        let Err(err) = r.entry(message(0, rec.encode())) else {
+            panic!("a dependency on partition 5 of 2 was accepted");
+        };
+        assert!(err.to_string().contains("deps.partition"), "{err}");
+    }
+
+    #[test]
+    fn a_fence_voids_the_records_of_other_writers() {
+        let (old, new) = (writer(&[1; 16], 1), writer(&[2; 16], 2));
+        let mut r = reader(1);
+        r.entry(message(0, record(&old, 1, 1, mkdir("a")).encode()))
+            .unwrap();
+        let fence = r
+            .entry(message(
+                1,
+                record(&new, 0, 0, Op::Fence { take_over: true }).encode(),
+            ))
+            .unwrap();
+        assert!(matches!(fence.kind, EntryKind::Fence(_)));
+        assert_eq!(r.fence(0).map(|f| f.epoch), Some(2));
+        // The old writer's late record: void on every replica.
+        let late = r
+            .entry(message(2, record(&old, 2, 2, mkdir("late")).encode()))
+            .unwrap();
+        assert!(is_skip(&late));
+        assert_eq!(r.fenced, 1);
+        // A fence of the old writer after the take-over is void too.
+        let stale = r
+            .entry(message(
+                3,
+                record(&old, 0, 0, Op::Fence { take_over: false }).encode(),
+            ))
+            .unwrap();
+        assert!(is_skip(&stale));
+        let e = r
+            .entry(message(4, record(&new, 2, 2, mkdir("b")).encode()))
+            .unwrap();
+        assert!(e.record().is_some());
+    }
+}

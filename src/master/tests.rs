@@ -1,0 +1,227 @@
+//! `MasterFs` over the in-memory journal: the master's calls, what they
+//! journal, the errors they answer, and a replay of the journal that
+//! reproduces the data-root (no root, no Kafka, no mount).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::inodes::ROOT;
+use super::{Master, MasterConfig};
+use crate::error::{Errno, FsError};
+use crate::journal::memory::MemoryJournal;
+use crate::record::{Caller, Record};
+use crate::slave::SlaveConfig;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    journal: MemoryJournal,
+    master: Option<Master>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let journal = MemoryJournal::new(3);
+        let mut config = MasterConfig::new(&data);
+        config.unprivileged = true;
+        config.journal_timeout = Duration::from_secs(10);
+        let stop = Arc::new(AtomicBool::new(false));
+        let master = Master::start(&config, Arc::new(journal.clone()), stop).unwrap();
+        Fixture {
+            _dir: dir,
+            data,
+            journal,
+            master: Some(master),
+        }
+    }
+
+    fn fs(&self) -> &super::fs::MasterFs {
+        &self.master.as_ref().unwrap().fs
+    }
+
+    /// Every record in the journal, in partition order.
+    fn records(&self) -> Vec<Record> {
+        (0..3)
+            .flat_map(|p| self.journal.messages(p))
+            .map(|m| Record::decode(&m.payload, 1 << 24).unwrap())
+            .collect()
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.records()
+            .iter()
+            .filter(|r| r.op.name() == name)
+            .count()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(m) = self.master.take() {
+            m.shutdown().unwrap();
+        }
+    }
+}
+
+fn me() -> Caller {
+    Caller {
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        pid: std::process::id(),
+    }
+}
+
+#[test]
+fn calls_are_journaled_applied_and_replayed_exactly() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    let dir = fs.mkdir(me(), ROOT, b"dir", 0o750, 0o022).unwrap();
+    let (file, fh) = fs
+        .create(me(), dir.ino, b"f", 0o640, 0o022, libc::O_RDWR)
+        .unwrap();
+    assert_eq!(fs.write(me(), file.ino, fh, 0, b"hello world").unwrap(), 11);
+    fs.release(fh);
+    fs.symlink(me(), ROOT, b"ln", b"dir/f").unwrap();
+    fs.link(me(), file.ino, ROOT, b"hard").unwrap();
+    fs.setxattr(me(), file.ino, b"user.k", b"v", 0).unwrap();
+    fs.rename(me(), dir.ino, b"f", ROOT, b"moved", 0).unwrap();
+    let gone = fs.mkdir(me(), ROOT, b"gone", 0o755, 0).unwrap();
+    fs.rmdir(me(), ROOT, b"gone").unwrap();
+    let _ = gone;
+
+    assert_eq!(std::fs::read(f.data.join("moved")).unwrap(), b"hello world");
+    assert_eq!(
+        std::fs::read_link(f.data.join("ln")).unwrap().as_os_str(),
+        "dir/f"
+    );
+    for op in [
+        "mkdir", "create", "write", "symlink", "link", "setxattr", "rename", "rmdir",
+    ] {
+        assert!(f.count(op) >= 1, "no {op} record in the journal");
+    }
+
+    // A replay of the journal is the data-root.
+    let replica = f._dir.path().join("replica");
+    std::fs::create_dir(&replica).unwrap();
+    let mut c = SlaveConfig::new(&replica, "memory");
+    c.exit_when_caught_up = true;
+    c.unprivileged = true;
+    let stop = Arc::new(AtomicBool::new(false));
+    let report = crate::slave::run(&c, Box::new(f.journal.source()), stop).unwrap();
+    assert_eq!(report.applied as usize, f.records().len());
+    if let Err(diffs) = crate::tree::compare(&f.data, &replica).unwrap() {
+        panic!("replay differs from the data-root:\n{}", diffs.join("\n"));
+    }
+}
+
+#[test]
+fn an_errno_outcome_is_journaled_and_the_same_everywhere() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    fs.mkdir(me(), ROOT, b"d", 0o755, 0).unwrap();
+    let again = fs.mkdir(me(), ROOT, b"d", 0o755, 0).unwrap_err();
+    assert!(matches!(again, FsError::Outcome(Errno::EXIST)), "{again:?}");
+    assert_eq!(
+        f.count("mkdir"),
+        2,
+        "the failed mkdir is in the journal too"
+    );
+    let missing = fs.unlink(me(), ROOT, b"missing").unwrap_err();
+    assert!(
+        matches!(missing, FsError::Outcome(Errno::NOENT)),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn local_failures_and_bad_arguments_journal_nothing() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    let before = f.records().len();
+    let lookup = fs.lookup(ROOT, b"missing").unwrap_err();
+    assert!(
+        matches!(
+            lookup,
+            FsError::Local {
+                op: "lookup",
+                errno: Errno::NOENT
+            }
+        ),
+        "{lookup:?}"
+    );
+    let state = fs.lookup(ROOT, crate::op::STATE_DIR).unwrap_err();
+    assert_eq!(state.errno(), Errno::NOENT, "the state folder is invisible");
+    let reserved = fs
+        .mkdir(me(), ROOT, crate::op::STATE_DIR, 0o755, 0)
+        .unwrap_err();
+    assert!(matches!(reserved, FsError::Reserved));
+    let flags = fs.rename(me(), ROOT, b"a", ROOT, b"b", 0xdead).unwrap_err();
+    assert!(matches!(flags, FsError::Invalid(_)));
+    let target = fs.symlink(me(), ROOT, b"l", b"").unwrap_err();
+    assert!(matches!(target, FsError::Invalid(_)));
+    let handle = fs.read(12345, 0, 10).unwrap_err();
+    assert!(matches!(handle, FsError::BadHandle(12345)));
+    assert_eq!(handle.errno(), Errno::BADF);
+    let d = fs.mkdir(me(), ROOT, b"x", 0o755, 0).unwrap();
+    let xflags = fs
+        .setxattr(me(), d.ino, b"user.k", b"v", 0x100)
+        .unwrap_err();
+    assert!(matches!(xflags, FsError::Invalid(_)));
+    assert_eq!(
+        f.records().len(),
+        before + 1,
+        "only the mkdir reached the journal"
+    );
+}
+
+#[test]
+fn a_journal_that_refuses_records_answers_eio_with_its_cause() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    f.journal.set_down(true);
+    let e = fs.mkdir(me(), ROOT, b"refused", 0o755, 0).unwrap_err();
+    assert!(matches!(e, FsError::Journal(_)), "{e:?}");
+    assert!(e.is_journal_failure());
+    assert_eq!(e.errno(), Errno::IO);
+    assert!(
+        std::error::Error::source(&e).is_some(),
+        "the journal's own error is kept"
+    );
+    assert!(
+        !f.data.join("refused").exists(),
+        "never journaled, never applied"
+    );
+    f.journal.set_down(false);
+}
+
+#[test]
+fn xattrs_round_trip_through_the_journal() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    let d = fs.mkdir(me(), ROOT, b"x", 0o755, 0).unwrap();
+    fs.setxattr(me(), d.ino, b"user.a", b"1", 1 /* XATTR_CREATE */)
+        .unwrap();
+    assert_eq!(fs.getxattr(d.ino, b"user.a").unwrap(), b"1");
+    let exists = fs
+        .setxattr(me(), d.ino, b"user.a", b"2", 1 /* XATTR_CREATE */)
+        .unwrap_err();
+    assert!(
+        matches!(exists, FsError::Outcome(Errno::EXIST)),
+        "{exists:?}"
+    );
+    fs.removexattr(me(), d.ino, b"user.a").unwrap();
+    let gone = fs.getxattr(d.ino, b"user.a").unwrap_err();
+    assert!(
+        matches!(
+            gone,
+            FsError::Local {
+                errno: Errno::NODATA,
+                ..
+            }
+        ),
+        "{gone:?}"
+    );
+}
