@@ -19,10 +19,12 @@ use crate::slave::SlaveConfig;
 #[derive(Parser, Debug)]
 #[command(name = "kafkafs", version, propagate_version = true)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Mount a FUSE filesystem over DATA at MNT, journaling every mutation.
@@ -48,6 +50,7 @@ pub enum Command {
         /// Kafka bootstrap servers (to compare with the topic's end).
         #[arg(short = 'b', long = "broker", env = "KAFKAFS_BROKERS")]
         broker: Option<String>,
+        /// librdkafka properties.
         #[command(flatten)]
         properties: PropertyArgs,
         /// The replica or data-root.
@@ -63,6 +66,7 @@ pub enum Command {
     /// Print shell completions for SHELL (bash, zsh, fish, elvish,
     /// powershell), e.g. `kafkafs completions bash > /etc/bash_completion.d/kafkafs`.
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -73,8 +77,10 @@ pub enum Command {
     /// List the snapshots of a topic (id, when taken, positions, size),
     /// oldest first.
     Snapshots {
+        /// The broker and topic.
         #[command(flatten)]
         kafka: KafkaArgs,
+        /// Where snapshots are kept.
         #[command(flatten)]
         store: SnapshotStoreArgs,
     },
@@ -82,7 +88,12 @@ pub enum Command {
     /// Compare two directory trees fully (names, types, content, mode,
     /// owner, symlink targets, hard links, xattrs, mtimes in ns), ignoring
     /// the state folder .kafkafs. Exits 0 when equal, 1 when not.
-    Compare { first: PathBuf, second: PathBuf },
+    Compare {
+        /// One tree.
+        first: PathBuf,
+        /// The other tree.
+        second: PathBuf,
+    },
 }
 
 /// Where the journal lives.
@@ -97,6 +108,7 @@ pub struct KafkaArgs {
     #[arg(short = 't', long, env = "KAFKAFS_TOPIC")]
     pub topic: Option<String>,
 
+    /// librdkafka properties (-X, -F).
     #[command(flatten)]
     pub properties: PropertyArgs,
 }
@@ -111,10 +123,12 @@ fn followed_topic(data: &std::path::Path) -> Option<String> {
 }
 
 impl KafkaArgs {
+    /// The topic (after `resolve_topic`, else the default).
     pub fn topic(&self) -> &str {
         self.topic.as_deref().unwrap_or(DEFAULT_TOPIC)
     }
 
+    /// The journal configuration these arguments describe.
     pub fn config(&self) -> Result<KafkaConfig, JournalError> {
         let mut c = KafkaConfig::new(&self.broker, self.topic());
         c.properties = self.properties.parse()?;
@@ -173,6 +187,7 @@ fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
         .map_err(|_| format!("`{s}`: expected HOST:PORT or :PORT (e.g. 127.0.0.1:9464)"))
 }
 
+/// Arguments of `kafkafs master`.
 #[derive(Args, Debug)]
 pub struct MasterArgs {
     /// Kafka bootstrap servers; without it an embedded broker is started.
@@ -203,6 +218,7 @@ pub struct MasterArgs {
     #[arg(long)]
     pub min_insync_replicas: Option<u32>,
 
+    /// librdkafka properties (-X, -F).
     #[command(flatten)]
     pub properties: PropertyArgs,
 
@@ -287,8 +303,10 @@ pub struct MasterArgs {
     pub mnt: PathBuf,
 }
 
+/// Arguments of `kafkafs log`.
 #[derive(Args, Debug)]
 pub struct LogArgs {
+    /// The broker and topic.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -319,6 +337,7 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
+    /// What to print, checked.
     pub fn options(&self) -> Result<crate::log::LogOptions, String> {
         let path = match &self.path {
             None => None,
@@ -344,15 +363,21 @@ fn parse_time(s: &str) -> Result<crate::op::Timestamp, String> {
     })
 }
 
+/// Which limits a new topic declares.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LimitsArg {
+    /// Limits every supported filesystem honours.
     Portable,
+    /// What the data-root's filesystem can hold.
     DataRoot,
 }
 
+/// What slaves order records after.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OrderingArg {
+    /// Everything the master had applied when the record was made.
     Causal,
+    /// Only the records it conflicts with.
     Conflicts,
 }
 
@@ -364,10 +389,12 @@ impl MasterArgs {
         }
     }
 
+    /// The topic (after `resolve_topic`, else the default).
     pub fn topic(&self) -> &str {
         self.topic.as_deref().unwrap_or(DEFAULT_TOPIC)
     }
 
+    /// The master's configuration these arguments describe.
     pub fn config(&self) -> crate::master::MasterConfig {
         let mut c = crate::master::MasterConfig::new(&self.data);
         c.ordering = match self.ordering {
@@ -396,6 +423,7 @@ impl MasterArgs {
         c
     }
 
+    /// The journal configuration, with the new topic's settings.
     pub fn kafka(&self, brokers: &str) -> Result<KafkaConfig, JournalError> {
         let mut c = KafkaConfig::new(brokers, self.topic());
         c.properties = self.properties.parse()?;
@@ -412,8 +440,10 @@ impl MasterArgs {
     }
 }
 
+/// Arguments of `kafkafs slave`.
 #[derive(Args, Debug)]
 pub struct SlaveArgs {
+    /// The broker and topic.
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
@@ -488,6 +518,7 @@ pub struct SlaveArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub snapshot_keep: usize,
 
+    /// Where snapshots are kept.
     #[command(flatten)]
     pub store: SnapshotStoreArgs,
 
@@ -551,6 +582,7 @@ impl SlaveArgs {
         }
     }
 
+    /// The slave's configuration these arguments describe.
     pub fn config(&self) -> Result<SlaveConfig, crate::filter::FilterError> {
         let mut c = SlaveConfig::new(&self.data, self.kafka.topic());
         c.filter = crate::filter::Filter::new(&self.include, &self.exclude)?;

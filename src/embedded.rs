@@ -8,6 +8,7 @@ use rdkafka::producer::DefaultProducerContext;
 
 use crate::error::JournalError;
 
+/// A single-node Kafka cluster inside this process (librdkafka's mock cluster), for trying kafkafs without a broker.
 pub struct EmbeddedBroker {
     cluster: MockCluster<'static, DefaultProducerContext>,
 }

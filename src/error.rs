@@ -10,18 +10,25 @@ pub use rustix::io::Errno;
 /// Why a path taken from a record (or given to the master) is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// The path starts with '/'.
     #[error("absolute path (must be relative to the replica root)")]
     Absolute,
+    /// Two slashes in a row, or a trailing slash.
     #[error("empty path component")]
     EmptyComponent,
+    /// A '.' component.
     #[error("'.' path component")]
     Dot,
+    /// A '..' component.
     #[error("'..' path component (would leave the replica root)")]
     DotDot,
+    /// A NUL byte.
     #[error("NUL byte in path")]
     Nul,
+    /// The state folder at the root.
     #[error("path names the reserved state folder '.kafkafs' at the root")]
     Reserved,
+    /// The root itself where an entry is needed.
     #[error("path is the replica root itself, which this operation cannot target")]
     Root,
 }
@@ -29,71 +36,130 @@ pub enum PathError {
 /// Why the bytes of a Kafka message are not a record this reader can apply.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The bytes are not a protobuf record.
     #[error("not a valid protobuf record (corrupt or truncated): {0}")]
     Protobuf(#[from] prost::DecodeError),
+    /// A format version this reader does not know.
     #[error("unknown record format version {found} (this kafkafs reads version {supported})")]
-    UnknownVersion { found: u32, supported: u32 },
+    UnknownVersion {
+        /// The version in the record.
+        found: u32,
+        /// The version this kafkafs reads.
+        supported: u32,
+    },
+    /// Larger than allowed.
     #[error("record is {size} bytes, more than the {max}-byte limit")]
-    Oversize { size: usize, max: usize },
+    Oversize {
+        /// The record's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No operation in the record.
     #[error("record carries no operation (written by a newer kafkafs?)")]
     MissingOp,
+    /// A required field is missing.
     #[error("record lacks required field `{0}`")]
     MissingField(&'static str),
+    /// A path field is refused.
     #[error("field `{field}`: {source}")]
     BadPath {
+        /// The field.
         field: &'static str,
+        /// Why.
         #[source]
         source: PathError,
     },
+    /// A field holds a value that cannot be.
     #[error("field `{field}` has invalid value {value:#x}")]
-    BadValue { field: &'static str, value: u64 },
+    BadValue {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// The record was read from another partition than it names.
     #[error("record says partition {claimed} but was read from partition {actual}")]
-    WrongPartition { claimed: u32, actual: u32 },
+    WrongPartition {
+        /// The partition it names.
+        claimed: u32,
+        /// The partition it came from.
+        actual: u32,
+    },
 }
 
 /// A failure talking to the journal (Kafka or the in-memory journal).
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// librdkafka failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The topic has another partition count than asked for.
     #[error("topic `{topic}` has {actual} partitions, but {expected} were requested; refusing to remap paths onto a different partition count")]
     PartitionMismatch {
+        /// The topic.
         topic: String,
+        /// Partitions asked for.
         expected: u32,
+        /// Partitions it has.
         actual: u32,
     },
+    /// The topic does not exist.
     #[error("topic `{0}` does not exist")]
     NoSuchTopic(String),
+    /// A librdkafka property without '='.
     #[error("invalid librdkafka property `{0}` (expected key=value)")]
     BadProperty(String),
+    /// A properties file could not be read.
     #[error("reading librdkafka properties from {}: {source}", path.display())]
     PropertiesFile {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// No answer within this time.
     #[error("timed out after {0:?} waiting for the journal")]
     Timeout(std::time::Duration),
+    /// Authentication or TLS failed.
     #[error("the connection to Kafka failed its security checks (credentials or TLS): {0}. Check security.protocol, sasl.mechanisms, sasl.username, sasl.password and ssl.ca.location (given with -X or -F)")]
     Security(String),
+    /// A partition the topic does not have.
     #[error("partition {partition} is out of range (topic has {count})")]
-    NoSuchPartition { partition: u32, count: u32 },
+    NoSuchPartition {
+        /// The partition.
+        partition: u32,
+        /// The topic's partition count.
+        count: u32,
+    },
+    /// The journal was closed.
     #[error("the journal is closed")]
     Closed,
+    /// A fault the in-memory journal was told to inject.
     #[error("injected fault: {0}")]
     Injected(String),
+    /// Another writer's records came between this writer's.
     #[error("partition {partition}: the record was stored at offset {offset}, but this writer's previous one ended at {expected}: another writer's records (or a late one of this writer) came between")]
     Interleaved {
+        /// The partition.
         partition: u32,
+        /// Where this writer's record should have landed.
         expected: i64,
+        /// Where it landed.
         offset: i64,
     },
+    /// The journal could not be read back (recovery).
     #[error("reading the journal back: {0}")]
     Unreadable(String),
+    /// A record read back could not be decoded.
     #[error("partition {partition} offset {offset}: cannot decode record: {source}")]
     Undecodable {
+        /// The partition.
         partition: u32,
+        /// The offset.
         offset: i64,
+        /// Why.
         #[source]
         source: DecodeError,
     },
@@ -105,35 +171,68 @@ pub enum JournalError {
 #[derive(Debug, thiserror::Error)]
 #[error("{op} on `{path}`: {errno}")]
 pub struct ReplicaFailure {
+    /// The operation (syscall or step).
     pub op: &'static str,
+    /// The path it was applied to.
     pub path: String,
+    /// The errno it failed with.
     pub errno: Errno,
 }
 
 /// Checkpoint and state-folder errors.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// A state file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
+    /// A state file is not what kafkafs wrote.
     #[error("{path}: corrupt checkpoint: {why}")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The replica follows another topic.
     #[error("replica follows topic `{recorded}`, not `{requested}`")]
-    WrongTopic { recorded: String, requested: String },
+    WrongTopic {
+        /// The topic its checkpoint names.
+        recorded: String,
+        /// The topic asked for.
+        requested: String,
+    },
+    /// The topic's partition count changed.
     #[error("replica's checkpoint knows {recorded} partitions, but topic has {actual}")]
-    PartitionCount { recorded: u32, actual: u32 },
+    PartitionCount {
+        /// Partitions the checkpoint knows.
+        recorded: u32,
+        /// Partitions the topic has.
+        actual: u32,
+    },
+    /// Another process holds the directory.
     #[error("{} is in use by process {holder} (a master or a slave); one process at a time may use a data-root or replica", root.display())]
-    InUse { root: PathBuf, holder: String },
+    InUse {
+        /// The directory.
+        root: PathBuf,
+        /// Who holds it.
+        holder: String,
+    },
 }
 
 /// Where a record came from, for error messages: topic, partition, offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordPos {
+    /// The topic.
     pub topic: String,
+    /// The partition.
     pub partition: u32,
+    /// The offset.
     pub offset: i64,
 }
 
@@ -154,37 +253,67 @@ pub enum ReplicaError {
         "{pos}: cannot decode record: {source}. Its position is held and nothing that depends on it is applied; to skip exactly this record, restart with --skip-record {}:{}",
         .pos.partition, .pos.offset
     )]
+    /// A record that cannot be decoded.
     BadRecord {
+        /// Where it is.
         pos: RecordPos,
+        /// Why.
         #[source]
         source: DecodeError,
     },
+    /// Records are missing in a partition.
     #[error("{pos}: partition sequence jumps from {last} to {found}: records are missing (position held)")]
     Gap {
+        /// Where the next record is.
         pos: RecordPos,
+        /// The partition sequence applied last.
         last: u64,
+        /// The one found.
         found: u64,
     },
+    /// Two records claim one partition sequence number.
     #[error("{pos}: record seq {seq} claims partition sequence {pseq}, which the applied record seq {applied_seq} already holds: two writers (or a write that surfaced after a journal failure) interleaved; position held")]
     Conflict {
+        /// Where the second is.
         pos: RecordPos,
+        /// The partition sequence number.
         pseq: u64,
+        /// The second record's sequence number.
         seq: u64,
+        /// The applied record's sequence number.
         applied_seq: u64,
     },
+    /// The replica's filesystem cannot honour the topic's limits.
     #[error("{pos}: this replica's filesystem cannot honour the limits the topic declares: it must hold {why}. Put the replica on a filesystem that can (see README, \"Limits\"); nothing past this record was applied")]
-    Incapable { pos: RecordPos, why: String },
+    Incapable {
+        /// The record declaring the limits.
+        pos: RecordPos,
+        /// What the filesystem must hold and cannot.
+        why: String,
+    },
+    /// Retention deleted where the replica would resume.
     #[error("{pos}: next offset was deleted by retention (earliest available is {low}); the replica cannot be brought up to date incrementally. Resync it: stop this slave, empty the replica directory (or use a new one) and start the slave again; it is rebuilt from the newest snapshot (see README, \"Snapshots\")")]
-    OffsetDeleted { pos: RecordPos, low: i64 },
+    OffsetDeleted {
+        /// The position to resume at.
+        pos: RecordPos,
+        /// The partition's earliest offset.
+        low: i64,
+    },
+    /// The journal failed.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    /// The state folder failed.
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
+    /// The snapshot store failed.
     #[error("snapshot: {0}")]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// The replica directory failed.
     #[error("replica root {path}: {source}")]
     Root {
+        /// The path.
         path: PathBuf,
+        /// Why.
         #[source]
         source: io::Error,
     },
@@ -198,16 +327,23 @@ pub enum ReplicaError {
     /// Records that must be read back could not be within a bound.
     #[error("{0}")]
     Stalled(String),
+    /// Metrics could not be served.
     #[error("serving metrics on {addr}: {source}")]
     Metrics {
+        /// The address.
         addr: std::net::SocketAddr,
+        /// Why.
         #[source]
         source: io::Error,
     },
     #[error(
         "{records} records could not be applied: they depend on records that are not in the topic"
     )]
-    Unresolved { records: usize },
+    /// Records wait for records the topic does not hold.
+    Unresolved {
+        /// Records left in the scheduler.
+        records: usize,
+    },
 }
 
 /// Classifies an errno returned by a replica syscall: is it a deterministic
@@ -285,7 +421,12 @@ pub enum FsError {
     /// readlink, readdir, a local xattr) failed with this errno; nothing
     /// was journaled.
     #[error("{op} on the data-root: {errno}")]
-    Local { op: &'static str, errno: Errno },
+    Local {
+        /// The call.
+        op: &'static str,
+        /// Its errno.
+        errno: Errno,
+    },
     /// Arguments the call cannot take (unknown flags, a bad size); nothing
     /// was journaled.
     #[error("invalid argument: {0}")]

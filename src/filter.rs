@@ -16,7 +16,9 @@ use crate::op::{Op, RelPath};
 #[derive(Debug, thiserror::Error)]
 #[error("filter pattern `{pattern}`: {why}")]
 pub struct FilterError {
+    /// The pattern as given.
     pub pattern: String,
+    /// Why it is refused.
     pub why: &'static str,
 }
 
@@ -106,6 +108,7 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A filter letting through what `include` names (everything when empty) except what `exclude` names.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Filter, FilterError> {
         Ok(Filter {
             include: include

@@ -4,6 +4,8 @@
 //! before it takes effect; slaves replay the topic onto local directories.
 //! The module layout is described in DESIGN.md.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod cli;
 pub mod embedded;
 pub mod error;

@@ -20,6 +20,7 @@ pub struct LogOptions {
     pub path: Option<RelPath>,
     /// Only records at or after / at or before these times.
     pub since: Option<Timestamp>,
+    /// Stop at records after this time.
     pub until: Option<Timestamp>,
     /// Only these operations (by name: create, write, rename, ...).
     pub ops: Vec<String>,
@@ -29,10 +30,13 @@ pub struct LogOptions {
     pub follow: bool,
 }
 
+/// Why `kafkafs log` stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// Reading the topic failed.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    /// Writing the output failed.
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
 }

@@ -17,6 +17,7 @@ const LE_SECONDS: [f64; 18] = [
     60.0, 300.0, 3600.0,
 ];
 
+/// A latency histogram (lock-free, fixed buckets).
 pub struct Histogram {
     buckets: Vec<AtomicU64>,
     /// Samples per `LE_SECONDS` bound (not cumulative), then above all.
@@ -61,6 +62,7 @@ fn le_of(us: u64) -> usize {
 }
 
 impl Histogram {
+    /// An empty histogram.
     pub fn new() -> Self {
         Histogram {
             buckets: (0..POWERS * SUB).map(|_| AtomicU64::new(0)).collect(),
@@ -71,6 +73,7 @@ impl Histogram {
         }
     }
 
+    /// Adds a sample.
     pub fn record(&self, d: Duration) {
         let us = d.as_micros().min(u64::MAX as u128) as u64;
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
@@ -80,6 +83,7 @@ impl Histogram {
         self.max_us.fetch_max(us, Ordering::Relaxed);
     }
 
+    /// Samples so far.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
@@ -90,6 +94,7 @@ impl Histogram {
         self.counts().quantile(q)
     }
 
+    /// The largest sample (rounded up to its bucket).
     pub fn max(&self) -> Duration {
         Duration::from_micros(self.max_us.load(Ordering::Relaxed))
     }
@@ -158,6 +163,7 @@ impl Counts {
         }
     }
 
+    /// Samples counted.
     pub fn count(&self) -> u64 {
         self.buckets.iter().sum()
     }

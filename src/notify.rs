@@ -39,6 +39,7 @@ pub fn status(status: &str) {
     notify(&format!("STATUS={status}"));
 }
 
+/// Tells systemd the service is stopping.
 pub fn stopping() {
     notify("STOPPING=1");
 }
@@ -52,6 +53,7 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
+    /// The watchdog systemd asked for (WATCHDOG_USEC), if any.
     pub fn from_env() -> Self {
         let every = std::env::var("WATCHDOG_USEC")
             .ok()
@@ -63,6 +65,7 @@ impl Watchdog {
         }
     }
 
+    /// Pings the watchdog when half its interval passed.
     pub fn tick(&self) {
         let Some(every) = self.every else {
             return;

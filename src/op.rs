@@ -34,6 +34,7 @@ pub struct RelPath(Vec<u8>);
 pub static ROOT_PATH: RelPath = RelPath(Vec::new());
 
 impl RelPath {
+    /// A relative path (empty for the root), checked component by component.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, PathError> {
         let bytes = bytes.into();
         if bytes.is_empty() {
@@ -67,22 +68,27 @@ impl RelPath {
         Ok(p)
     }
 
+    /// The root (the empty path).
     pub fn root() -> Self {
         RelPath(Vec::new())
     }
 
+    /// Is this the root?
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The path's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
+    /// The path's bytes, owned.
     pub fn into_bytes(self) -> Vec<u8> {
         self.0
     }
 
+    /// Its components.
     pub fn components(&self) -> impl Iterator<Item = &[u8]> {
         let empty = self.0.is_empty();
         self.0.split(|&b| b == b'/').filter(move |_| !empty)
@@ -99,10 +105,12 @@ impl RelPath {
         }
     }
 
+    /// The parent directory (`None` for the root).
     pub fn parent(&self) -> Option<RelPath> {
         self.split_last().map(|(p, _)| p)
     }
 
+    /// The last component (`None` for the root).
     pub fn name(&self) -> Option<&[u8]> {
         self.split_last().map(|(_, n)| n)
     }
@@ -139,6 +147,7 @@ impl RelPath {
             .map(move |(i, _)| RelPath(self.0[..i].to_vec()))
     }
 
+    /// The path for messages (lossy UTF-8, the root as ".").
     pub fn display(&self) -> String {
         if self.is_root() {
             ".".to_string()
@@ -163,7 +172,9 @@ impl fmt::Display for RelPath {
 /// A point in time: seconds and nanoseconds since the Unix epoch.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct Timestamp {
+    /// Seconds since the epoch.
     pub sec: i64,
+    /// Nanoseconds (below 10⁹).
     pub nsec: u32,
 }
 
@@ -243,10 +254,12 @@ impl Timestamp {
         Some(Timestamp::new(sec, nsec))
     }
 
+    /// A time.
     pub fn new(sec: i64, nsec: u32) -> Self {
         Timestamp { sec, nsec }
     }
 
+    /// The current time.
     pub fn now() -> Self {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -257,6 +270,7 @@ impl Timestamp {
         }
     }
 
+    /// Nanoseconds since the epoch.
     pub fn as_nanos(&self) -> i128 {
         self.sec as i128 * 1_000_000_000 + self.nsec as i128
     }
@@ -274,14 +288,19 @@ impl Timestamp {
 /// `renameat2` flags carried by a rename record.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct RenameFlags {
+    /// Fail if the destination exists.
     pub noreplace: bool,
+    /// Swap source and destination.
     pub exchange: bool,
 }
 
 impl RenameFlags {
+    /// RENAME_NOREPLACE.
     pub const NOREPLACE: u32 = 1;
+    /// RENAME_EXCHANGE.
     pub const EXCHANGE: u32 = 2;
 
+    /// Flags from renameat2(2)'s bits (`None` for unknown bits or both).
     pub fn from_bits(bits: u32) -> Option<Self> {
         if bits & !(Self::NOREPLACE | Self::EXCHANGE) != 0 {
             return None;
@@ -292,6 +311,7 @@ impl RenameFlags {
         })
     }
 
+    /// The renameat2(2) bits.
     pub fn bits(&self) -> u32 {
         (if self.noreplace { Self::NOREPLACE } else { 0 })
             | (if self.exchange { Self::EXCHANGE } else { 0 })
@@ -301,13 +321,17 @@ impl RenameFlags {
 /// `setxattr` flags.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum XattrFlags {
+    /// Create or replace.
     #[default]
     Any,
+    /// Only create (XATTR_CREATE).
     Create,
+    /// Only replace (XATTR_REPLACE).
     Replace,
 }
 
 impl XattrFlags {
+    /// Flags from setxattr(2)'s bits (`None` for unknown bits).
     pub fn from_bits(bits: u32) -> Option<Self> {
         match bits {
             0 => Some(XattrFlags::Any),
@@ -317,6 +341,7 @@ impl XattrFlags {
         }
     }
 
+    /// The setxattr(2) bits.
     pub fn bits(&self) -> u32 {
         match self {
             XattrFlags::Any => 0,
@@ -328,103 +353,178 @@ impl XattrFlags {
 
 /// The fallocate modes a record may carry (Linux FALLOC_FL_* values).
 pub const FALLOC_KEEP_SIZE: u32 = 0x01;
+/// FALLOC_FL_PUNCH_HOLE.
 pub const FALLOC_PUNCH_HOLE: u32 = 0x02;
+/// FALLOC_FL_ZERO_RANGE.
 pub const FALLOC_ZERO_RANGE: u32 = 0x10;
+/// The fallocate(2) modes kafkafs journals.
 pub const FALLOC_ALLOWED: u32 = FALLOC_KEEP_SIZE | FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE;
 
 /// File type bits a mknod record may carry.
 pub const S_IFMT: u32 = 0o170000;
+/// Regular file.
 pub const S_IFREG: u32 = 0o100000;
+/// Character device.
 pub const S_IFCHR: u32 = 0o020000;
+/// Block device.
 pub const S_IFBLK: u32 = 0o060000;
+/// FIFO.
 pub const S_IFIFO: u32 = 0o010000;
+/// Socket.
 pub const S_IFSOCK: u32 = 0o140000;
+/// Permission bits (with set-id and sticky bits).
 pub const PERM_BITS: u32 = 0o7777;
 
 /// One mutating filesystem operation.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Op {
+    /// Create a regular file (O_CREAT and O_EXCL).
     Create {
+        /// The new file.
         path: RelPath,
+        /// Its permission bits.
         mode: u32,
+        /// Its owner.
         uid: u32,
+        /// Its group.
         gid: u32,
     },
+    /// Create a device node, FIFO, socket or regular file.
     Mknod {
+        /// The new entry.
         path: RelPath,
+        /// Its type and permission bits.
         mode: u32,
+        /// Its device number.
         rdev: u64,
+        /// Its owner.
         uid: u32,
+        /// Its group.
         gid: u32,
     },
+    /// Create a directory.
     Mkdir {
+        /// The new directory.
         path: RelPath,
+        /// Its permission bits.
         mode: u32,
+        /// Its owner.
         uid: u32,
+        /// Its group.
         gid: u32,
     },
+    /// Create a symbolic link.
     Symlink {
+        /// The new link.
         path: RelPath,
+        /// What it points to.
         target: Vec<u8>,
+        /// Its owner.
         uid: u32,
+        /// Its group.
         gid: u32,
     },
+    /// Create a hard link.
     Link {
+        /// The existing entry.
         src: RelPath,
+        /// The new name.
         dst: RelPath,
     },
+    /// Remove a non-directory.
     Unlink {
+        /// The entry.
         path: RelPath,
     },
+    /// Remove an empty directory.
     Rmdir {
+        /// The directory.
         path: RelPath,
     },
+    /// Rename (or exchange) an entry.
     Rename {
+        /// The entry.
         src: RelPath,
+        /// Its new name.
         dst: RelPath,
+        /// renameat2(2) flags.
         flags: RenameFlags,
     },
+    /// Write bytes into a file.
     Write {
+        /// The file.
         path: RelPath,
+        /// Where.
         offset: u64,
+        /// The bytes.
         data: Vec<u8>,
     },
+    /// Set a file's size.
     Truncate {
+        /// The file.
         path: RelPath,
+        /// The new size.
         size: u64,
     },
+    /// Allocate, punch or zero a range of a file.
     Fallocate {
+        /// The file.
         path: RelPath,
+        /// fallocate(2) mode.
         mode: u32,
+        /// Start of the range.
         offset: u64,
+        /// Its length.
         length: u64,
     },
+    /// Change permission bits.
     Chmod {
+        /// The entry.
         path: RelPath,
+        /// The new bits.
         mode: u32,
     },
+    /// Change owner and/or group.
     Chown {
+        /// The entry (not followed if a symlink).
         path: RelPath,
+        /// The new owner.
         uid: Option<u32>,
+        /// The new group.
         gid: Option<u32>,
     },
+    /// Change access and/or modification time.
     Utimens {
+        /// The entry (not followed if a symlink).
         path: RelPath,
+        /// The new access time.
         atime: Option<Timestamp>,
+        /// The new modification time.
         mtime: Option<Timestamp>,
     },
+    /// Set an extended attribute.
     SetXattr {
+        /// The entry.
         path: RelPath,
+        /// The attribute's name.
         name: Vec<u8>,
+        /// Its value.
         value: Vec<u8>,
+        /// Create-only, replace-only or either.
         flags: XattrFlags,
     },
+    /// Remove an extended attribute.
     RemoveXattr {
+        /// The entry.
         path: RelPath,
+        /// The attribute's name.
         name: Vec<u8>,
     },
+    /// Sync a file to stable storage.
     Fsync {
+        /// The file.
         path: RelPath,
+        /// Data only (fdatasync).
         datasync: bool,
     },
     /// The limits every replica honours (see `crate::limits`); targets the root.
@@ -432,6 +532,7 @@ pub enum Op {
     /// From here on in this partition only the record's writer (at its
     /// epoch or later) is valid; see DESIGN.md, fencing.
     Fence {
+        /// This writer takes over from another.
         take_over: bool,
     },
 }
@@ -483,14 +584,6 @@ impl Op {
             | Op::Fsync { path, .. } => path,
             Op::Link { dst, .. } | Op::Rename { dst, .. } => dst,
             Op::Limits(_) | Op::Fence { .. } => &ROOT_PATH,
-        }
-    }
-
-    /// The second path of a two-path operation (link source, rename source).
-    pub fn source(&self) -> Option<&RelPath> {
-        match self {
-            Op::Link { src, .. } | Op::Rename { src, .. } => Some(src),
-            _ => None,
         }
     }
 

@@ -58,10 +58,12 @@ impl Progress {
         self.total_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// Counts `n` more entries done.
     pub fn add_entries(&self, n: u64) {
         self.entries.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts `n` more bytes done.
     pub fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
@@ -80,6 +82,7 @@ impl Progress {
         )
     }
 
+    /// Time since the start.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }

@@ -18,6 +18,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Kafka header names (values are ASCII).
 pub const HEADER_VERSION: &str = "kafkafs-version";
+/// Kafka header naming the operation (for tools reading the topic).
 pub const HEADER_OP: &str = "kafkafs-op";
 
 /// Default upper bound on an encoded record a reader accepts.
@@ -26,38 +27,55 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 /// Identity of the master that wrote a record.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Writer {
+    /// The writer's identity (16 random bytes, kept in the data-root).
     pub id: Vec<u8>,
+    /// Its epoch: one more than the last writer's at each start or recovery.
     pub epoch: u64,
 }
 
 /// "Apply me after partition `partition` has applied the record `seq`."
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub struct Dep {
+    /// The partition of the record depended on.
     pub partition: u32,
+    /// Its sequence number.
     pub seq: u64,
 }
 
+/// Who made the call (for messages and audit; never for permissions).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Caller {
+    /// User id.
     pub uid: u32,
+    /// Group id.
     pub gid: u32,
+    /// Process id.
     pub pid: u32,
 }
 
 /// One journal record.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Record {
+    /// Who wrote the record.
     pub writer: Writer,
+    /// Sequence number across the topic (rises by one per record of a writer).
     pub seq: u64,
+    /// Sequence number within its partition (rises by one).
     pub partition_seq: u64,
+    /// The partition it belongs to (from its target path).
     pub partition: u32,
+    /// Records that must be applied before it.
     pub deps: Vec<Dep>,
+    /// The master's time of the call (mtimes and ctimes it sets).
     pub time: Timestamp,
+    /// Who made the call.
     pub caller: Caller,
+    /// The operation.
     pub op: Op,
 }
 
 impl Record {
+    /// The record's bytes (protobuf, see proto/kafkafs.proto).
     pub fn encode(&self) -> Vec<u8> {
         to_pb(self).encode_to_vec()
     }

@@ -10,12 +10,16 @@ use crate::error::{CheckpointError, JournalError};
 use crate::journal::Source;
 use crate::replica::checkpoint::{Position, StateDir};
 
+/// Why a status could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
+    /// The directory holds no checkpoint.
     #[error("{0} holds no kafkafs checkpoint (not a replica or data-root, or never started)")]
     NoCheckpoint(String),
+    /// The checkpoint could not be read.
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
+    /// The topic could not be read.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
 }
@@ -23,19 +27,26 @@ pub enum StatusError {
 /// One partition's progress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionStatus {
+    /// The partition.
     pub partition: u32,
+    /// What is applied.
     pub position: Position,
     /// The topic's end offset, when a broker was asked.
     pub end: Option<i64>,
 }
 
+/// Where a replica or data-root stands.
 #[derive(Clone, Debug)]
 pub struct Status {
+    /// The directory.
     pub root: String,
+    /// The topic it follows.
     pub topic: String,
     /// A master's data-root (it has a writer id), not a slave's replica.
     pub master: bool,
+    /// Age of its durable checkpoint.
     pub checkpoint_age: Option<std::time::Duration>,
+    /// Each partition.
     pub partitions: Vec<PartitionStatus>,
 }
 

@@ -19,31 +19,39 @@ mod imp {
     pub use std::sync::Arc;
     pub use std::thread;
 
+    /// A held lock.
     pub type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
 
+    /// A mutual-exclusion lock.
     #[derive(Debug, Default)]
     pub struct Mutex<T>(parking_lot::Mutex<T>);
 
     impl<T> Mutex<T> {
+        /// A lock around `value`.
         pub fn new(value: T) -> Self {
             Mutex(parking_lot::Mutex::new(value))
         }
+        /// Waits for the lock.
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock()
         }
     }
 
+    /// A condition variable.
     #[derive(Debug, Default)]
     pub struct Condvar(parking_lot::Condvar);
 
     impl Condvar {
+        /// A new condition variable.
         pub fn new() -> Self {
             Condvar(parking_lot::Condvar::new())
         }
+        /// Waits for a notification (the lock is released meanwhile).
         pub fn wait<'a, T>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
             self.0.wait(&mut guard);
             guard
         }
+        /// Waits for a notification or `timeout`.
         pub fn wait_timeout<'a, T>(
             &self,
             mut guard: MutexGuard<'a, T>,
@@ -52,9 +60,11 @@ mod imp {
             self.0.wait_for(&mut guard, timeout);
             guard
         }
+        /// Wakes one waiter.
         pub fn notify_one(&self) {
             self.0.notify_one();
         }
+        /// Wakes every waiter.
         pub fn notify_all(&self) {
             self.0.notify_all();
         }

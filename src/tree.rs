@@ -18,15 +18,23 @@ pub struct Node {
     /// 'd' directory, 'f' regular file, 'l' symlink, 'p' fifo, 's' socket,
     /// 'c' char device, 'b' block device.
     pub kind: char,
+    /// Type and permission bits.
     pub mode: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Device number (device nodes).
     pub rdev: u64,
+    /// Size (regular files).
     pub size: u64,
     /// Regular files: a 128-bit hash of the content (FNV-1a, twice seeded).
     pub content: Option<(u64, u64)>,
+    /// Symlink target.
     pub target: Option<Vec<u8>>,
+    /// Extended attributes.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Modification time in ns.
     pub mtime_ns: i128,
 }
 
@@ -34,7 +42,9 @@ pub struct Node {
 /// groups (sets of paths sharing one inode, for inodes with several names).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Tree {
+    /// Every entry by path.
     pub nodes: BTreeMap<Vec<u8>, Node>,
+    /// Paths sharing an inode, per inode with more than one name.
     pub link_groups: Vec<Vec<Vec<u8>>>,
 }
 

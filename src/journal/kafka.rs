@@ -25,6 +25,7 @@ use crate::error::JournalError;
 pub struct KafkaConfig {
     /// bootstrap.servers
     pub brokers: String,
+    /// The topic holding the journal.
     pub topic: String,
     /// librdkafka properties passed through (`-X key=value`), applied last.
     pub properties: Vec<(String, String)>,
@@ -38,6 +39,7 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// A configuration for `topic` on the cluster at `brokers`, with defaults.
     pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
         KafkaConfig {
             brokers: brokers.into(),
@@ -519,6 +521,7 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
+    /// A consumer of the configured topic.
     pub fn new(config: &KafkaConfig) -> Result<Self, JournalError> {
         let consumer: BaseConsumer<ReaderContext> = config
             .consumer_config()?

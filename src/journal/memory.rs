@@ -32,6 +32,7 @@ pub struct MemoryJournal {
 }
 
 impl MemoryJournal {
+    /// An empty journal of `partitions` partitions.
     pub fn new(partitions: u32) -> Self {
         let state = State {
             parts: (0..partitions.max(1)).map(|_| Vec::new()).collect(),

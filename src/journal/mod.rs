@@ -15,9 +15,13 @@ use crate::error::JournalError;
 /// A message read back from the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
+    /// The partition it was read from.
     pub partition: u32,
+    /// Its offset in the partition.
     pub offset: i64,
+    /// The message key (the record's target path).
     pub key: Vec<u8>,
+    /// The encoded record.
     pub payload: Vec<u8>,
     /// Broker/producer timestamp in ms since the epoch, when known.
     pub timestamp_ms: Option<i64>,
@@ -62,6 +66,7 @@ pub trait Source: Send {
 
     /// Stops (resumes) delivering messages of one partition (backpressure).
     fn pause(&mut self, partition: u32) -> Result<(), JournalError>;
+    /// Starts reading a paused partition again.
     fn resume(&mut self, partition: u32) -> Result<(), JournalError>;
 
     /// (earliest available offset, offset the next record will get).
@@ -86,7 +91,9 @@ pub trait Source: Send {
 
 /// Opens writers and readers of one topic (a new one after a failure).
 pub trait Journal: Send + Sync {
+    /// A writer of the topic.
     fn sink(&self) -> Result<std::sync::Arc<dyn Sink>, JournalError>;
+    /// A reader of the topic.
     fn source(&self) -> Result<Box<dyn Source>, JournalError>;
     /// Topic name, for messages and checkpoints.
     fn topic(&self) -> String;

@@ -32,34 +32,46 @@ const S_IFLNK: u32 = 0o120000;
 /// An inode as the kernel sees it: FUSE inode number and attributes.
 #[derive(Clone, Copy, Debug)]
 pub struct Attr {
+    /// The FUSE inode number.
     pub ino: u64,
+    /// Its attributes in the data-root.
     pub st: Stat,
 }
 
 /// A time given to setattr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SetTime {
+    /// The master's current time.
     Now,
+    /// This time.
     At(Timestamp),
 }
 
 /// The attribute changes of one setattr call (`None`: unchanged).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SetAttr {
+    /// New permission bits.
     pub mode: Option<u32>,
+    /// New owner.
     pub uid: Option<u32>,
+    /// New group.
     pub gid: Option<u32>,
+    /// New size.
     pub size: Option<u64>,
+    /// New access time.
     pub atime: Option<SetTime>,
+    /// New modification time.
     pub mtime: Option<SetTime>,
 }
 
 /// One directory entry of a snapshot taken at opendir.
 #[derive(Clone, Debug)]
 pub struct DirEntry {
+    /// The entry's FUSE inode number (0 while unknown).
     pub ino: u64,
     /// File type bits (S_IFMT), 0 if unknown.
     pub kind: u32,
+    /// The entry's name.
     pub name: Vec<u8>,
 }
 
@@ -72,6 +84,7 @@ struct Handle {
 /// 1 MiB; the record header and protobuf framing need a little room).
 pub const DEFAULT_MAX_CHUNK: usize = 256 * 1024;
 
+/// The master's filesystem: every call of the mount, answered from the data-root or journaled through the pipeline.
 pub struct MasterFs {
     pipeline: Pipeline,
     /// Largest file size the topic declares (writes beyond are short).
@@ -146,6 +159,7 @@ fn planned(keys: KeySet, op: Op) -> Planned {
 }
 
 impl MasterFs {
+    /// A filesystem journaling through `pipeline` over the data-root's `inodes`.
     pub fn new(
         pipeline: Pipeline,
         inodes: Arc<Mutex<InodeTable>>,
@@ -163,6 +177,7 @@ impl MasterFs {
         }
     }
 
+    /// The write path.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
@@ -203,6 +218,7 @@ impl MasterFs {
 
     // ---- reads -------------------------------------------------------
 
+    /// lookup(2): the entry `name` in `parent` (not journaled).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
         if parent == ROOT && name == STATE_DIR {
             return Err(FsError::Local {
@@ -213,20 +229,24 @@ impl MasterFs {
         self.learn(parent, name)
     }
 
+    /// The kernel forgot `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.lock().forget(ino, n);
     }
 
+    /// stat(2) of an inode (not journaled).
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         self.stat(ino)
     }
 
+    /// readlink(2) (not journaled).
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let fd = self.fd(ino)?;
         let target = rfs::readlinkat(&*fd, c"", Vec::new()).map_err(FsError::local("readlink"))?;
         Ok(target.into_bytes())
     }
 
+    /// open(2): a handle on the data-root's file (not journaled; truncation by O_TRUNC is).
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
         let fd = self.fd(ino)?;
         let acc = flags & libc::O_ACCMODE;
@@ -244,6 +264,7 @@ impl MasterFs {
         Ok(fh)
     }
 
+    /// read(2) from an open file (not journaled).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let handles = self.handles.lock();
         let h = handles.get(&fh).ok_or(FsError::BadHandle(fh))?;
@@ -261,6 +282,7 @@ impl MasterFs {
         Ok(buf)
     }
 
+    /// Closes a file handle.
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().remove(&fh);
         if let Some(h) = handle {
@@ -268,6 +290,7 @@ impl MasterFs {
         }
     }
 
+    /// opendir(3): the directory's entries, read once (not journaled).
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         let fd = self.fd(ino)?;
         let dir = rfs::openat(
@@ -331,15 +354,18 @@ impl MasterFs {
         Ok(entries.iter().skip(offset as usize).cloned().collect())
     }
 
+    /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().remove(&fh);
     }
 
+    /// statfs(2) of the data-root.
     pub fn statfs(&self) -> Result<rfs::StatVfs, FsError> {
         let fd = self.fd(ROOT)?;
         rfs::fstatvfs(&*fd).map_err(read_err)
     }
 
+    /// getxattr(2) (not journaled).
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
         let fd = self.fd(ino)?;
         let path = proc_path(fd.as_fd());
@@ -356,6 +382,7 @@ impl MasterFs {
         }
     }
 
+    /// listxattr(2) (not journaled).
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let fd = self.fd(ino)?;
         let path = proc_path(fd.as_fd());
@@ -445,6 +472,7 @@ impl MasterFs {
         Ok((attr, fh))
     }
 
+    /// mknod(2): device nodes, FIFOs, sockets and regular files.
     pub fn mknod(
         &self,
         caller: Caller,
@@ -468,6 +496,7 @@ impl MasterFs {
         self.finish_entry(applied, parent, name)
     }
 
+    /// mkdir(2).
     pub fn mkdir(
         &self,
         caller: Caller,
@@ -487,6 +516,7 @@ impl MasterFs {
         self.finish_entry(applied, parent, name)
     }
 
+    /// symlink(2).
     pub fn symlink(
         &self,
         caller: Caller,
@@ -517,6 +547,7 @@ impl MasterFs {
         attr
     }
 
+    /// link(2).
     pub fn link(
         &self,
         caller: Caller,
@@ -536,10 +567,12 @@ impl MasterFs {
         self.finish_entry(applied, newparent, newname)
     }
 
+    /// unlink(2).
     pub fn unlink(&self, caller: Caller, parent: u64, name: &[u8]) -> Result<(), FsError> {
         self.remove(caller, parent, name, false)
     }
 
+    /// rmdir(2).
     pub fn rmdir(&self, caller: Caller, parent: u64, name: &[u8]) -> Result<(), FsError> {
         self.remove(caller, parent, name, true)
     }
@@ -564,6 +597,7 @@ impl MasterFs {
         Ok(())
     }
 
+    /// rename(2) and renameat2(2) flags (RENAME_NOREPLACE, RENAME_EXCHANGE).
     pub fn rename(
         &self,
         caller: Caller,
@@ -822,6 +856,7 @@ impl MasterFs {
         Ok(done)
     }
 
+    /// fallocate(2) with the modes every replica can reproduce.
     pub fn fallocate(
         &self,
         caller: Caller,
@@ -861,6 +896,7 @@ impl MasterFs {
         }
     }
 
+    /// fsync(2): journaled, so every replica syncs the file at the same point.
     pub fn fsync(&self, caller: Caller, ino: u64, datasync: bool) -> Result<(), FsError> {
         let applied = self.submit(caller, |inodes| {
             let mut ks = KeySet::new();
@@ -877,6 +913,7 @@ impl MasterFs {
         }
     }
 
+    /// setxattr(2).
     pub fn setxattr(
         &self,
         caller: Caller,
@@ -911,6 +948,7 @@ impl MasterFs {
             .map_err(FsError::local("setxattr"))
     }
 
+    /// removexattr(2).
     pub fn removexattr(&self, caller: Caller, ino: u64, name: &[u8]) -> Result<(), FsError> {
         let journaled = self.inode_op(caller, ino, false, |path| Op::RemoveXattr {
             path,

@@ -37,6 +37,7 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
+    /// The FUSE adapter over `fs`, answering from `dispatchers` threads.
     pub fn new(fs: Arc<MasterFs>, dispatchers: usize) -> Self {
         let (tx, rx) = channel::unbounded::<Job>();
         for i in 0..dispatchers.max(1) {

@@ -28,20 +28,28 @@ use crate::sync::{channel, Mutex};
 /// Why an import stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// Reading the staged tree failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// What was read.
         path: PathBuf,
+        /// Why it failed.
         #[source]
         source: std::io::Error,
     },
+    /// Journaling an entry failed.
     #[error("journaling {}: {source}", path.display())]
     Journal {
+        /// The entry.
         path: PathBuf,
+        /// Why it failed.
         #[source]
         source: FsError,
     },
+    /// A stop was requested (the import resumes at the next start).
     #[error("stopped (the import resumes at the next start)")]
     Stopped,
+    /// A worker thread went away.
     #[error("an import thread ended unexpectedly (the import resumes at the next start)")]
     Worker,
 }
@@ -56,7 +64,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
 /// What an import journaled.
 #[derive(Debug, Default)]
 pub struct ImportReport {
+    /// Entries journaled.
     pub entries: u64,
+    /// File bytes journaled.
     pub bytes: u64,
     /// Extended attributes the topic's limits refused (each logged).
     pub xattrs_refused: u64,

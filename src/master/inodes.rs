@@ -37,6 +37,7 @@ pub const ROOT: u64 = 1;
 /// Longest chain of parents followed when building a path.
 const MAX_DEPTH: usize = 1 << 16;
 
+/// An inode the kernel knows.
 pub struct Node {
     /// A handle held while files of the inode are open (`opens > 0`): an
     /// open file can lose its last name, and then it cannot be re-resolved.
@@ -53,6 +54,7 @@ pub struct Node {
     pub lookups: u64,
 }
 
+/// The FUSE inodes of the data-root: names, handles and lookup counts.
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
     by_backing: HashMap<(u64, u64), u64>,
@@ -135,6 +137,7 @@ impl InodeTable {
         }
     }
 
+    /// The node of `ino`.
     pub fn get(&self, ino: u64) -> Result<&Node, FsError> {
         self.nodes.get(&ino).ok_or(FsError::StaleInode(ino))
     }
@@ -401,6 +404,7 @@ impl InodeTable {
         self.nodes.len() - 1
     }
 
+    /// Does the kernel know no inode besides the root?
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

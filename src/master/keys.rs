@@ -26,14 +26,20 @@ use crate::record::Dep;
 /// Identity of a piece of filesystem state (inode numbers are the master's).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Key {
+    /// A directory entry (parent inode, name).
     Entry(u64, Vec<u8>),
+    /// An inode's content and attributes.
     Inode(u64),
+    /// A directory's own times (changed by entries made or removed in it).
     DirTimes(u64),
 }
 
+/// How a record uses a key.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Access {
+    /// Reads it (records that only read commute).
     Shared,
+    /// Changes it.
     Exclusive,
 }
 
@@ -44,10 +50,12 @@ pub struct KeySet {
 }
 
 impl KeySet {
+    /// An empty key set.
     pub fn new() -> Self {
         KeySet::default()
     }
 
+    /// Adds `key`; exclusive access wins over shared.
     pub fn add(&mut self, key: Key, access: Access) {
         match self.keys.iter_mut().find(|(k, _)| *k == key) {
             Some((_, a)) => {
@@ -59,22 +67,27 @@ impl KeySet {
         }
     }
 
+    /// Adds `key` for reading.
     pub fn shared(&mut self, key: Key) {
         self.add(key, Access::Shared)
     }
 
+    /// Adds `key` for changing.
     pub fn exclusive(&mut self, key: Key) {
         self.add(key, Access::Exclusive)
     }
 
+    /// The keys and how they are used.
     pub fn iter(&self) -> impl Iterator<Item = &(Key, Access)> {
         self.keys.iter()
     }
 
+    /// Number of keys.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// No keys?
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -109,6 +122,7 @@ pub struct Conflicts {
 }
 
 impl Conflicts {
+    /// Conflict tracking for `partitions` partitions, folding its history into a barrier beyond `limit` keys.
     pub fn new(partitions: u32, limit: usize) -> Self {
         Conflicts {
             held: HashMap::new(),
@@ -130,6 +144,7 @@ impl Conflicts {
         })
     }
 
+    /// Marks the keys as held by a record being sequenced.
     pub fn acquire(&mut self, ks: &KeySet) {
         for (k, a) in ks.iter() {
             let h = self.held.entry(k.clone()).or_default();
@@ -140,6 +155,7 @@ impl Conflicts {
         }
     }
 
+    /// Releases keys taken by `acquire`.
     pub fn release(&mut self, ks: &KeySet) {
         for (k, a) in ks.iter() {
             if let Some(h) = self.held.get_mut(k) {

@@ -78,6 +78,7 @@ pub fn fd_cache_capacity(configured: usize, nofile: u64) -> usize {
 /// How to run a master.
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
+    /// The data-root: the master's own replica.
     pub data: PathBuf,
     /// Applier threads for the data-root.
     pub threads: usize,
@@ -87,6 +88,7 @@ pub struct MasterConfig {
     pub take_over: bool,
     /// Largest write per record.
     pub max_chunk: usize,
+    /// How often the durable checkpoint is written.
     pub checkpoint_interval: Duration,
     /// Inode-history size before it is folded into a full barrier.
     pub history_limit: usize,
@@ -123,6 +125,7 @@ pub struct MasterConfig {
 pub const DEFAULT_IMPORT_JOBS: usize = 8;
 
 impl MasterConfig {
+    /// A configuration for `data` with defaults.
     pub fn new(data: impl Into<PathBuf>) -> Self {
         MasterConfig {
             data: data.into(),
@@ -147,47 +150,81 @@ impl MasterConfig {
     }
 }
 
+/// Why a master did not start (or stopped).
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
+    /// Its catch-up with the journal failed.
     #[error("bringing the data-root up to the journal: {0}")]
     CatchUp(#[source] ReplicaError),
+    /// Its applier failed.
     #[error("{0}")]
     Slave(#[from] ReplicaError),
+    /// The journal failed.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    /// The state folder failed.
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] CheckpointError),
+    /// A file of the data-root failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// A non-empty data-root that no journal accounts for.
     #[error("{0} is not empty and holds no kafkafs checkpoint: it is not accounted for by the journal, so the master will not serve it. Pass --import to journal its tree into a new topic first, or use an empty directory.")]
     NotAccounted(PathBuf),
+    /// The data-root has applied more than the topic holds.
     #[error("the data-root's checkpoint is ahead of topic `{topic}` (partition {partition}: checkpoint at offset {checkpoint}, topic ends at {end}); is this a new or different topic (an embedded broker keeps nothing after exit)? Use an empty data-root for a new topic.")]
     TopicBehind {
+        /// The topic.
         topic: String,
+        /// The partition.
         partition: u32,
+        /// The checkpoint's next offset.
         checkpoint: i64,
+        /// The topic's end offset.
         end: i64,
     },
+    /// Another master wrote the topic last.
     #[error("topic `{topic}` was last written by another master (writer {other}); refusing to interleave. If that master is gone for good, pass --take-over.")]
-    OtherWriter { topic: String, other: String },
+    OtherWriter {
+        /// The topic.
+        topic: String,
+        /// The last writer's identity (hex).
+        other: String,
+    },
+    /// Journaling a new topic's first records failed.
     #[error("journaling the root's attributes: {0}")]
     Init(FsError),
+    /// The data-root follows another topic.
     #[error("{} follows topic `{recorded}`, not `{requested}`: pass --topic {recorded}, or use an empty data-root for topic `{requested}`", data.display())]
     WrongTopic {
+        /// The data-root.
         data: PathBuf,
+        /// The topic its checkpoint names.
         recorded: String,
+        /// The topic asked for.
         requested: String,
     },
+    /// Importing an existing tree failed.
     #[error("importing: {0}")]
     Import(#[source] import::ImportError),
+    /// An import needs a new, empty topic.
     #[error("--import journals an existing tree into a new, empty topic, but topic `{0}` already holds records; use a new topic")]
     ImportNeedsNewTopic(String),
+    /// The mountpoint cannot be used.
     #[error("cannot mount at {}: {why}", mnt.display())]
-    Mountpoint { mnt: PathBuf, why: String },
+    Mountpoint {
+        /// The mountpoint.
+        mnt: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Not running as root.
     #[error("the master must run as root: it serves every user of the mount (allow_other) and gives new files their callers' ownership")]
     NotRoot,
 }
@@ -203,6 +240,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
 pub struct Master {
     /// The exclusive use of the data-root.
     _lock: DataLock,
+    /// The filesystem the mount serves.
     pub fs: Arc<MasterFs>,
     pipeline: Pipeline,
     pool: Option<Pool<Entry, WorkError>>,
@@ -526,6 +564,7 @@ impl Master {
         })
     }
 
+    /// The write path.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }

@@ -81,7 +81,9 @@ pub enum ReplayOrder {
 /// A planned operation: what it touches, and how to build it once its
 /// record time is known (utimens "now" is the record time).
 pub struct Planned {
+    /// The keys the record holds while it is sequenced and applied.
     pub keys: KeySet,
+    /// Builds the operation at the time it is sequenced.
     pub build: Box<dyn FnOnce(Timestamp) -> Op + Send>,
 }
 
@@ -90,7 +92,9 @@ pub struct Planned {
 pub struct Tail {
     /// Offset the next record will get.
     pub next_offset: i64,
+    /// Sequence number of the last record in it.
     pub last_seq: u64,
+    /// Partition sequence number of the last record in it.
     pub last_pseq: u64,
 }
 
@@ -221,6 +225,7 @@ pub struct Pipeline {
 
 /// A record applied to the data-root; its keys are held until dropped.
 pub struct Applied {
+    /// What applying it gave (the same on every replica).
     pub outcome: Outcome,
     _keys: Option<KeyGuard>,
 }
@@ -247,18 +252,28 @@ pub struct PipelineStart {
     /// Order records after everything applied when they were sequenced
     /// (see `ReplayOrder`).
     pub ordering: ReplayOrder,
+    /// The journal to write.
     pub journal: Arc<dyn Journal>,
+    /// The data-root's inodes.
     pub inodes: Arc<Mutex<InodeTable>>,
+    /// Where acknowledged records go to be applied.
     pub feeder: Feeder<Entry, WorkError>,
+    /// Where each partition ends.
     pub tails: Vec<Tail>,
+    /// The newest record time in the journal (times only rise).
     pub last_time: Timestamp,
+    /// This master's writer identity and epoch.
     pub writer: Writer,
+    /// How long a call waits for the journal.
     pub timeout: Duration,
+    /// Conflict history kept before it is folded into a barrier.
     pub history_limit: usize,
+    /// Refuses calls the data-root cannot take (limits, space).
     pub check: PreCheck,
 }
 
 impl Pipeline {
+    /// Starts the write path (and its recovery thread).
     pub fn start(s: PipelineStart) -> Result<Pipeline, JournalError> {
         let partitions = s.tails.len() as u32;
         let sink = s.journal.sink()?;
@@ -305,6 +320,7 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// The topic's partition count.
     pub fn partitions(&self) -> u32 {
         self.shared.partitions
     }

@@ -61,6 +61,7 @@ pub struct Fingerprint {
 
 /// Where the applier persists a fingerprint before a non-idempotent effect.
 pub trait IntentLog {
+    /// Persists `fp` before the operation's first effect.
     fn record(&mut self, fp: &Fingerprint) -> Result<(), ReplicaFailure>;
 }
 
@@ -148,6 +149,7 @@ fn omit() -> Timespec {
     }
 }
 
+/// The modification time of `st`.
 pub fn stat_mtime(st: &Stat) -> Timestamp {
     Timestamp::new(st.st_mtime, st.st_mtime_nsec as u32)
 }
@@ -263,10 +265,12 @@ impl Replica {
         Ok(Ok(()))
     }
 
+    /// The replica directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// A handle on the replica directory.
     pub fn root_fd(&self) -> BorrowedFd<'_> {
         self.root_fd.as_fd()
     }

@@ -35,7 +35,9 @@ pub const FENCE_ID_LEN: usize = 16;
 /// other writer or of an older epoch are void.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fence {
+    /// The writer's identity.
     pub id: [u8; FENCE_ID_LEN],
+    /// Its epoch.
     pub epoch: u64,
 }
 
@@ -88,21 +90,27 @@ pub struct Position {
 /// A record whose application began but did not finish.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Intent {
+    /// The record's offset.
     pub offset: i64,
+    /// What the replica looked like before its first effect.
     pub fingerprint: Fingerprint,
 }
 
 /// One partition's ledger slot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Slot {
+    /// What is applied.
     pub position: Position,
+    /// A record being applied, if any.
     pub intent: Option<Intent>,
 }
 
 /// The durable checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The topic the replica follows.
     pub topic: String,
+    /// Where each partition resumes.
     pub positions: Vec<Position>,
 }
 
@@ -204,14 +212,17 @@ impl StateDir {
         Ok(StateDir { dir })
     }
 
+    /// The state folder.
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
+    /// The durable checkpoint's file.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.dir.join("checkpoint")
     }
 
+    /// The ledger's file.
     pub fn ledger_path(&self) -> PathBuf {
         self.dir.join("ledger")
     }

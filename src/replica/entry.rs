@@ -20,8 +20,11 @@ pub type Completion = Box<dyn FnOnce(Option<Outcome>) + Send>;
 
 /// A record to apply (or skip) at a journal position.
 pub struct Entry {
+    /// Its offset in the partition.
     pub offset: i64,
+    /// Its partition sequence number (0 for control entries).
     pub pseq: u64,
+    /// What to do with it.
     pub kind: EntryKind,
     /// Fingerprint of an interrupted earlier attempt at this record.
     pub resume: Option<Fingerprint>,
@@ -29,7 +32,9 @@ pub struct Entry {
     pub done: Option<Completion>,
 }
 
+/// What an entry asks of the applier.
 pub enum EntryKind {
+    /// Apply this record.
     Apply(Box<Record>),
     /// Advance past this offset without applying anything.
     Skip,
@@ -38,6 +43,7 @@ pub enum EntryKind {
 }
 
 impl Entry {
+    /// An entry applying `record` read at `offset`.
     pub fn apply(offset: i64, record: Record) -> Self {
         Entry {
             offset,
@@ -89,7 +95,9 @@ impl Entry {
 
 /// Why a worker stopped.
 pub enum WorkError {
+    /// A stop was requested while a record was retried.
     Stopped,
+    /// The replica cannot go on.
     Fatal(ReplicaError),
 }
 

@@ -45,10 +45,12 @@ pub struct PoolEnd<T, E> {
     pub error: Option<E>,
     /// The scheduler as left: anything still queued was not applied.
     pub scheduler: Scheduler<T>,
+    /// Items applied.
     pub applied: u64,
 }
 
 impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
+    /// Starts `threads` workers applying what `sched` makes ready with `work`.
     pub fn start(threads: usize, sched: Scheduler<T>, work: Box<WorkFn<T, E>>) -> Self {
         let work = Arc::new(work);
         let shared = Arc::new(Shared {
@@ -98,6 +100,7 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
         self.lock().error.is_some()
     }
 
+    /// Items applied so far.
     pub fn applied(&self) -> u64 {
         self.lock().applied
     }
@@ -171,6 +174,7 @@ impl<T, E> Feeder<T, E> {
         f(&self.shared.state.lock().sched)
     }
 
+    /// Queues an item of `partition`.
     pub fn push(&self, partition: u32, item: Item<T>) {
         let mut st = self.shared.state.lock();
         st.sched.push(partition, item);

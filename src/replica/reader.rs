@@ -22,13 +22,16 @@ pub struct RecordReader {
     skipped_since: Vec<u64>,
     /// Per partition: the fence in force (as read).
     fences: Vec<Option<Fence>>,
+    /// Duplicates skipped.
     pub duplicates: u64,
+    /// Records skipped by --skip-bad-records or --skip-record.
     pub skipped_bad: u64,
     /// Records of fenced writers, ignored.
     pub fenced: u64,
 }
 
 impl RecordReader {
+    /// A reader of `topic` resuming at `positions`, refusing records larger than `max_record_bytes`.
     pub fn new(
         topic: &str,
         max_record_bytes: usize,

@@ -29,7 +29,9 @@ pub struct Item<T> {
     /// Global sequence number; 0 for an entry without one (a record being
     /// skipped), which carries no dependencies and satisfies none.
     pub seq: u64,
+    /// Records that must be applied first.
     pub deps: Vec<Dep>,
+    /// What to apply.
     pub payload: T,
 }
 
@@ -66,6 +68,7 @@ impl<T> Scheduler<T> {
         }
     }
 
+    /// The partition count.
     pub fn partitions(&self) -> u32 {
         self.parts.len() as u32
     }
@@ -142,6 +145,7 @@ impl<T> Scheduler<T> {
         self.queued += 1;
     }
 
+    /// The highest sequence number applied in `partition` with everything before it.
     pub fn applied_seq(&self, partition: u32) -> u64 {
         self.parts[partition as usize].applied_seq
     }
@@ -156,6 +160,7 @@ impl<T> Scheduler<T> {
         self.queued
     }
 
+    /// Items handed out and not finished.
     pub fn in_flight(&self) -> usize {
         self.parts.iter().filter(|p| p.in_flight.is_some()).count()
     }

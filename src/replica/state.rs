@@ -16,11 +16,16 @@ use crate::record::Record;
 
 /// A replica with its ledger and per-partition positions.
 pub struct ReplicaState {
+    /// The replica directory.
     pub replica: Replica,
+    /// Its per-partition ledger.
     pub ledger: Ledger,
+    /// The topic it follows.
     pub topic: String,
     positions: Vec<Mutex<Position>>,
+    /// Set to stop appliers retrying a failing replica.
     pub stop: Arc<AtomicBool>,
+    /// Records whose outcome was an errno.
     pub errno_outcomes: AtomicU64,
     /// Replication lag: record time on the master to applied here.
     pub lag: crate::metrics::Histogram,
@@ -34,6 +39,7 @@ pub struct ReplicaState {
     gaps_file: Option<std::path::PathBuf>,
     /// Records a partial replica did not apply as they are.
     pub filtered: AtomicU64,
+    /// Entries that came into a partial replica's view without their content.
     pub filter_gaps: AtomicU64,
 }
 
@@ -58,6 +64,7 @@ impl ReplicaState {
             .collect()
     }
 
+    /// The state of `replica` resuming at `positions`.
     pub fn new(
         replica: Replica,
         ledger: Ledger,
@@ -152,22 +159,27 @@ impl ReplicaState {
         );
     }
 
+    /// The partition count.
     pub fn partitions(&self) -> u32 {
         self.positions.len() as u32
     }
 
+    /// Every partition's position.
     pub fn positions(&self) -> Vec<Position> {
         (0..self.partitions()).map(|p| self.position(p)).collect()
     }
 
+    /// Partition `p`'s position.
     pub fn position(&self, p: u32) -> Position {
         *self.positions[p as usize].lock()
     }
 
+    /// Sets partition `p`'s position.
     pub fn set_position(&self, p: u32, pos: Position) {
         *self.positions[p as usize].lock() = pos;
     }
 
+    /// The position of a record, for messages.
     pub fn pos(&self, partition: u32, offset: i64) -> RecordPos {
         RecordPos {
             topic: self.topic.clone(),
@@ -254,10 +266,13 @@ pub fn root_is_empty(root: &std::path::Path) -> Result<bool, ReplicaError> {
 
 /// Where a replica resumes.
 pub struct Restored {
+    /// The ledger, open.
     pub ledger: Ledger,
+    /// Where each partition resumes.
     pub positions: Vec<Position>,
     /// Records interrupted mid-application, by partition.
     pub intents: BTreeMap<u32, Intent>,
+    /// Whether a durable checkpoint existed.
     pub had_checkpoint: bool,
 }
 

@@ -43,7 +43,9 @@ pub struct SlaveConfig {
     pub skip_records: Vec<(u32, i64)>,
     /// Exit once every partition is applied up to its end.
     pub exit_when_caught_up: bool,
+    /// How often the durable checkpoint is written.
     pub checkpoint_interval: Duration,
+    /// Largest record accepted.
     pub max_record_bytes: usize,
     /// Pause reading a partition with this many records queued.
     pub max_queued_per_partition: usize,
@@ -89,6 +91,7 @@ pub enum Until {
 }
 
 impl SlaveConfig {
+    /// A configuration replicating `topic` into `root`, with defaults.
     pub fn new(root: impl Into<PathBuf>, topic: impl Into<String>) -> Self {
         SlaveConfig {
             root: root.into(),
@@ -133,7 +136,9 @@ pub struct SlaveReport {
     /// Replication lag of the applied records (record time on the master
     /// to applied here): median, 99th percentile, maximum.
     pub lag_p50: Option<Duration>,
+    /// 99th percentile of the lag.
     pub lag_p99: Option<Duration>,
+    /// Largest lag.
     pub lag_max: Option<Duration>,
 }
 

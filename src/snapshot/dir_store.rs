@@ -26,6 +26,7 @@ pub struct DirStore {
 }
 
 impl DirStore {
+    /// A store in directory `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         DirStore { dir: dir.into() }
     }

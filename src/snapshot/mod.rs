@@ -33,27 +33,46 @@ pub const DATA_CHUNK: usize = 256 * 1024;
 /// Why a snapshot could not be taken, listed, or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// A file failed.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The snapshot topic failed.
     #[error("snapshot store: {0}")]
     Journal(#[from] JournalError),
+    /// A part of a snapshot is not what it should be.
     #[error("snapshot {id}, part {index}: {why}")]
-    Malformed { id: String, index: u64, why: String },
+    Malformed {
+        /// The snapshot (hex id).
+        id: String,
+        /// The part.
+        index: u64,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A part names a path that cannot be restored.
     #[error("snapshot {id}, part {index}: name refused: {source}")]
     BadName {
+        /// The snapshot (hex id).
         id: String,
+        /// The part.
         index: u64,
+        /// Why the path is refused.
         #[source]
         source: PathError,
     },
+    /// No such snapshot.
     #[error("no snapshot {0} in the store")]
     NotFound(String),
+    /// No snapshot fits.
     #[error("{0}")]
     Unusable(String),
+    /// A stop was requested.
     #[error("stopped")]
     Stopped,
 }
@@ -66,14 +85,19 @@ pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> 
 /// What is known of a complete snapshot without reading it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotInfo {
+    /// Its id (16 random bytes).
     pub id: Vec<u8>,
+    /// The topic it is a replica of.
     pub topic: String,
+    /// When it was taken.
     pub taken: Timestamp,
+    /// The positions it holds everything before.
     pub positions: Vec<Position>,
     /// The replica's limits file, verbatim.
     pub limits: Vec<u8>,
     /// Entries (names) and content bytes.
     pub entries: u64,
+    /// File bytes in it.
     pub bytes: u64,
     /// Where the store finds it (topic offsets or a file name).
     pub location: Location,
@@ -85,14 +109,19 @@ pub enum Location {
     /// Partition 0 offsets of its header and end, and the offset of its
     /// index record in partition 1.
     Topic {
+        /// Offset of its first part.
         first: i64,
+        /// Offset of its last part.
         last: i64,
+        /// Offset of its index.
         index: i64,
     },
+    /// In a directory store: its file.
     File(PathBuf),
 }
 
 impl SnapshotInfo {
+    /// Its id in hex.
     pub fn id_hex(&self) -> String {
         hex(&self.id)
     }
@@ -139,6 +168,7 @@ pub use crate::op::hex;
 
 /// Receives the parts of one snapshot, in order.
 pub trait PartWriter {
+    /// Adds a part.
     fn put(&mut self, part: &pb::SnapshotPart) -> Result<(), SnapshotError>;
     /// Makes the snapshot complete and visible (after its End was put).
     fn commit(self: Box<Self>) -> Result<SnapshotInfo, SnapshotError>;

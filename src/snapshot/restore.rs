@@ -32,7 +32,9 @@ const S_IFLNK: u32 = 0o120000;
 /// What a restore built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Restored {
+    /// Entries restored.
     pub entries: u64,
+    /// File bytes restored.
     pub bytes: u64,
 }
 

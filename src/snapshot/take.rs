@@ -20,6 +20,7 @@ use crate::replica::checkpoint::Position;
 /// What a snapshot records besides the tree.
 #[derive(Clone, Debug)]
 pub struct Cut {
+    /// The topic.
     pub topic: String,
     /// The applied positions, one per partition.
     pub positions: Vec<Position>,
