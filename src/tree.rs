@@ -117,54 +117,14 @@ pub fn snapshot(root: &Path) -> std::io::Result<Tree> {
             root.join(OsStr::from_bytes(&rel))
         };
         let md = std::fs::symlink_metadata(&full)?;
-        let kind = kind_of(md.mode());
-        let content = if kind == 'f' {
-            Some(hash_content(&full)?)
+        let node = node_of(&full, &md)?;
+        if node.kind == 'd' {
+            push_children(&full, &rel, &mut stack)?;
         } else {
-            None
-        };
-        let target = if kind == 'l' {
-            Some(std::fs::read_link(&full)?.as_os_str().as_bytes().to_vec())
-        } else {
-            None
-        };
-        let node = Node {
-            kind,
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
-            rdev: if kind == 'c' || kind == 'b' {
-                md.rdev()
-            } else {
-                0
-            },
-            size: if kind == 'd' { 0 } else { md.size() },
-            content,
-            target,
-            xattrs: xattrs(&full)?,
-            mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-        };
-        if kind != 'd' {
             inodes
                 .entry((md.dev(), md.ino()))
                 .or_default()
                 .push(rel.clone());
-        }
-        if kind == 'd' {
-            for e in std::fs::read_dir(&full)? {
-                let e = e?;
-                let name = e.file_name();
-                let name = name.as_bytes();
-                if rel.is_empty() && name == STATE_DIR {
-                    continue;
-                }
-                let mut child = rel.clone();
-                if !child.is_empty() {
-                    child.push(b'/');
-                }
-                child.extend_from_slice(name);
-                stack.push(child);
-            }
         }
         tree.nodes.insert(rel, node);
     }
@@ -181,12 +141,103 @@ pub fn snapshot(root: &Path) -> std::io::Result<Tree> {
     Ok(tree)
 }
 
+/// Everything compared about one entry.
+fn node_of(full: &Path, md: &std::fs::Metadata) -> std::io::Result<Node> {
+    let kind = kind_of(md.mode());
+    let content = if kind == 'f' {
+        Some(hash_content(full)?)
+    } else {
+        None
+    };
+    let target = if kind == 'l' {
+        Some(std::fs::read_link(full)?.as_os_str().as_bytes().to_vec())
+    } else {
+        None
+    };
+    Ok(Node {
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        rdev: if kind == 'c' || kind == 'b' {
+            md.rdev()
+        } else {
+            0
+        },
+        size: if kind == 'd' { 0 } else { md.size() },
+        content,
+        target,
+        xattrs: xattrs(full)?,
+        mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+    })
+}
+
+/// Queues a directory's entries (not the state folder at the root).
+fn push_children(full: &Path, rel: &[u8], stack: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(full)? {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.as_bytes();
+        if rel.is_empty() && name == STATE_DIR {
+            continue;
+        }
+        let mut child = rel.to_vec();
+        if !child.is_empty() {
+            child.push(b'/');
+        }
+        child.extend_from_slice(name);
+        stack.push(child);
+    }
+    Ok(())
+}
+
 fn show(p: &[u8]) -> String {
     if p.is_empty() {
         ".".into()
     } else {
         String::from_utf8_lossy(p).into_owned()
     }
+}
+
+/// What differs between two entries of one path.
+fn node_diff(x: &Node, y: &Node) -> Vec<String> {
+    let mut what = Vec::new();
+    if x.kind != y.kind {
+        what.push(format!("type {} vs {}", x.kind, y.kind));
+    }
+    if x.mode != y.mode {
+        what.push(format!("mode {:o} vs {:o}", x.mode, y.mode));
+    }
+    if (x.uid, x.gid) != (y.uid, y.gid) {
+        what.push(format!("owner {}:{} vs {}:{}", x.uid, x.gid, y.uid, y.gid));
+    }
+    if x.rdev != y.rdev {
+        what.push(format!("rdev {} vs {}", x.rdev, y.rdev));
+    }
+    if x.size != y.size {
+        what.push(format!("size {} vs {}", x.size, y.size));
+    }
+    if x.content != y.content {
+        what.push("content differs".into());
+    }
+    if x.target != y.target {
+        what.push(format!(
+            "symlink target {:?} vs {:?}",
+            x.target.as_deref().map(show),
+            y.target.as_deref().map(show)
+        ));
+    }
+    if x.xattrs != y.xattrs {
+        what.push(format!(
+            "xattrs {:?} vs {:?}",
+            x.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>(),
+            y.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>()
+        ));
+    }
+    if x.mtime_ns != y.mtime_ns {
+        what.push(format!("mtime {} vs {} ns", x.mtime_ns, y.mtime_ns));
+    }
+    what
 }
 
 /// Human-readable differences between two snapshots (at most `limit`).
@@ -203,43 +254,7 @@ pub fn diff(a: &Tree, b: &Tree, limit: usize) -> Vec<String> {
             (Some(_), None) => out.push(format!("{}: only in the first tree", show(k))),
             (None, Some(_)) => out.push(format!("{}: only in the second tree", show(k))),
             (Some(x), Some(y)) if x != y => {
-                let mut what = Vec::new();
-                if x.kind != y.kind {
-                    what.push(format!("type {} vs {}", x.kind, y.kind));
-                }
-                if x.mode != y.mode {
-                    what.push(format!("mode {:o} vs {:o}", x.mode, y.mode));
-                }
-                if (x.uid, x.gid) != (y.uid, y.gid) {
-                    what.push(format!("owner {}:{} vs {}:{}", x.uid, x.gid, y.uid, y.gid));
-                }
-                if x.rdev != y.rdev {
-                    what.push(format!("rdev {} vs {}", x.rdev, y.rdev));
-                }
-                if x.size != y.size {
-                    what.push(format!("size {} vs {}", x.size, y.size));
-                }
-                if x.content != y.content {
-                    what.push("content differs".into());
-                }
-                if x.target != y.target {
-                    what.push(format!(
-                        "symlink target {:?} vs {:?}",
-                        x.target.as_deref().map(show),
-                        y.target.as_deref().map(show)
-                    ));
-                }
-                if x.xattrs != y.xattrs {
-                    what.push(format!(
-                        "xattrs {:?} vs {:?}",
-                        x.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>(),
-                        y.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>()
-                    ));
-                }
-                if x.mtime_ns != y.mtime_ns {
-                    what.push(format!("mtime {} vs {} ns", x.mtime_ns, y.mtime_ns));
-                }
-                out.push(format!("{}: {}", show(k), what.join(", ")));
+                out.push(format!("{}: {}", show(k), node_diff(x, y).join(", ")))
             }
             _ => {}
         }

@@ -177,6 +177,43 @@ fn bytes(s: &OsStr) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
+/// A mounted master filesystem, served by background threads.
+pub struct Mount(fuser::BackgroundSession);
+
+impl Mount {
+    /// Mounts `fs` at `mountpoint`, answering from `dispatchers` threads.
+    pub fn spawn(
+        fs: Arc<MasterFs>,
+        mountpoint: &Path,
+        dispatchers: usize,
+    ) -> std::io::Result<Mount> {
+        let adapter = FuseAdapter::new(fs, dispatchers);
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::FSName("kafkafs".into()),
+            fuser::MountOption::Subtype("kafkafs".into()),
+            fuser::MountOption::DefaultPermissions,
+            fuser::MountOption::Dev,
+            fuser::MountOption::Suid,
+            fuser::MountOption::RW,
+        ];
+        config.acl = fuser::SessionACL::All;
+        config.n_threads = Some(4);
+        config.clone_fd = true;
+        fuser::spawn_mount(adapter, mountpoint, &config).map(Mount)
+    }
+
+    /// Has the kernel ended the session (unmounted from outside)?
+    pub fn is_finished(&self) -> bool {
+        self.0.guard.is_finished()
+    }
+
+    /// Unmounts and waits for the serving threads.
+    pub fn unmount(self) -> std::io::Result<()> {
+        self.0.umount_and_join()
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large writes mean fewer records; the journal splits them anyway.

@@ -928,28 +928,15 @@ pub fn clean_stale_mount(mountpoint: &Path) -> std::io::Result<()> {
 }
 
 /// Mounts the master's filesystem at `mountpoint` (served by background
-/// threads until the returned session is dropped or unmounted).
+/// threads until the returned mount is unmounted or dropped).
 pub fn mount(
     master: &Master,
     mountpoint: &Path,
     dispatchers: usize,
-) -> std::io::Result<::fuser::BackgroundSession> {
+) -> std::io::Result<fuse::Mount> {
     clean_stale_mount(mountpoint)?;
     std::fs::create_dir_all(mountpoint)?;
-    let adapter = fuse::FuseAdapter::new(master.fs.clone(), dispatchers);
-    let mut config = ::fuser::Config::default();
-    config.mount_options = vec![
-        ::fuser::MountOption::FSName("kafkafs".into()),
-        ::fuser::MountOption::Subtype("kafkafs".into()),
-        ::fuser::MountOption::DefaultPermissions,
-        ::fuser::MountOption::Dev,
-        ::fuser::MountOption::Suid,
-        ::fuser::MountOption::RW,
-    ];
-    config.acl = ::fuser::SessionACL::All;
-    config.n_threads = Some(4);
-    config.clone_fd = true;
-    ::fuser::spawn_mount(adapter, mountpoint, &config)
+    fuse::Mount::spawn(master.fs.clone(), mountpoint, dispatchers)
 }
 
 /// The master's periodic line while it journals: records acknowledged

@@ -159,6 +159,31 @@ pub(crate) fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
+/// What a rename finds before its first effect.
+fn rename_fingerprint(s: &DirEntry, d: &DirEntry, sst: &Stat, dstat: &Stat) -> Fingerprint {
+    let src_st = lstat(&s.parent, &s.name);
+    let dst_st = lstat(&d.parent, &d.name);
+    Fingerprint {
+        source: src_st.as_ref().map(|st| st.st_ino),
+        target: dst_st.as_ref().map(|st| st.st_ino),
+        source_mtime: src_st.as_ref().map(stat_mtime),
+        target_mtime: dst_st.as_ref().map(stat_mtime),
+        source_parent_mtime: Some(stat_mtime(sst)),
+        target_parent_mtime: Some(stat_mtime(dstat)),
+    }
+}
+
+fn rename_flags(flags: crate::op::RenameFlags) -> rfs::RenameFlags {
+    let mut rf = rfs::RenameFlags::empty();
+    if flags.noreplace {
+        rf |= rfs::RenameFlags::NOREPLACE;
+    }
+    if flags.exchange {
+        rf |= rfs::RenameFlags::EXCHANGE;
+    }
+    rf
+}
+
 fn cstring(name: &[u8]) -> Result<CString, Errno> {
     CString::new(name).map_err(|_| Errno::INVAL)
 }
@@ -519,48 +544,58 @@ impl Replica {
         let done =
             resume.is_some() && fp.target.is_none() && lstat_ino(&e.parent, &e.name).is_some();
         if !done {
-            let made = match kind {
-                NewInode::File { mode } => rfs::openat(
-                    &e.parent,
-                    &e.name,
-                    OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::WRONLY
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_bits_retain(mode & PERM_BITS),
-                )
-                .map(drop),
-                NewInode::Dir { mode } => {
-                    rfs::mkdirat(&e.parent, &e.name, Mode::from_bits_retain(mode & PERM_BITS))
-                }
-                NewInode::Node { mode, .. } if self.unprivileged && is_device(mode) => {
-                    // A device node needs privileges: an empty file stands in.
-                    rfs::openat(
-                        &e.parent,
-                        &e.name,
-                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW,
-                        Mode::from_bits_retain(mode & PERM_BITS),
-                    )
-                    .map(drop)
-                }
-                NewInode::Node { mode, rdev } => rfs::mknodat(
-                    &e.parent,
-                    &e.name,
-                    FileType::from_raw_mode(mode & S_IFMT),
-                    Mode::from_bits_retain(mode & PERM_BITS),
-                    rdev,
-                ),
-                NewInode::Symlink { target } => {
-                    let t = try_outcome!(cstring(target), op, path);
-                    rfs::symlinkat(&t, &e.parent, &e.name)
-                }
-            };
-            try_outcome!(made, op, path);
+            try_outcome!(self.make_inode(&e, &kind), op, path);
         }
         // Ownership, exact mode (no umask; chown clears set-id bits, so the
         // mode is set after it), times. Every step is idempotent.
         let f = |x| fail(op, path, x);
+        self.set_owner_and_mode(&e, &kind, uid, gid).map_err(f)?;
+        set_times(&e.parent, &e.name, Some(time), Some(time)).map_err(f)?;
+        self.bump(&e.parent, fp.target_parent_mtime, time)
+            .map_err(f)?;
+        Ok(Ok(()))
+    }
+
+    /// Makes the new inode (the entry must not exist).
+    fn make_inode(&self, e: &DirEntry, kind: &NewInode<'_>) -> Result<(), Errno> {
+        let perm = |mode: u32| Mode::from_bits_retain(mode & PERM_BITS);
+        let new_file = |mode: u32| {
+            rfs::openat(
+                &e.parent,
+                &e.name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                perm(mode),
+            )
+            .map(drop)
+        };
+        match *kind {
+            NewInode::File { mode } => new_file(mode),
+            NewInode::Dir { mode } => rfs::mkdirat(&e.parent, &e.name, perm(mode)),
+            // A device node needs privileges: an empty file stands in.
+            NewInode::Node { mode, .. } if self.unprivileged && is_device(mode) => new_file(mode),
+            NewInode::Node { mode, rdev } => rfs::mknodat(
+                &e.parent,
+                &e.name,
+                FileType::from_raw_mode(mode & S_IFMT),
+                perm(mode),
+                rdev,
+            ),
+            NewInode::Symlink { target } => {
+                let t = cstring(target)?;
+                rfs::symlinkat(&t, &e.parent, &e.name)
+            }
+        }
+    }
+
+    /// Gives a new inode its owner, then its exact mode (chown clears
+    /// set-id bits).
+    fn set_owner_and_mode(
+        &self,
+        e: &DirEntry,
+        kind: &NewInode<'_>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), Errno> {
         if !self.unprivileged {
             rfs::chownat(
                 &e.parent,
@@ -568,8 +603,7 @@ impl Replica {
                 Some(rfs::Uid::from_raw(uid)),
                 Some(rfs::Gid::from_raw(gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(f)?;
+            )?;
         }
         if let Some(mode) = kind.perm() {
             let fd = rfs::openat(
@@ -577,18 +611,13 @@ impl Replica {
                 &e.name,
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
-            )
-            .map_err(f)?;
+            )?;
             rfs::chmod(
                 proc_fd_path(fd.as_fd()).as_c_str(),
                 Mode::from_bits_retain(mode & PERM_BITS),
-            )
-            .map_err(f)?;
+            )?;
         }
-        set_times(&e.parent, &e.name, Some(time), Some(time)).map_err(f)?;
-        self.bump(&e.parent, fp.target_parent_mtime, time)
-            .map_err(f)?;
-        Ok(Ok(()))
+        Ok(())
     }
 
     fn link(
@@ -699,16 +728,7 @@ impl Replica {
         let fp = match resume {
             Some(fp) => *fp,
             None => {
-                let src_st = lstat(&s.parent, &s.name);
-                let dst_st = lstat(&d.parent, &d.name);
-                let fp = Fingerprint {
-                    source: src_st.as_ref().map(|st| st.st_ino),
-                    target: dst_st.as_ref().map(|st| st.st_ino),
-                    source_mtime: src_st.as_ref().map(stat_mtime),
-                    target_mtime: dst_st.as_ref().map(stat_mtime),
-                    source_parent_mtime: Some(stat_mtime(&sst)),
-                    target_parent_mtime: Some(stat_mtime(&dstat)),
-                };
+                let fp = rename_fingerprint(&s, &d, &sst, &dstat);
                 log.record(&fp)?;
                 fp
             }
@@ -720,15 +740,8 @@ impl Replica {
         let done =
             resume.is_some() && fp.source.is_some() && lstat_ino(&s.parent, &s.name) != fp.source;
         if !done {
-            let mut rf = rfs::RenameFlags::empty();
-            if flags.noreplace {
-                rf |= rfs::RenameFlags::NOREPLACE;
-            }
-            if flags.exchange {
-                rf |= rfs::RenameFlags::EXCHANGE;
-            }
             try_outcome!(
-                rfs::renameat_with(&s.parent, &s.name, &d.parent, &d.name, rf),
+                rfs::renameat_with(&s.parent, &s.name, &d.parent, &d.name, rename_flags(flags)),
                 "rename",
                 dst
             );

@@ -136,61 +136,23 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         next_offset: entry.offset + 1,
         ..before
     };
-    let result = if let EntryKind::Apply(rec) = &entry.kind {
-        if let crate::op::Op::Limits(limits) = &rec.op {
-            check_capable(ctx, p, entry.offset, limits)?;
+    let result = match &entry.kind {
+        EntryKind::Apply(rec) => {
+            let outcome = apply_retrying(ctx, p, entry.offset, rec, before, &mut entry.resume)?;
+            after.last_seq = rec.seq;
+            after.last_pseq = rec.partition_seq;
+            let now = crate::op::Timestamp::now().as_nanos();
+            let lag = (now - rec.time.as_nanos()).max(0) as u64;
+            ctx.lag.record(Duration::from_nanos(lag));
+            Some(outcome)
         }
-        let mut log = LedgerIntent {
-            ledger: &ctx.ledger,
-            partition: p,
-            position: before,
-            offset: entry.offset,
-            last: None,
-        };
-        let mut resume = entry.resume;
-        let mut backoff = Duration::from_millis(50);
-        let outcome = loop {
-            match ctx.apply_record(p, entry.offset, rec, resume.as_ref(), &mut log) {
-                Ok(Ok(())) => break Ok(()),
-                Ok(Err(errno)) => {
-                    tracing::debug!(
-                        "{}: {} {} -> {errno} (an outcome, same on every replica)",
-                        ctx.pos(p, entry.offset),
-                        rec.op.name(),
-                        rec.op.target()
-                    );
-                    ctx.errno_outcomes.fetch_add(1, Ordering::Relaxed);
-                    break Err(errno);
-                }
-                Err(failure) => {
-                    tracing::error!(
-                        "{}: replica failure: {failure}; position held, retrying in {backoff:?}",
-                        ctx.pos(p, entry.offset)
-                    );
-                    if log.last.is_some() {
-                        resume = log.last;
-                    }
-                    if sleep_unless_stopped(&ctx.stop, backoff) {
-                        // Keep what we learned for the next start.
-                        entry.resume = resume;
-                        return Err(WorkError::Stopped);
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        EntryKind::Skip | EntryKind::Fence(_) => {
+            after.last_pseq = after.last_pseq.max(entry.pseq);
+            if let EntryKind::Fence(f) = &entry.kind {
+                after.fence = Some(*f);
             }
-        };
-        after.last_seq = rec.seq;
-        after.last_pseq = rec.partition_seq;
-        let now = crate::op::Timestamp::now().as_nanos();
-        let lag = (now - rec.time.as_nanos()).max(0) as u64;
-        ctx.lag.record(Duration::from_nanos(lag));
-        Some(outcome)
-    } else {
-        after.last_pseq = after.last_pseq.max(entry.pseq);
-        if let EntryKind::Fence(f) = &entry.kind {
-            after.fence = Some(*f);
+            None
         }
-        None
     };
     advance_ledger(ctx, p, entry.offset, after)?;
     ctx.set_position(p, after);
@@ -199,6 +161,59 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
         done(result);
     }
     Ok(())
+}
+
+/// Applies a record until it has an outcome (success or an errno every
+/// replica gets), retrying failures of this replica with backoff. On a
+/// stop request the fingerprint learned so far is kept in `resume` for the
+/// next start.
+fn apply_retrying(
+    ctx: &ReplicaState,
+    p: u32,
+    offset: i64,
+    rec: &Record,
+    before: Position,
+    resume: &mut Option<Fingerprint>,
+) -> Result<Outcome, WorkError> {
+    if let crate::op::Op::Limits(limits) = &rec.op {
+        check_capable(ctx, p, offset, limits)?;
+    }
+    let mut log = LedgerIntent {
+        ledger: &ctx.ledger,
+        partition: p,
+        position: before,
+        offset,
+        last: None,
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match ctx.apply_record(p, offset, rec, resume.as_ref(), &mut log) {
+            Ok(Ok(())) => return Ok(Ok(())),
+            Ok(Err(errno)) => {
+                tracing::debug!(
+                    "{}: {} {} -> {errno} (an outcome, same on every replica)",
+                    ctx.pos(p, offset),
+                    rec.op.name(),
+                    rec.op.target()
+                );
+                ctx.errno_outcomes.fetch_add(1, Ordering::Relaxed);
+                return Ok(Err(errno));
+            }
+            Err(failure) => {
+                tracing::error!(
+                    "{}: replica failure: {failure}; position held, retrying in {backoff:?}",
+                    ctx.pos(p, offset)
+                );
+                if log.last.is_some() {
+                    *resume = log.last;
+                }
+                if sleep_unless_stopped(&ctx.stop, backoff) {
+                    return Err(WorkError::Stopped);
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Records the new position in the partition's ledger slot, retrying a

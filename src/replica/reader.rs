@@ -106,7 +106,11 @@ impl RecordReader {
     }
 
     /// Decodes and checks a message: the entry to queue, or an error that
-    /// stops the reader (bad record, gap).
+    /// stops the reader (bad record, gap). The checks, in order: records
+    /// named by --skip-record; undecodable records (skipped with
+    /// --skip-bad-records); fences; records of fenced writers; two records
+    /// claiming one partition sequence number (conflict); duplicates; gaps;
+    /// sequence numbers that do not rise.
     pub fn entry(&mut self, m: Message) -> Result<Entry, ReplicaError> {
         let p = m.partition;
         let pos = RecordPos {
@@ -114,53 +118,75 @@ impl RecordReader {
             partition: p,
             offset: m.offset,
         };
-        let rec = Record::decode_from(&m.payload, self.max_record_bytes, p).and_then(|r| {
-            match r.deps.iter().find(|d| d.partition >= self.partitions) {
-                Some(d) => Err(DecodeError::BadValue {
-                    field: "deps.partition",
-                    value: d.partition as u64,
-                }),
-                None => Ok(r),
-            }
-        });
-        let skip = |why: String, this: &mut RecordReader| {
-            tracing::warn!("{pos}: SKIPPING record ({why})");
-            this.skipped_bad += 1;
-            this.skipped_since[p as usize] += 1;
-            Ok(Entry::skip(m.offset))
-        };
+        let rec = self.decode(&m);
         if self.skip_records.contains(&(p, m.offset)) {
             let what = match &rec {
                 Ok(r) => format!("{} {}", r.op.name(), r.op.target()),
                 Err(e) => e.to_string(),
             };
-            return skip(format!("--skip-record {p}:{}: {what}", m.offset), self);
+            return Ok(self.skip(&pos, format!("--skip-record {p}:{}: {what}", m.offset)));
         }
         let rec = match rec {
             Ok(r) => r,
             Err(source) if self.skip_bad => {
-                return skip(format!("--skip-bad-records: {source}"), self);
+                return Ok(self.skip(&pos, format!("--skip-bad-records: {source}")));
             }
             Err(source) => return Err(ReplicaError::BadRecord { pos, source }),
         };
         if let crate::op::Op::Fence { take_over } = rec.op {
             return Ok(self.read_fence(&pos, &rec, take_over));
         }
-        if let Some(f) = self.fences[p as usize].filter(|f| f.voids(&rec.writer)) {
-            tracing::warn!(
-                "{pos}: {} {} of writer {} (epoch {}) came after the fence of writer {} (epoch {}): \
-                 a fenced master's write, ignored on every replica",
-                rec.op.name(),
-                rec.op.target(),
-                hex(&rec.writer.id),
-                rec.writer.epoch,
-                hex(&f.id),
-                f.epoch
-            );
-            self.fenced += 1;
+        if self.is_fenced(&pos, &rec) {
             return Ok(Entry::skip(m.offset));
         }
-        let (last_pseq, last_seq) = self.last_read[p as usize];
+        self.check_sequence(pos, rec)
+    }
+
+    /// The record in a message, with its dependencies inside the topic.
+    fn decode(&self, m: &Message) -> Result<Record, DecodeError> {
+        let r = Record::decode_from(&m.payload, self.max_record_bytes, m.partition)?;
+        match r.deps.iter().find(|d| d.partition >= self.partitions) {
+            Some(d) => Err(DecodeError::BadValue {
+                field: "deps.partition",
+                value: d.partition as u64,
+            }),
+            None => Ok(r),
+        }
+    }
+
+    /// Skips a record on the user's word (logged, counted; it explains a
+    /// jump in partition sequence after it).
+    fn skip(&mut self, pos: &RecordPos, why: String) -> Entry {
+        tracing::warn!("{pos}: SKIPPING record ({why})");
+        self.skipped_bad += 1;
+        self.skipped_since[pos.partition as usize] += 1;
+        Entry::skip(pos.offset)
+    }
+
+    /// Is this the record of a writer the partition's fence voids?
+    fn is_fenced(&mut self, pos: &RecordPos, rec: &Record) -> bool {
+        let Some(f) = self.fences[pos.partition as usize].filter(|f| f.voids(&rec.writer)) else {
+            return false;
+        };
+        tracing::warn!(
+            "{pos}: {} {} of writer {} (epoch {}) came after the fence of writer {} (epoch {}): \
+             a fenced master's write, ignored on every replica",
+            rec.op.name(),
+            rec.op.target(),
+            hex(&rec.writer.id),
+            rec.writer.epoch,
+            hex(&f.id),
+            f.epoch
+        );
+        self.fenced += 1;
+        true
+    }
+
+    /// Places a record in its partition's sequence: the entry to apply, a
+    /// duplicate to skip, or a conflict, gap or falling sequence number.
+    fn check_sequence(&mut self, pos: RecordPos, rec: Record) -> Result<Entry, ReplicaError> {
+        let p = pos.partition as usize;
+        let (last_pseq, last_seq) = self.last_read[p];
         if rec.partition_seq == last_pseq && rec.seq != last_seq {
             // Not a duplicate: two different records claim one place.
             return Err(ReplicaError::Conflict {
@@ -176,9 +202,9 @@ impl RecordReader {
                 rec.partition_seq
             );
             self.duplicates += 1;
-            return Ok(Entry::skip(m.offset));
+            return Ok(Entry::skip(pos.offset));
         }
-        if rec.partition_seq > last_pseq + 1 + self.skipped_since[p as usize] {
+        if rec.partition_seq > last_pseq + 1 + self.skipped_since[p] {
             return Err(ReplicaError::Gap {
                 pos,
                 last: last_pseq,
@@ -194,9 +220,9 @@ impl RecordReader {
                 },
             });
         }
-        self.last_read[p as usize] = (rec.partition_seq, rec.seq);
-        self.skipped_since[p as usize] = 0;
-        Ok(Entry::apply(m.offset, rec))
+        self.last_read[p] = (rec.partition_seq, rec.seq);
+        self.skipped_since[p] = 0;
+        Ok(Entry::apply(pos.offset, rec))
     }
 }
 

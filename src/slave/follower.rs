@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::periodic::{Checkpoints, Progress, Snapshots};
+use super::periodic::{Chores, PollErrors, Snapshots};
 use super::start::record_time;
 use super::start::Opened;
 use super::{SlaveConfig, Until};
@@ -247,64 +247,58 @@ impl Follower {
         snaps: &mut Snapshots,
         stop: &AtomicBool,
     ) -> Option<ReplicaError> {
-        let partitions = source.partitions();
-        let mut paused = vec![false; partitions as usize];
-        let mut checkpoints = Checkpoints::new(config.checkpoint_interval);
-        let mut progress = Progress::new(config.notify);
-        let watchdog = crate::notify::Watchdog::from_env();
-        let mut poll_errors = 0u64;
-        let mut last_poll_log: Option<Instant> = None;
+        let mut paused = vec![false; source.partitions() as usize];
+        let mut chores = Chores::new(config);
+        let mut poll_errors = PollErrors::default();
         loop {
             if stop.load(Ordering::Relaxed) || pool.failed() {
                 return None;
             }
-            if let Err(e) = self.backpressure(config, source, pool, &mut paused) {
+            let flow = self
+                .backpressure(config, source, pool, &mut paused)
+                .and_then(|()| self.release_delayed(pool, source));
+            if let Err(e) = flow {
                 return Some(e);
             }
-            if let Err(e) = self.release_delayed(pool, source) {
-                return Some(e);
+            if let Some(end) = self.step(config, source, pool, &mut poll_errors, stop) {
+                return end;
             }
-            match source.poll(Duration::from_millis(20)) {
-                Ok(Some(m)) if m.partition < partitions => {
-                    if let Err(e) = self.push(pool, source, m) {
-                        return Some(e);
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => match self.done(config, source, pool) {
-                    Ok(true) => return self.first_held(),
-                    Ok(false) => {}
-                    Err(e) if is_transient(&e) => {}
-                    Err(e) => return Some(e.into()),
-                },
-                Err(e) if is_transient(&e) => {
-                    poll_errors += 1;
-                    if last_poll_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                        tracing::warn!(
-                            "reading the topic: {e} ({poll_errors} errors so far); following on"
-                        );
-                        last_poll_log = Some(Instant::now());
-                    }
-                    sleep_unless_stopped(stop, Duration::from_millis(200));
-                }
-                Err(e) => return Some(e.into()),
-            }
-            checkpoints.tick(&opened.state, &opened.ctx);
-            if snaps.due() {
-                // A failed snapshot is logged and tried again next time.
-                if let Err(e) = snaps.take(pool, opened, config, stop) {
-                    tracing::warn!(
-                        "taking a snapshot: {e}; trying again in {:?}",
-                        snaps.every()
-                    );
-                }
-            }
-            progress.tick(&opened.ctx, pool, source, self.applied_first);
-            progress.caught_up(&opened.ctx, pool, source, &self.next_read);
-            if config.notify {
-                watchdog.tick();
-            }
+            chores.tick(config, source, pool, opened, snaps, self, stop);
         }
+    }
+
+    /// Reads one message, or finds there is none: `Some(why)` ends
+    /// following (`Some(None)`: done without an error).
+    fn step(
+        &mut self,
+        config: &SlaveConfig,
+        source: &mut dyn Source,
+        pool: &Pool<Entry, WorkError>,
+        poll_errors: &mut PollErrors,
+        stop: &AtomicBool,
+    ) -> Option<Option<ReplicaError>> {
+        let partitions = source.partitions();
+        match source.poll(Duration::from_millis(20)) {
+            Ok(Some(m)) if m.partition < partitions => self.push(pool, source, m).err().map(Some),
+            Ok(Some(_)) => None,
+            Ok(None) => match self.done(config, source, pool) {
+                Ok(true) => Some(self.first_held()),
+                Ok(false) => None,
+                Err(e) if is_transient(&e) => None,
+                Err(e) => Some(Some(e.into())),
+            },
+            Err(e) if is_transient(&e) => {
+                poll_errors.note(&e);
+                sleep_unless_stopped(stop, Duration::from_millis(200));
+                None
+            }
+            Err(e) => Some(Some(e.into())),
+        }
+    }
+
+    /// The next offset to read per partition.
+    pub(super) fn next_read(&self) -> &[i64] {
+        &self.next_read
     }
 
     /// Pauses a partition with too many records queued, resumes it once

@@ -105,6 +105,77 @@ impl Snapshots {
     }
 }
 
+/// What the follow loop does between messages: checkpoints, snapshots,
+/// the progress line, the systemd watchdog.
+pub(super) struct Chores {
+    checkpoints: Checkpoints,
+    progress: Progress,
+    watchdog: crate::notify::Watchdog,
+}
+
+impl Chores {
+    pub(super) fn new(config: &SlaveConfig) -> Self {
+        Chores {
+            checkpoints: Checkpoints::new(config.checkpoint_interval),
+            progress: Progress::new(config.notify),
+            watchdog: crate::notify::Watchdog::from_env(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn tick(
+        &mut self,
+        config: &SlaveConfig,
+        source: &mut dyn Source,
+        pool: &Pool<Entry, WorkError>,
+        opened: &Opened,
+        snaps: &mut Snapshots,
+        follower: &Follower,
+        stop: &AtomicBool,
+    ) {
+        self.checkpoints.tick(&opened.state, &opened.ctx);
+        if snaps.due() {
+            // A failed snapshot is logged and tried again next time.
+            if let Err(e) = snaps.take(pool, opened, config, stop) {
+                tracing::warn!(
+                    "taking a snapshot: {e}; trying again in {:?}",
+                    snaps.every()
+                );
+            }
+        }
+        self.progress
+            .tick(&opened.ctx, pool, source, follower.applied_first);
+        self.progress
+            .caught_up(&opened.ctx, pool, source, follower.next_read());
+        if config.notify {
+            self.watchdog.tick();
+        }
+    }
+}
+
+/// Transient read errors, counted and logged every 30 s.
+#[derive(Default)]
+pub(super) struct PollErrors {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl PollErrors {
+    pub(super) fn note(&mut self, e: &crate::error::JournalError) {
+        self.count += 1;
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+        {
+            tracing::warn!(
+                "reading the topic: {e} ({} errors so far); following on",
+                self.count
+            );
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
 /// Periodic durable checkpoints; a failed one (a full disk) is logged and
 /// retried, the previous one staying valid.
 pub(super) struct Checkpoints {
@@ -228,33 +299,50 @@ impl Progress {
         source: &mut dyn Source,
         first: u64,
     ) {
-        if let Some(bar) = &self.bar {
-            if self
-                .ends_read
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
-            {
-                // The topic's end, for the bar's total (else read every 10 s).
-                for p in 0..ctx.partitions() {
-                    if let Ok((_, end)) = source.watermarks(p) {
-                        ctx.set_end(p, end);
-                    }
-                }
-                self.ends_read = Some(Instant::now());
-            }
-            let applied = first + pool.applied();
-            let behind: i64 = ctx.behind().iter().flatten().sum();
-            bar.set_total(applied + behind.max(0) as u64, 0);
-            bar.set(applied, 0);
-            bar.tick();
+        if self.bar.is_some() {
+            self.draw_bar(ctx, pool, source, first);
         }
         if self.last.elapsed() < Duration::from_secs(10) {
             return;
         }
-        for p in 0..ctx.partitions() {
-            if let Ok((_, end)) = source.watermarks(p) {
-                ctx.set_end(p, end);
-            }
+        read_ends(ctx, source);
+        let line = self.line(ctx, pool, first);
+        tracing::info!("{line}");
+        if self.notify {
+            crate::notify::status(&line);
         }
+        self.last_applied = pool.applied();
+        self.last = Instant::now();
+    }
+
+    /// The catch-up bar: applied of applied plus behind.
+    fn draw_bar(
+        &mut self,
+        ctx: &ReplicaState,
+        pool: &Pool<Entry, WorkError>,
+        source: &mut dyn Source,
+        first: u64,
+    ) {
+        if self
+            .ends_read
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+        {
+            // The topic's end, for the bar's total (else read every 10 s).
+            read_ends(ctx, source);
+            self.ends_read = Some(Instant::now());
+        }
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        let applied = first + pool.applied();
+        let behind: i64 = ctx.behind().iter().flatten().sum();
+        bar.set_total(applied + behind.max(0) as u64, 0);
+        bar.set(applied, 0);
+        bar.tick();
+    }
+
+    /// The progress line: rate, records behind, lag over the interval.
+    fn line(&mut self, ctx: &ReplicaState, pool: &Pool<Entry, WorkError>, first: u64) -> String {
         let applied = pool.applied();
         let secs = self.last.elapsed().as_secs_f64();
         let rate = (applied - self.last_applied) as f64 / secs;
@@ -269,7 +357,7 @@ impl Progress {
         let lag = ctx.lag.counts();
         let recent = lag.since(&self.last_lag);
         self.last_lag = lag;
-        let line = format!(
+        format!(
             "applied {} records ({rate:.0}/s); {eta}; lag p50 {:?} p99 {:?} (last {:.0} s); next offsets {:?}",
             first + applied,
             recent.quantile(0.5).unwrap_or_default(),
@@ -278,13 +366,16 @@ impl Progress {
             (0..ctx.partitions())
                 .map(|p| ctx.position(p).next_offset)
                 .collect::<Vec<_>>()
-        );
-        tracing::info!("{line}");
-        if self.notify {
-            crate::notify::status(&line);
+        )
+    }
+}
+
+/// Notes the topic's end offsets (for records behind).
+fn read_ends(ctx: &ReplicaState, source: &mut dyn Source) {
+    for p in 0..ctx.partitions() {
+        if let Ok((_, end)) = source.watermarks(p) {
+            ctx.set_end(p, end);
         }
-        self.last_applied = applied;
-        self.last = Instant::now();
     }
 }
 

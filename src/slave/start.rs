@@ -35,64 +35,71 @@ pub(super) fn open_replica(
     snapshots: &mut Option<Box<dyn SnapshotStore>>,
     stop: &Arc<AtomicBool>,
 ) -> Result<Opened, ReplicaError> {
-    let partitions = source.partitions();
-    let root_err = |source| ReplicaError::Root {
-        path: config.root.clone(),
-        source,
-    };
-    let not_empty = || {
-        ReplicaError::Refused(format!(
-            "{} is not empty and holds no kafkafs checkpoint; replaying the journal onto it would not \
-             reproduce the master's tree. Use an empty directory (or pass --allow-non-empty).",
-            config.root.display()
-        ))
-    };
     // Refused before anything is created in it.
     let never_used = StateDir::existing(&config.root).is_none();
     if never_used && !config.allow_non_empty && !root_is_empty(&config.root)? {
-        return Err(not_empty());
+        return Err(not_empty(config));
     }
     let state = StateDir::open(&config.root)?;
     let lock = config.hold_lock.then(|| state.lock()).transpose()?;
     bootstrap(config, &state, source, snapshots, stop)?;
-    let crate::replica::Opened {
-        state: ctx,
-        positions,
-        intents,
-        had_checkpoint,
-    } = crate::replica::open(
+    let opened = crate::replica::open(
         &config.root,
         &state,
         OpenOptions {
             topic: &config.topic,
-            partitions,
+            partitions: source.partitions(),
             unprivileged: config.unprivileged,
             filter: config.filter.clone(),
             stop: stop.clone(),
         },
     )?;
-    let fresh = !had_checkpoint && positions.iter().all(|p| *p == Position::default());
+    let fresh =
+        !opened.had_checkpoint && opened.positions.iter().all(|p| *p == Position::default());
     if fresh && !config.allow_non_empty && !root_is_empty(&config.root)? {
-        return Err(not_empty());
+        return Err(not_empty(config));
     }
     adopt_filter(config, &state, fresh)?;
-    let replica = &ctx.replica;
     if fresh {
         init_fresh(&config.root)?;
-    } else if let Some(why) = replica.unmet(&replica.limits()).map_err(root_err)? {
-        return Err(ReplicaError::Refused(format!(
-            "{}: this replica's filesystem cannot honour the limits of topic `{}`: it must hold {why}",
-            config.root.display(),
-            config.topic
-        )));
+    } else {
+        check_capable(config, &opened.state)?;
     }
     Ok(Opened {
         _lock: lock,
         state,
-        ctx,
-        positions,
-        intents,
+        ctx: opened.state,
+        positions: opened.positions,
+        intents: opened.intents,
     })
+}
+
+fn not_empty(config: &SlaveConfig) -> ReplicaError {
+    ReplicaError::Refused(format!(
+        "{} is not empty and holds no kafkafs checkpoint; replaying the journal onto it would not \
+         reproduce the master's tree. Use an empty directory (or pass --allow-non-empty).",
+        config.root.display()
+    ))
+}
+
+/// A replica resuming on another filesystem must still honour the limits
+/// its topic declared.
+fn check_capable(config: &SlaveConfig, state: &ReplicaState) -> Result<(), ReplicaError> {
+    let replica = &state.replica;
+    let unmet = replica
+        .unmet(&replica.limits())
+        .map_err(|source| ReplicaError::Root {
+            path: config.root.clone(),
+            source,
+        })?;
+    match unmet {
+        None => Ok(()),
+        Some(why) => Err(ReplicaError::Refused(format!(
+            "{}: this replica's filesystem cannot honour the limits of topic `{}`: it must hold {why}",
+            config.root.display(),
+            config.topic
+        ))),
+    }
 }
 
 /// The filter a partial replica was built with, in its state folder.
@@ -164,27 +171,9 @@ pub(super) fn bootstrap(
     } else if state.load_checkpoint()?.is_some() || !root_is_empty(root)? {
         return Ok(());
     }
-    let mut lows = Vec::new();
-    let mut highs = Vec::new();
-    for p in 0..source.partitions() {
-        let (low, high) = retry_transient(stop, "reading the topic's watermarks", || {
-            source.watermarks(p)
-        })?;
-        lows.push(low);
-        highs.push(high);
-    }
-    let deleted = lows.iter().position(|&l| l > 0);
-    let choice = match (&config.from_snapshot, deleted) {
-        (Some(c), _) => c.clone(),
-        (None, Some(_)) => Choice::Newest,
-        (None, None) => return Ok(()),
-    };
-    let why = match deleted {
-        Some(p) => format!(
-            "topic `{}` no longer starts at offset 0 (partition {p} starts at {}): a new replica is built from a snapshot",
-            config.topic, lows[p]
-        ),
-        None => "--from-snapshot".into(),
+    let (lows, highs) = watermarks(source, stop)?;
+    let Some((choice, why)) = snapshot_wanted(config, &lows) else {
+        return Ok(());
     };
     if !config.filter.is_empty() {
         return Err(ReplicaError::Config(format!(
@@ -193,7 +182,7 @@ pub(super) fn bootstrap(
         )));
     }
     let Some(store) = snapshots.as_mut() else {
-        return Err(ReplicaError::Refused(format!(
+        return Err(ReplicaError::Config(format!(
             "{why}, but no snapshot store is configured"
         )));
     };
@@ -223,6 +212,42 @@ pub(super) fn bootstrap(
         stop,
     )?;
     Ok(())
+}
+
+/// Every partition's (low, high) watermarks.
+fn watermarks(
+    source: &mut dyn Source,
+    stop: &AtomicBool,
+) -> Result<(Vec<i64>, Vec<i64>), ReplicaError> {
+    let mut lows = Vec::new();
+    let mut highs = Vec::new();
+    for p in 0..source.partitions() {
+        let (low, high) = retry_transient(stop, "reading the topic's watermarks", || {
+            source.watermarks(p)
+        })?;
+        lows.push(low);
+        highs.push(high);
+    }
+    Ok((lows, highs))
+}
+
+/// Which snapshot a new replica starts from, and why (`None`: it replays
+/// the topic from its beginning).
+fn snapshot_wanted(config: &SlaveConfig, lows: &[i64]) -> Option<(Choice, String)> {
+    let deleted = lows.iter().position(|&l| l > 0);
+    let choice = match (&config.from_snapshot, deleted) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => Choice::Newest,
+        (None, None) => return None,
+    };
+    let why = match deleted {
+        Some(p) => format!(
+            "topic `{}` no longer starts at offset 0 (partition {p} starts at {}): a new replica is built from a snapshot",
+            config.topic, lows[p]
+        ),
+        None => "--from-snapshot".into(),
+    };
+    Some((choice, why))
 }
 
 /// Checks that a snapshot's cut lies in this topic's history (not in that

@@ -249,35 +249,7 @@ pub fn choose(
     highs: &[i64],
     choice: &Choice,
 ) -> Result<SnapshotInfo, SnapshotError> {
-    let usable = |s: &SnapshotInfo| -> Result<(), String> {
-        if s.topic != topic {
-            return Err(format!("it is of topic `{}`", s.topic));
-        }
-        if s.positions.len() != lows.len() {
-            return Err(format!(
-                "it knows {} partitions, the topic has {}",
-                s.positions.len(),
-                lows.len()
-            ));
-        }
-        for (p, pos) in s.positions.iter().enumerate() {
-            if pos.next_offset < lows[p] {
-                return Err(format!(
-                    "partition {p} resumes at offset {}, but the topic starts at {} there \
-                     (the records between were deleted)",
-                    pos.next_offset, lows[p]
-                ));
-            }
-            if pos.next_offset > highs[p] {
-                return Err(format!(
-                    "partition {p} resumes at offset {}, beyond the topic's end {} \
-                     (was the topic recreated?)",
-                    pos.next_offset, highs[p]
-                ));
-            }
-        }
-        Ok(())
-    };
+    let usable = |s: &SnapshotInfo| usable(s, topic, lows, highs);
     match choice {
         Choice::Id(want) => {
             let found: Vec<&SnapshotInfo> = snaps
@@ -315,6 +287,37 @@ pub fn choose(
             }))
         }
     }
+}
+
+/// Can `s` start a replica of `topic` (see `choose`)? If not, why.
+fn usable(s: &SnapshotInfo, topic: &str, lows: &[i64], highs: &[i64]) -> Result<(), String> {
+    if s.topic != topic {
+        return Err(format!("it is of topic `{}`", s.topic));
+    }
+    if s.positions.len() != lows.len() {
+        return Err(format!(
+            "it knows {} partitions, the topic has {}",
+            s.positions.len(),
+            lows.len()
+        ));
+    }
+    for (p, pos) in s.positions.iter().enumerate() {
+        if pos.next_offset < lows[p] {
+            return Err(format!(
+                "partition {p} resumes at offset {}, but the topic starts at {} there \
+                 (the records between were deleted)",
+                pos.next_offset, lows[p]
+            ));
+        }
+        if pos.next_offset > highs[p] {
+            return Err(format!(
+                "partition {p} resumes at offset {}, beyond the topic's end {} \
+                 (was the topic recreated?)",
+                pos.next_offset, highs[p]
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Warns when the topic deletes old records and no snapshot in `store`

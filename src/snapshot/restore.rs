@@ -171,8 +171,7 @@ impl<'a> Builder<'a> {
             return self.link(&e.link_to, &name, &rel);
         }
         let parent = &self.stack[top].fd;
-        let mode = e.mode;
-        match mode & S_IFMT {
+        match e.mode & S_IFMT {
             S_IFDIR => {
                 rfs::mkdirat(parent, &name, Mode::from_bits_retain(0o700)).map_err(at)?;
                 let fd = rfs::openat(
@@ -184,27 +183,7 @@ impl<'a> Builder<'a> {
                 .map_err(at)?;
                 self.stack.push(OpenDir { fd, rel, entry: e });
             }
-            S_IFREG => {
-                let fd = rfs::openat(
-                    parent,
-                    &name,
-                    OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::WRONLY
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_bits_retain(0o600),
-                )
-                .map_err(at)?;
-                let file = File::from(fd);
-                file.set_len(e.size).map_err(io_at(self.path(&rel)))?;
-                self.file = Some(OpenFile {
-                    file,
-                    name,
-                    rel,
-                    entry: e,
-                });
-            }
+            S_IFREG => self.open_file(name, rel, e, at)?,
             S_IFLNK => {
                 let target = CString::new(e.symlink_target.clone())
                     .map_err(|_| self.malformed("NUL byte in a symlink target"))?;
@@ -212,31 +191,62 @@ impl<'a> Builder<'a> {
                 self.attributes(Some(top), &name, &rel, &e)?;
             }
             kind @ (0o010000 | 0o140000 | 0o020000 | 0o060000) => {
-                let device = kind == 0o020000 || kind == 0o060000;
-                let made = if self.unprivileged && device {
-                    // As a slave without root does: an empty file stands in.
-                    rfs::openat(
-                        parent,
-                        &name,
-                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW,
-                        Mode::from_bits_retain(0o600),
-                    )
-                    .map(drop)
-                } else {
-                    rfs::mknodat(
-                        parent,
-                        &name,
-                        FileType::from_raw_mode(kind),
-                        Mode::from_bits_retain(0o600),
-                        e.rdev,
-                    )
-                };
-                made.map_err(at)?;
+                self.make_node(top, &name, kind, e.rdev).map_err(at)?;
                 self.attributes(Some(top), &name, &rel, &e)?;
             }
             other => return Err(self.malformed(format!("unknown file type {other:#o}"))),
         }
         Ok(())
+    }
+
+    /// A regular file: created at its size, its content follows in chunks.
+    fn open_file(
+        &mut self,
+        name: CString,
+        rel: Vec<u8>,
+        entry: pb::SnapshotEntry,
+        at: impl Fn(Errno) -> SnapshotError,
+    ) -> Result<(), SnapshotError> {
+        let parent = &self.stack[self.stack.len() - 1].fd;
+        let fd = rfs::openat(
+            parent,
+            &name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_retain(0o600),
+        )
+        .map_err(at)?;
+        let file = File::from(fd);
+        file.set_len(entry.size).map_err(io_at(self.path(&rel)))?;
+        self.file = Some(OpenFile {
+            file,
+            name,
+            rel,
+            entry,
+        });
+        Ok(())
+    }
+
+    /// A FIFO, socket or device node (an empty file stands in for a device
+    /// without root, as on a slave without root).
+    fn make_node(&self, top: usize, name: &CString, kind: u32, rdev: u64) -> Result<(), Errno> {
+        let parent = &self.stack[top].fd;
+        let device = kind == 0o020000 || kind == 0o060000;
+        if self.unprivileged && device {
+            return rfs::openat(
+                parent,
+                name,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW,
+                Mode::from_bits_retain(0o600),
+            )
+            .map(drop);
+        }
+        rfs::mknodat(
+            parent,
+            name,
+            FileType::from_raw_mode(kind),
+            Mode::from_bits_retain(0o600),
+            rdev,
+        )
     }
 
     /// The root's entry opens the walk (its attributes come at its end).

@@ -238,7 +238,7 @@ pub struct Mounted {
     pub partitions: u32,
     pub config: kafkafs::master::MasterConfig,
     master: Option<kafkafs::master::Master>,
-    session: Option<fuser::BackgroundSession>,
+    session: Option<kafkafs::master::fuse::Mount>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -300,7 +300,7 @@ impl Mounted {
     /// Unmounts and shuts the master down (final checkpoint).
     pub fn stop(&mut self) {
         if let Some(s) = self.session.take() {
-            s.umount_and_join().expect("unmount");
+            s.unmount().expect("unmount");
         }
         if let Some(m) = self.master.take() {
             m.shutdown().expect("master shutdown");
@@ -357,7 +357,7 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = s.umount_and_join();
+            let _ = s.unmount();
         }
         if let Some(m) = self.master.take() {
             let _ = m.shutdown();
