@@ -681,13 +681,16 @@ impl MasterFs {
         }
         if let Some(mode) = mode {
             let is_link = self.stat(ino).map_err(|e| (e, rest))?.st.st_mode & S_IFMT == S_IFLNK;
-            if !is_link {
-                self.inode_op(caller, ino, false, |path| Op::Chmod {
-                    path,
-                    mode: mode & PERM_BITS,
-                })
-                .map_err(|e| (e, rest))?;
+            if is_link {
+                // As Linux (and every replica's applier): a symlink's mode
+                // cannot change. Nothing is journaled.
+                return Err((FsError::Unsupported("chmod of a symlink"), rest));
             }
+            self.inode_op(caller, ino, false, |path| Op::Chmod {
+                path,
+                mode: mode & PERM_BITS,
+            })
+            .map_err(|e| (e, rest))?;
             rest.mode = None;
         }
         if let Some(size) = size {

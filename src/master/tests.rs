@@ -225,3 +225,19 @@ fn xattrs_round_trip_through_the_journal() {
         "{gone:?}"
     );
 }
+
+#[test]
+fn chmod_of_a_symlink_is_refused_like_linux_and_journals_nothing() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    let link = fs.symlink(me(), ROOT, b"l", b"target").unwrap();
+    let before = f.records().len();
+    let chmod = super::fs::SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let e = fs.setattr(me(), link.ino, chmod).unwrap_err();
+    assert!(matches!(e, FsError::Unsupported(_)), "{e:?}");
+    assert_eq!(e.errno(), Errno::OPNOTSUPP);
+    assert_eq!(f.records().len(), before);
+}
