@@ -376,6 +376,48 @@ fn decode_all(j: &MemoryJournal, partitions: u32) -> Vec<Vec<Record>> {
         .collect()
 }
 
+/// The journal's records whose paths lie on or around the paths named in
+/// `diffs` (the path itself, its parent and children), in sequence order:
+/// what a failure report needs to find the missing dependency.
+fn records_touching(j: &MemoryJournal, partitions: u32, diffs: &[String]) -> String {
+    let paths: Vec<String> = diffs
+        .iter()
+        .filter_map(|d| d.split(':').next().map(str::to_string))
+        .collect();
+    let near = |p: &str| {
+        paths.iter().any(|d| {
+            let parent = d.rsplit_once('/').map_or("", |(a, _)| a);
+            p == d || p == parent || p.starts_with(&format!("{d}/"))
+        })
+    };
+    let mut all: Vec<(u32, usize, Record)> = Vec::new();
+    for (p, recs) in decode_all(j, partitions).into_iter().enumerate() {
+        for (offset, r) in recs.into_iter().enumerate() {
+            all.push((p as u32, offset, r));
+        }
+    }
+    all.sort_by_key(|(_, _, r)| r.seq);
+    let mut out = String::new();
+    for (p, offset, r) in all {
+        let mut touched = vec![r.op.target().display()];
+        if let kafkafs::op::Op::Rename { src, .. } | kafkafs::op::Op::Link { src, .. } = &r.op {
+            touched.push(src.display());
+        }
+        if touched.iter().any(|t| near(t)) {
+            out += &format!(
+                "  seq {} p{p}@{offset} pseq {} time {} deps {:?}: {} {}\n",
+                r.seq,
+                r.partition_seq,
+                r.time.as_nanos(),
+                r.deps.iter().map(|d| (d.partition, d.seq)).collect::<Vec<_>>(),
+                r.op.name(),
+                touched.join(" <- ")
+            );
+        }
+    }
+    out
+}
+
 /// Slaves sampled mid-replay: records of each partition arrive up to a
 /// random cut; after each run the replica must be exactly the records it
 /// applied (a dependency-closed set) applied in sequence order.
@@ -496,9 +538,10 @@ fn randomized_convergence_in_memory() {
                 .unwrap_or_else(|e| panic!("{}: {e}", ctx(threads)));
             if let Err(d) = kafkafs::tree::compare(&data, &replica).unwrap() {
                 panic!(
-                    "{}: slave differs from master:\n  {}",
+                    "{}: slave differs from master:\n  {}\nrecords touching the paths that differ:\n{}",
                     ctx(threads),
-                    d.join("\n  ")
+                    d.join("\n  "),
+                    records_touching(&j, partitions, &d)
                 );
             }
         }
