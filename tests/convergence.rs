@@ -6,8 +6,8 @@
 //! at random points) must hold exactly the effect of a dependency-closed
 //! set of records, and no file derived from another without it.
 //!
-//! Seeds: `KAFKAFS_TEST_SEEDS` (default 200 in-memory seeds; set thousands
-//! for a long run), `KAFKAFS_TEST_SEED` to rerun one. A failure names its
+//! Seeds: `KAFKAFS_TEST_SEEDS` (default 200 in-memory seeds; set thousands,
+//! or a range FROM-TO, for a long run), `KAFKAFS_TEST_SEED` to rerun one. A failure names its
 //! seed, partitions and threads.
 
 mod common;
@@ -409,7 +409,10 @@ fn records_touching(j: &MemoryJournal, partitions: u32, diffs: &[String]) -> Str
                 r.seq,
                 r.partition_seq,
                 r.time.as_nanos(),
-                r.deps.iter().map(|d| (d.partition, d.seq)).collect::<Vec<_>>(),
+                r.deps
+                    .iter()
+                    .map(|d| (d.partition, d.seq))
+                    .collect::<Vec<_>>(),
                 r.op.name(),
                 touched.join(" <- ")
             );
@@ -501,10 +504,14 @@ fn seeds() -> Vec<u64> {
     if let Ok(s) = std::env::var("KAFKAFS_TEST_SEED") {
         return vec![s.parse().expect("KAFKAFS_TEST_SEED is a number")];
     }
-    let n: u64 = std::env::var("KAFKAFS_TEST_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    // N seeds from 1, or FROM-TO.
+    let spec = std::env::var("KAFKAFS_TEST_SEEDS").unwrap_or_default();
+    if let Some((from, to)) = spec.split_once('-') {
+        let from: u64 = from.parse().expect("KAFKAFS_TEST_SEEDS=FROM-TO");
+        let to: u64 = to.parse().expect("KAFKAFS_TEST_SEEDS=FROM-TO");
+        return (from..=to).collect();
+    }
+    let n: u64 = spec.parse().unwrap_or(200);
     (1..=n).collect()
 }
 

@@ -246,7 +246,7 @@ impl MasterFs {
         Ok(target.into_bytes())
     }
 
-    /// open(2): a handle on the data-root's file (not journaled; truncation by O_TRUNC is).
+    /// open(2): a handle on the data-root's file (not journaled; the kernel sends O_TRUNC as a setattr, which is).
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
         let fd = self.fd(ino)?;
         let acc = flags & libc::O_ACCMODE;
@@ -617,6 +617,18 @@ impl MasterFs {
             let mut ks = KeySet::new();
             entry_keys(&mut ks, inodes, parent, name)?;
             entry_keys(&mut ks, inodes, newparent, newname)?;
+            // The renamed inode's mtime is restored after the move (and,
+            // for an exchange, the other one's): an exclusive key orders it
+            // with writes and utimens through other hard links.
+            let moved = [
+                Some((parent, name)),
+                flags.exchange.then_some((newparent, newname)),
+            ];
+            for (dir, entry) in moved.into_iter().flatten() {
+                if let Some(ino) = inodes.known_at(dir, entry) {
+                    ks.exclusive(Key::Inode(ino));
+                }
+            }
             Ok(planned(ks, Op::Rename { src, dst, flags }))
         })?;
         applied.outcome.map_err(FsError::Outcome)?;

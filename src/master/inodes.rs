@@ -373,8 +373,17 @@ impl InodeTable {
 
     /// An entry was renamed (or two exchanged) in the data-root.
     pub fn rename(&mut self, p1: u64, n1: &[u8], p2: u64, n2: &[u8], exchange: bool) {
-        let src = self.by_name.remove(&(p1, n1.to_vec()));
-        let dst = self.by_name.remove(&(p2, n2.to_vec()));
+        let (k1, k2) = ((p1, n1.to_vec()), (p2, n2.to_vec()));
+        if let Some(&s) = self.by_name.get(&k1) {
+            if self.still_named(s, p1, n1) {
+                // Two names of one file (known here or not): rename(2)
+                // does nothing (POSIX), an exchange swaps a name for
+                // itself. Both names stay.
+                return;
+            }
+        }
+        let src = self.by_name.remove(&k1);
+        let dst = self.by_name.remove(&k2);
         if let Some(s) = src {
             self.unname(s, p1, n1);
         }
@@ -389,6 +398,29 @@ impl InodeTable {
                 self.add_name(d, p1, n1);
             }
         }
+    }
+
+    /// The FUSE inode of the file at (parent, name): by its name, or by
+    /// its data-root identity when it is known under another name.
+    pub fn known_at(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
+        if let Some(&ino) = self.by_name.get(&(parent, name.to_vec())) {
+            return Some(ino);
+        }
+        let pfd = self.fd(parent).ok()?;
+        let st = rfs::statat(&*pfd, name, rfs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        self.by_backing.get(&backing(&st)).copied()
+    }
+
+    /// Does (parent, name) still name `ino`'s file in the data-root?
+    fn still_named(&mut self, ino: u64, parent: u64, name: &[u8]) -> bool {
+        let Some(want) = self.nodes.get(&ino).map(|n| n.backing) else {
+            return false;
+        };
+        let Ok(pfd) = self.fd(parent) else {
+            return false;
+        };
+        rfs::statat(&*pfd, name, rfs::AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| backing(&st) == want)
     }
 
     fn add_name(&mut self, ino: u64, parent: u64, name: &[u8]) {
@@ -497,6 +529,22 @@ mod tests {
         assert_eq!(t.path(one).unwrap().as_bytes(), b"two");
         t.remove_name(ROOT, b"two");
         assert!(matches!(t.path(one), Err(FsError::Unlinked)));
+    }
+
+    #[test]
+    fn a_rename_between_two_names_of_one_file_keeps_both() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"x").unwrap();
+        std::fs::hard_link(d.path().join("a"), d.path().join("b")).unwrap();
+        let mut t = table(d.path(), 16);
+        let a = learn(&mut t, ROOT, "a");
+        // The data-root did nothing (POSIX); "b" is not known to the table.
+        std::fs::rename(d.path().join("a"), d.path().join("b")).unwrap();
+        t.rename(ROOT, b"a", ROOT, b"b", false);
+        assert_eq!(t.child(ROOT, b"a"), Some(a));
+        assert_eq!(learn(&mut t, ROOT, "b"), a);
+        t.remove_name(ROOT, b"b");
+        assert_eq!(t.path(a).unwrap().as_bytes(), b"a", "still named");
     }
 
     #[test]

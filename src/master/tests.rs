@@ -22,11 +22,16 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::ordered(super::pipeline::ReplayOrder::Causal)
+    }
+
+    fn ordered(ordering: super::pipeline::ReplayOrder) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let journal = MemoryJournal::new(3);
         let mut config = MasterConfig::new(&data);
         config.unprivileged = true;
+        config.ordering = ordering;
         config.journal_timeout = Duration::from_secs(10);
         let stop = Arc::new(AtomicBool::new(false));
         let master = Master::start(&config, Arc::new(journal.clone()), stop).unwrap();
@@ -240,4 +245,83 @@ fn chmod_of_a_symlink_is_refused_like_linux_and_journals_nothing() {
     assert!(matches!(e, FsError::Unsupported(_)), "{e:?}");
     assert_eq!(e.errno(), Errno::OPNOTSUPP);
     assert_eq!(f.records().len(), before);
+}
+
+/// rename(2) between two hard links of one file does nothing (POSIX): the
+/// file keeps both names. The inode table once dropped one of them, so
+/// after the other was unlinked the file counted as unlinked: writes
+/// through an open handle stayed on the data-root (never journaled) and a
+/// lookup gave the same file a second inode number.
+#[test]
+fn rename_between_hard_links_of_one_file_keeps_both_names() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    let (file, fh) = fs.create(me(), ROOT, b"a", 0o644, 0, libc::O_RDWR).unwrap();
+    fs.link(me(), file.ino, ROOT, b"b").unwrap();
+    fs.rename(me(), ROOT, b"a", ROOT, b"b", 0).unwrap();
+    assert!(f.data.join("a").exists() && f.data.join("b").exists());
+    fs.unlink(me(), ROOT, b"b").unwrap();
+    assert_eq!(fs.write(me(), file.ino, fh, 0, b"journaled").unwrap(), 9);
+    fs.release(fh);
+    assert_eq!(
+        fs.lookup(ROOT, b"a").unwrap().ino,
+        file.ino,
+        "one file, one inode"
+    );
+
+    let replica = f._dir.path().join("replica");
+    std::fs::create_dir(&replica).unwrap();
+    let mut c = SlaveConfig::new(&replica, "memory");
+    c.exit_when_caught_up = true;
+    c.unprivileged = true;
+    crate::slave::run(
+        &c,
+        Box::new(f.journal.source()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(replica.join("a")).unwrap(), b"journaled");
+    if let Err(diffs) = crate::tree::compare(&f.data, &replica).unwrap() {
+        panic!("replay differs from the data-root:\n{}", diffs.join("\n"));
+    }
+}
+
+/// A rename restores the moved file's mtime after the move, so it must be
+/// ordered with a write through another hard link of the file: its record
+/// depends on the write's (in another partition) on every replica.
+#[test]
+fn a_rename_is_ordered_after_writes_through_other_hard_links() {
+    // Conflicts only: causal ordering would order them anyway.
+    let f = Fixture::ordered(super::pipeline::ReplayOrder::Conflicts);
+    let fs = f.fs();
+    let part = |name: &str| crate::partition::partition_for(name.as_bytes(), 3);
+    // Names whose records land in different partitions.
+    let (first, other, to) = ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .iter()
+        .flat_map(|x| ["k", "l", "m", "n"].map(move |y| (*x, y)))
+        .flat_map(|(x, y)| ["p", "q", "r", "s"].map(move |z| (x, y, z)))
+        .find(|(x, _, z)| part(x) != part(z))
+        .unwrap();
+    let (file, fh) = fs
+        .create(me(), ROOT, first.as_bytes(), 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    fs.link(me(), file.ino, ROOT, other.as_bytes()).unwrap();
+    fs.write(me(), file.ino, fh, 0, b"data").unwrap();
+    fs.release(fh);
+    fs.rename(me(), ROOT, other.as_bytes(), ROOT, to.as_bytes(), 0)
+        .unwrap();
+    let records = f.records();
+    let write = records.iter().find(|r| r.op.name() == "write").unwrap();
+    let rename = records.iter().find(|r| r.op.name() == "rename").unwrap();
+    assert_ne!(write.partition, rename.partition);
+    assert!(
+        rename
+            .deps
+            .iter()
+            .any(|d| d.partition == write.partition && d.seq >= write.seq),
+        "rename deps {:?} miss the write (partition {}, seq {})",
+        rename.deps,
+        write.partition,
+        write.seq
+    );
 }
