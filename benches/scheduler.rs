@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
                 assert!(s.is_idle());
             })
         });
-        for threads in [1usize, 2, 4] {
+        for threads in [1usize, 2, 4, 8] {
             g.bench_with_input(
                 BenchmarkId::new(format!("pool-{threads}-threads"), p),
                 &w,

@@ -15,6 +15,7 @@ pub mod import;
 pub mod inodes;
 pub mod keys;
 pub mod pipeline;
+pub mod sequencer;
 #[cfg(test)]
 mod tests;
 

@@ -28,13 +28,11 @@ use crate::error::{Errno, FsError, JournalError};
 use crate::journal::{Journal, Message, Sink, Source};
 use crate::master::handoff::{handoff, GaveUp, Notifier, Progress, Waiter};
 use crate::master::inodes::InodeTable;
-use crate::master::keys::{Conflicts, KeySet};
+use crate::master::keys::KeySet;
+use crate::master::sequencer::Sequencer;
 use crate::op::hex;
 use crate::op::{Op, Timestamp};
-use crate::partition::partition_for;
-use crate::record::{
-    Caller, Dep, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP, HEADER_VERSION,
-};
+use crate::record::{Caller, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP, HEADER_VERSION};
 use crate::replica::apply::Outcome;
 use crate::replica::checkpoint::{Fence, Position};
 use crate::replica::entry::{Entry, WorkError};
@@ -111,11 +109,7 @@ impl Tail {
 
 /// The sequencing state, under the pipeline lock.
 struct SeqState {
-    conflicts: Conflicts,
-    seq: u64,
-    pseq: Vec<u64>,
-    time: Timestamp,
-    writer: Writer,
+    seq: Sequencer,
     sink: Arc<dyn Sink>,
 }
 
@@ -242,7 +236,7 @@ struct KeyGuard {
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        self.shared.state.lock().conflicts.release(&self.keys);
+        self.shared.state.lock().seq.release(&self.keys);
         self.shared.cv.notify_all();
     }
 }
@@ -278,17 +272,9 @@ impl Pipeline {
         let partitions = s.tails.len() as u32;
         let sink = s.journal.sink()?;
         let fence = Fence::of(&s.writer);
-        let mut conflicts = Conflicts::new(partitions, s.history_limit);
-        conflicts.reset_to(&s.tails.iter().map(|t| t.last_seq).collect::<Vec<_>>());
+        let seq = Sequencer::new(&s.tails, s.last_time, s.writer, s.ordering, s.history_limit);
         let shared = Arc::new(Shared {
-            state: Mutex::new(SeqState {
-                conflicts,
-                seq: s.tails.iter().map(|t| t.last_seq).max().unwrap_or(0),
-                pseq: s.tails.iter().map(|t| t.last_pseq).collect(),
-                time: s.last_time,
-                writer: s.writer,
-                sink,
-            }),
+            state: Mutex::new(SeqState { seq, sink }),
             cv: Condvar::new(),
             inodes: s.inodes,
             feeder: s.feeder,
@@ -457,7 +443,7 @@ impl Pipeline {
             }
             if !shared.recovering.load(Ordering::SeqCst) {
                 let planned = plan(&mut shared.inodes.lock())?;
-                if st.conflicts.can_acquire(&planned.keys) {
+                if st.seq.can_acquire(&planned.keys) {
                     return Ok((st, planned));
                 }
             }
@@ -479,39 +465,24 @@ impl Pipeline {
         notifier: Notifier<KeyGuard>,
     ) -> Result<KeyGuard, FsError> {
         let shared = &self.shared;
-        st.conflicts.acquire(&planned.keys);
+        st.seq.acquire(&planned.keys);
         let guard = KeyGuard {
             shared: shared.clone(),
             keys: planned.keys.clone(),
         };
-        let now = Timestamp::now();
-        let time = if now > st.time { now } else { st.time.succ() };
+        let time = st.seq.time_for(Timestamp::now());
         let op = (planned.build)(time);
         if let Some(errno) = (shared.check)(&op) {
             drop(st);
             drop(guard);
             return Err(FsError::Refused(errno));
         }
-        st.time = time;
-        let p = partition_for(op.target().as_bytes(), shared.partitions);
-        st.seq += 1;
-        st.pseq[p as usize] += 1;
-        let seq = st.seq;
-        let deps = self.dependencies(&mut st, &planned.keys, p, seq);
-        let record = Record {
-            writer: st.writer.clone(),
-            seq,
-            partition_seq: st.pseq[p as usize],
-            partition: p,
-            deps,
-            time,
-            caller,
-            op,
-        };
+        let applied = self.applied_seqs();
+        let record = st.seq.number(op, time, caller, &planned.keys, &applied);
+        let partition = record.partition;
         if let Err(e) = self.send(&st, record, notifier) {
-            // Nothing was queued: this partition sequence number is free again.
-            st.seq -= 1;
-            st.pseq[p as usize] -= 1;
+            // Nothing was queued: its numbers are free again.
+            st.seq.unnumber(partition);
             drop(st);
             self.enter_recovery(&format!("send failed: {e}"));
             return Err(FsError::Journal(Box::new(e)));
@@ -519,31 +490,15 @@ impl Pipeline {
         Ok(guard)
     }
 
-    /// What the record is ordered after on replicas.
-    fn dependencies(&self, st: &mut SeqState, keys: &KeySet, p: u32, seq: u64) -> Vec<Dep> {
-        let mut deps = st.conflicts.record(keys, p, seq);
-        if self.shared.ordering == ReplayOrder::Causal {
-            // Everything applied (so possibly seen by a caller) comes first.
-            let applied: Vec<u64> = self
-                .shared
-                .feeder
-                .inspect(|s| (0..s.partitions()).map(|q| s.applied_seq(q)).collect());
-            for (q, &a) in applied.iter().enumerate() {
-                let q = q as u32;
-                if q == p || a == 0 {
-                    continue;
-                }
-                match deps.iter_mut().find(|d| d.partition == q) {
-                    Some(d) => d.seq = d.seq.max(a),
-                    None => deps.push(Dep {
-                        partition: q,
-                        seq: a,
-                    }),
-                }
-            }
-            deps.sort_by_key(|d| d.partition);
+    /// Each partition's applied sequence number (for causal ordering:
+    /// everything applied may have been seen by a caller).
+    fn applied_seqs(&self) -> Vec<u64> {
+        if self.shared.ordering != ReplayOrder::Causal {
+            return Vec::new();
         }
-        deps
+        self.shared
+            .feeder
+            .inspect(|s| (0..s.partitions()).map(|q| s.applied_seq(q)).collect())
     }
 
     fn send(
@@ -694,8 +649,8 @@ impl Pipeline {
         let writer = {
             let st = shared.state.lock();
             Writer {
-                id: st.writer.id.clone(),
-                epoch: st.writer.epoch + 1,
+                id: st.seq.writer().id.clone(),
+                epoch: st.seq.writer().epoch + 1,
             }
         };
         let old = std::mem::replace(&mut shared.state.lock().sink, sink.clone());
@@ -734,14 +689,9 @@ impl Pipeline {
             }
             shared.inodes.lock().revalidate();
         }
-        let mut st = shared.state.lock();
         // Records past the log's tails never reached it: their numbers are
         // free again.
-        st.seq = read.last.iter().map(|l| l.1).max().unwrap_or(0);
-        st.pseq = read.last.iter().map(|l| l.0).collect();
-        st.writer.epoch = writer.epoch;
-        let tails: Vec<u64> = read.last.iter().map(|l| l.1).collect();
-        st.conflicts.reset_to(&tails);
+        shared.state.lock().seq.reset_to(&read.last, writer.epoch);
         Ok(())
     }
 

@@ -25,11 +25,40 @@ struct State<T, E> {
     paused: bool,
     error: Option<E>,
     applied: u64,
+    /// Workers waiting for a record, and how many of them were woken and
+    /// have not run yet: another is woken only when none is on its way
+    /// (waking a crowd for one record costs more than it gains).
+    sleeping: usize,
+    waking: usize,
+}
+
+impl<T, E> State<T, E> {
+    /// Should a worker be woken for a ready record? (Counts it.)
+    fn wake_one(&mut self) -> bool {
+        let wake = self.sleeping > self.waking && self.waking == 0;
+        if wake {
+            self.waking += 1;
+        }
+        wake
+    }
 }
 
 struct Shared<T, E> {
     state: Mutex<State<T, E>>,
-    cv: Condvar,
+    /// Idle workers wait here for a ready record. Woken one at a time: a
+    /// worker that takes a record while more are ready wakes the next one
+    /// (a cascade as wide as the work, not a herd of every thread).
+    work: Condvar,
+    /// `pause` waits here for the records in flight to finish.
+    idle: Condvar,
+}
+
+impl<T, E> Shared<T, E> {
+    /// Everyone re-reads the state (stop, close, pause, resume, errors).
+    fn wake_all(&self) {
+        self.work.notify_all();
+        self.idle.notify_all();
+    }
 }
 
 /// A pool of applier threads over one scheduler.
@@ -61,8 +90,11 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
                 paused: false,
                 error: None,
                 applied: 0,
+                sleeping: 0,
+                waking: 0,
             }),
-            cv: Condvar::new(),
+            work: Condvar::new(),
+            idle: Condvar::new(),
         });
         let workers = (0..threads.max(1))
             .map(|_| {
@@ -113,14 +145,14 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
         let mut st = self.lock();
         st.paused = true;
         while st.sched.in_flight() > 0 && !st.stopping {
-            st = self.shared.cv.wait(st);
+            st = self.shared.idle.wait(st);
         }
     }
 
     /// Takes records again after `pause`.
     pub fn resume(&self) {
         self.lock().paused = false;
-        self.shared.cv.notify_all();
+        self.shared.wake_all();
     }
 
     /// No more input: apply everything that can run, then stop.
@@ -139,7 +171,7 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
     }
 
     fn finish(mut self) -> PoolEnd<T, E> {
-        self.shared.cv.notify_all();
+        self.shared.wake_all();
         for w in self.workers.drain(..) {
             // A worker that panicked has already released the lock; the
             // records it held stay unapplied and are reported below.
@@ -178,8 +210,12 @@ impl<T, E> Feeder<T, E> {
     pub fn push(&self, partition: u32, item: Item<T>) {
         let mut st = self.shared.state.lock();
         st.sched.push(partition, item);
+        // One record makes at most one more ready: one worker will do.
+        let ready = st.sched.has_ready() && !st.paused && st.wake_one();
         drop(st);
-        self.shared.cv.notify_all();
+        if ready {
+            self.shared.work.notify_one();
+        }
     }
 }
 
@@ -190,7 +226,11 @@ fn worker<T, E>(shared: &Shared<T, E>, work: &WorkFn<T, E>) {
             break;
         }
         if let Some((p, mut item)) = (!st.paused).then(|| st.sched.take()).flatten() {
+            let more = st.sched.has_ready() && st.wake_one();
             drop(st);
+            if more {
+                shared.work.notify_one();
+            }
             let result = work(p, &mut item);
             st = shared.state.lock();
             match result {
@@ -204,9 +244,15 @@ fn worker<T, E>(shared: &Shared<T, E>, work: &WorkFn<T, E>) {
                         st.error = Some(e);
                     }
                     st.stopping = true;
+                    shared.wake_all();
                 }
             }
-            shared.cv.notify_all();
+            if st.sched.in_flight() == 0 {
+                // A pause waits for this; closing workers may now exit.
+                shared.wake_all();
+            }
+            // Records this one unblocked: this worker takes one at once,
+            // and wakes another if more are ready (above).
             continue;
         }
         if st.closing && st.sched.in_flight() == 0 {
@@ -214,10 +260,13 @@ fn worker<T, E>(shared: &Shared<T, E>, work: &WorkFn<T, E>) {
             // become ready without new input.
             break;
         }
-        st = shared.cv.wait(st);
+        st.sleeping += 1;
+        st = shared.work.wait(st);
+        st.sleeping -= 1;
+        st.waking = st.waking.saturating_sub(1);
     }
     drop(st);
-    shared.cv.notify_all();
+    shared.wake_all();
 }
 
 #[cfg(all(test, not(loom)))]
@@ -262,6 +311,58 @@ mod tests {
             assert_eq!(end.applied, 300);
             // The chain forces a total order.
             assert_eq!(*log.lock().unwrap(), (1..=300).collect::<Vec<_>>());
+        }
+    }
+
+    /// Workers are woken one at a time; no record is ever left ready with
+    /// every worker asleep (checked without a close, which wakes them all).
+    #[test]
+    fn no_record_is_stranded_by_waking_one_worker() {
+        for round in 0..200u64 {
+            let work: Box<WorkFn<u64, String>> = Box::new(move |_p, item: &mut Item<u64>| {
+                if (item.seq + round) % 7 == 0 {
+                    std::thread::yield_now();
+                }
+                Ok(())
+            });
+            let partitions = 1 + (round % 5) as u32;
+            let pool = Pool::start(
+                1 + (round % 8) as usize,
+                Scheduler::new(&vec![0; partitions as usize]),
+                work,
+            );
+            for seq in 1..=50u64 {
+                let p = (seq % partitions as u64) as u32;
+                let deps = if seq % 3 == 0 {
+                    vec![Dep {
+                        partition: ((seq + 1) % partitions as u64) as u32,
+                        seq: seq - 1,
+                    }]
+                } else {
+                    vec![]
+                };
+                pool.push(
+                    p,
+                    Item {
+                        seq,
+                        deps,
+                        payload: seq,
+                    },
+                );
+                if seq % 10 == 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while pool.applied() < 50 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: {} of 50 applied, the rest stranded",
+                    pool.applied()
+                );
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            assert_eq!(pool.close().applied, 50);
         }
     }
 
