@@ -110,6 +110,9 @@ impl Limits {
                 too_big(offset.checked_add(data.len() as u64))
             }
             Op::Truncate { size, .. } => too_big(Some(*size)),
+            // As setattr on Linux: the size is checked before anything
+            // changes.
+            Op::SetAttr { attrs, .. } if attrs.size.is_some() => too_big(attrs.size),
             // The VFS checks every fallocate mode against the size limit.
             Op::Fallocate { offset, length, .. } => too_big(offset.checked_add(*length)),
             Op::SetXattr { name, .. } if !self.xattr_allowed(name) => Some(Errno::OPNOTSUPP),

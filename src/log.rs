@@ -133,6 +133,7 @@ fn size(op: &Op) -> Option<u64> {
     match op {
         Op::Write { data, .. } => Some(data.len() as u64),
         Op::Truncate { size, .. } => Some(*size),
+        Op::SetAttr { attrs, .. } => attrs.size,
         Op::Fallocate { length, .. } => Some(*length),
         Op::SetXattr { value, .. } => Some(value.len() as u64),
         _ => None,

@@ -375,6 +375,40 @@ pub const S_IFSOCK: u32 = 0o140000;
 /// Permission bits (with set-id and sticky bits).
 pub const PERM_BITS: u32 = 0o7777;
 
+/// The attributes one setattr call changes together, applied in this
+/// order: owner, permission bits (chown clears set-id bits), size, times.
+/// An absent field is left unchanged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Attrs {
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New permission bits (within `PERM_BITS`).
+    pub mode: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<Timestamp>,
+    /// New modification time.
+    pub mtime: Option<Timestamp>,
+}
+
+impl Attrs {
+    /// How many attributes change.
+    pub fn count(&self) -> usize {
+        [
+            self.uid.is_some() || self.gid.is_some(),
+            self.mode.is_some(),
+            self.size.is_some(),
+            self.atime.is_some() || self.mtime.is_some(),
+        ]
+        .iter()
+        .filter(|&&x| x)
+        .count()
+    }
+}
+
 /// One mutating filesystem operation.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Op {
@@ -520,6 +554,13 @@ pub enum Op {
         /// The attribute's name.
         name: Vec<u8>,
     },
+    /// Several attributes in one call (see `Attrs`).
+    SetAttr {
+        /// The entry (not followed if a symlink).
+        path: RelPath,
+        /// What changes.
+        attrs: Attrs,
+    },
     /// Sync a file to stable storage.
     Fsync {
         /// The file.
@@ -557,6 +598,7 @@ impl Op {
             Op::Utimens { .. } => "utimens",
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
+            Op::SetAttr { .. } => "setattr",
             Op::Fsync { .. } => "fsync",
             Op::Limits(_) => "limits",
             Op::Fence { .. } => "fence",
@@ -579,6 +621,7 @@ impl Op {
             | Op::Chmod { path, .. }
             | Op::Chown { path, .. }
             | Op::Utimens { path, .. }
+            | Op::SetAttr { path, .. }
             | Op::SetXattr { path, .. }
             | Op::RemoveXattr { path, .. }
             | Op::Fsync { path, .. } => path,

@@ -220,6 +220,15 @@ fn to_pb(r: &Record) -> pb::Record {
             atime: atime.map(ts_to_pb),
             mtime: mtime.map(ts_to_pb),
         }),
+        Op::SetAttr { path, attrs } => P::SetAttr(pb::SetAttr {
+            path: path.as_bytes().to_vec(),
+            uid: attrs.uid,
+            gid: attrs.gid,
+            mode: attrs.mode,
+            size: attrs.size,
+            atime: attrs.atime.map(ts_to_pb),
+            mtime: attrs.mtime.map(ts_to_pb),
+        }),
         Op::SetXattr {
             path,
             name,
@@ -453,6 +462,23 @@ fn from_pb(r: pb::Record) -> Result<Record, DecodeError> {
                 .map(|t| ts_from_pb(t, "utimens.mtime"))
                 .transpose()?,
         },
+        P::SetAttr(a) => Op::SetAttr {
+            path: path("setattr.path", a.path)?,
+            attrs: crate::op::Attrs {
+                uid: a.uid,
+                gid: a.gid,
+                mode: a.mode.map(|m| perm("setattr.mode", m)).transpose()?,
+                size: a.size,
+                atime: a
+                    .atime
+                    .map(|t| ts_from_pb(t, "setattr.atime"))
+                    .transpose()?,
+                mtime: a
+                    .mtime
+                    .map(|t| ts_from_pb(t, "setattr.mtime"))
+                    .transpose()?,
+            },
+        },
         P::SetXattr(x) => Op::SetXattr {
             path: path("setxattr.path", x.path)?,
             name: xattr_name("setxattr.name", x.name)?,
@@ -624,6 +650,17 @@ mod tests {
             Op::Fsync {
                 path: p("a"),
                 datasync: true,
+            },
+            Op::SetAttr {
+                path: p("a"),
+                attrs: crate::op::Attrs {
+                    uid: Some(1000),
+                    gid: None,
+                    mode: Some(0o4755),
+                    size: Some(1 << 40),
+                    atime: None,
+                    mtime: Some(Timestamp::new(7, 8)),
+                },
             },
         ];
         for op in ops {

@@ -20,7 +20,8 @@ use crate::master::inodes::{InodeTable, ROOT};
 use crate::master::keys::{Key, KeySet};
 use crate::master::pipeline::{Applied, Pipeline, Planned};
 use crate::op::{
-    Op, RelPath, RenameFlags, Timestamp, XattrFlags, FALLOC_ALLOWED, PERM_BITS, STATE_DIR, S_IFMT,
+    Attrs, Op, RelPath, RenameFlags, Timestamp, XattrFlags, FALLOC_ALLOWED, PERM_BITS, STATE_DIR,
+    S_IFMT,
 };
 use crate::record::Caller;
 use crate::sync::Mutex;
@@ -677,44 +678,77 @@ impl MasterFs {
         ino: u64,
         attr: SetAttr,
     ) -> Result<(), (FsError, SetAttr)> {
-        let mut rest = attr;
-        let SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime,
-            mtime,
-        } = attr;
-        if uid.is_some() || gid.is_some() {
-            self.inode_op(caller, ino, false, |path| Op::Chown { path, uid, gid })
-                .map_err(|e| (e, rest))?;
-            (rest.uid, rest.gid) = (None, None);
-        }
-        if let Some(mode) = mode {
-            let is_link = self.stat(ino).map_err(|e| (e, rest))?.st.st_mode & S_IFMT == S_IFLNK;
+        if attr.mode.is_some() {
+            let is_link = self.stat(ino).map_err(|e| (e, attr))?.st.st_mode & S_IFMT == S_IFLNK;
             if is_link {
                 // As Linux (and every replica's applier): a symlink's mode
                 // cannot change. Nothing is journaled.
-                return Err((FsError::Unsupported("chmod of a symlink"), rest));
+                return Err((FsError::Unsupported("chmod of a symlink"), attr));
             }
-            self.inode_op(caller, ino, false, |path| Op::Chmod {
-                path,
-                mode: mode & PERM_BITS,
-            })
-            .map_err(|e| (e, rest))?;
-            rest.mode = None;
         }
-        if let Some(size) = size {
+        let attrs = Attrs {
+            uid: attr.uid,
+            gid: attr.gid,
+            mode: attr.mode.map(|m| m & PERM_BITS),
+            size: attr.size,
+            atime: None,
+            mtime: None,
+        };
+        let times = attr.atime.is_some() || attr.mtime.is_some();
+        if attrs.count() + usize::from(times) > 1 {
+            // One record for the whole call: one round trip, and replicas
+            // apply it as one step.
+            return self
+                .setattr_record(caller, ino, attrs, attr.atime, attr.mtime)
+                .map_err(|e| (e, attr));
+        }
+        let journaled = if attr.uid.is_some() || attr.gid.is_some() {
+            let (uid, gid) = (attr.uid, attr.gid);
+            self.inode_op(caller, ino, false, |path| Op::Chown { path, uid, gid })
+        } else if let Some(mode) = attrs.mode {
+            self.inode_op(caller, ino, false, |path| Op::Chmod { path, mode })
+        } else if let Some(size) = attr.size {
             self.inode_op(caller, ino, false, |path| Op::Truncate { path, size })
-                .map_err(|e| (e, rest))?;
-            rest.size = None;
-        }
-        if atime.is_some() || mtime.is_some() {
-            self.utimens(caller, ino, atime, mtime)
-                .map_err(|e| (e, rest))?;
-        }
-        Ok(())
+        } else if times {
+            self.utimens(caller, ino, attr.atime, attr.mtime)
+        } else {
+            Ok(())
+        };
+        journaled.map_err(|e| (e, attr))
+    }
+
+    /// Several attributes as one `SetAttr` record.
+    fn setattr_record(
+        &self,
+        caller: Caller,
+        ino: u64,
+        attrs: Attrs,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    ) -> Result<(), FsError> {
+        let applied = self.submit(caller, |inodes| {
+            let mut ks = KeySet::new();
+            inode_keys(&mut ks, inodes, ino, mtime.is_some())?;
+            let path = inodes.path(ino)?;
+            Ok(Planned {
+                keys: ks,
+                build: Box::new(move |now| {
+                    let resolve = |t: SetTime| match t {
+                        SetTime::Now => now,
+                        SetTime::At(t) => t,
+                    };
+                    Op::SetAttr {
+                        path,
+                        attrs: Attrs {
+                            atime: atime.map(resolve),
+                            mtime: mtime.map(resolve),
+                            ..attrs
+                        },
+                    }
+                }),
+            })
+        })?;
+        applied.outcome.map_err(FsError::Outcome)
     }
 
     fn utimens(

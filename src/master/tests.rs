@@ -47,12 +47,14 @@ impl Fixture {
         &self.master.as_ref().unwrap().fs
     }
 
-    /// Every record in the journal, in partition order.
+    /// Every record in the journal, in sequence order.
     fn records(&self) -> Vec<Record> {
-        (0..3)
+        let mut all: Vec<Record> = (0..3)
             .flat_map(|p| self.journal.messages(p))
             .map(|m| Record::decode(&m.payload, 1 << 24).unwrap())
-            .collect()
+            .collect();
+        all.sort_by_key(|r| r.seq);
+        all
     }
 
     fn count(&self, name: &str) -> usize {
@@ -324,4 +326,73 @@ fn a_rename_is_ordered_after_writes_through_other_hard_links() {
         write.partition,
         write.seq
     );
+}
+
+/// A setattr changing several attributes is one record (one round trip),
+/// applied as one step everywhere; a single attribute keeps its own op.
+#[test]
+fn one_setattr_call_is_one_record() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    let (file, fh) = fs.create(me(), ROOT, b"f", 0o644, 0, libc::O_RDWR).unwrap();
+    fs.write(me(), file.ino, fh, 0, b"0123456789").unwrap();
+    fs.release(fh);
+    let before = f.records().len();
+    let when = crate::op::Timestamp::new(1_000_000_000, 42);
+    let attr = fs
+        .setattr(
+            me(),
+            file.ino,
+            super::fs::SetAttr {
+                mode: Some(0o600),
+                uid: Some(me().uid),
+                size: Some(4),
+                mtime: Some(super::fs::SetTime::At(when)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let records = f.records();
+    assert_eq!(records.len(), before + 1, "one record for four attributes");
+    assert_eq!(records.last().unwrap().op.name(), "setattr");
+    assert_eq!(attr.st.st_mode & 0o7777, 0o600);
+    assert_eq!(attr.st.st_size, 4);
+    assert_eq!(
+        (attr.st.st_mtime, attr.st.st_mtime_nsec),
+        (1_000_000_000, 42)
+    );
+    fs.setattr(
+        me(),
+        file.ino,
+        super::fs::SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(f.records().last().unwrap().op.name(), "chmod");
+    // Too large a size: EFBIG for the whole call, nothing changes.
+    let huge = super::fs::SetAttr {
+        mode: Some(0o600),
+        size: Some(u64::MAX / 2),
+        ..Default::default()
+    };
+    let e = fs.setattr(me(), file.ino, huge).unwrap_err();
+    assert_eq!(e.errno(), Errno::FBIG, "{e:?}");
+    assert_eq!(fs.getattr(file.ino).unwrap().st.st_mode & 0o7777, 0o640);
+
+    let replica = f._dir.path().join("replica");
+    std::fs::create_dir(&replica).unwrap();
+    let mut c = SlaveConfig::new(&replica, "memory");
+    c.exit_when_caught_up = true;
+    c.unprivileged = true;
+    crate::slave::run(
+        &c,
+        Box::new(f.journal.source()),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    if let Err(diffs) = crate::tree::compare(&f.data, &replica).unwrap() {
+        panic!("replay differs from the data-root:\n{}", diffs.join("\n"));
+    }
 }

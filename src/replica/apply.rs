@@ -498,6 +498,7 @@ impl Replica {
             Op::Chmod { path, mode } => self.chmod(path, *mode),
             Op::Chown { path, uid, gid } => self.chown(path, *uid, *gid),
             Op::Utimens { path, atime, mtime } => self.utimens(path, *atime, *mtime),
+            Op::SetAttr { path, attrs } => self.setattr(path, attrs, time),
             Op::SetXattr {
                 path,
                 name,
@@ -905,6 +906,38 @@ impl Replica {
             "chown",
             path
         );
+        Ok(Ok(()))
+    }
+
+    /// Several attributes, in the order a local setattr applies them;
+    /// the first errno is the outcome (every replica stops at the same
+    /// step: each step is idempotent and sees the same state).
+    fn setattr(
+        &self,
+        path: &RelPath,
+        a: &crate::op::Attrs,
+        time: Timestamp,
+    ) -> Result<Outcome, ReplicaFailure> {
+        if a.uid.is_some() || a.gid.is_some() {
+            if let Err(e) = self.chown(path, a.uid, a.gid)? {
+                return Ok(Err(e));
+            }
+        }
+        if let Some(mode) = a.mode {
+            if let Err(e) = self.chmod(path, mode)? {
+                return Ok(Err(e));
+            }
+        }
+        if let Some(size) = a.size {
+            let truncated =
+                self.with_writable(path, "truncate", time, |fd| rfs::ftruncate(fd, size))?;
+            if let Err(e) = truncated {
+                return Ok(Err(e));
+            }
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            return self.utimens(path, a.atime, a.mtime);
+        }
         Ok(Ok(()))
     }
 
