@@ -193,10 +193,57 @@ struct Shared {
     partitions: u32,
     ordering: ReplayOrder,
     recovery: Mutex<Option<thread::JoinHandle<()>>>,
+    /// The recovery thread waits here for work (`recovering`, `stopping`)
+    /// and for deliveries to drain (`in_flight` reaching 0).
+    events: Mutex<()>,
+    events_cv: Condvar,
     check: PreCheck,
     /// Set once another master took over (why).
     fenced: Mutex<Option<String>>,
     stats: JournalStats,
+}
+
+impl Shared {
+    /// Wakes the recovery thread to re-read `recovering`, `stopping` and
+    /// `in_flight` (set before this is called). Taking the lock first means
+    /// a waiter that checked them before the change is already waiting.
+    fn signal(&self) {
+        drop(self.events.lock());
+        self.events_cv.notify_all();
+    }
+
+    /// Waits until `done()` or `deadline` (None: no deadline); returns
+    /// `done()`. Woken by `signal`.
+    fn wait_for(&self, deadline: Option<Instant>, done: impl Fn() -> bool) -> bool {
+        let mut g = self.events.lock();
+        while !done() {
+            match deadline {
+                None => g = self.events_cv.wait(g),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    g = self.events_cv.wait_timeout(g, d - now);
+                }
+            }
+        }
+        done()
+    }
+
+    /// Wakes the callers waiting for keys to re-read the state (stopping,
+    /// recovering, fenced: set before this is called). Taking the state
+    /// lock first means no caller is between its check and its wait.
+    fn wake_callers(&self) {
+        drop(self.state.lock());
+        self.cv.notify_all();
+    }
+
+    /// A delivery failed or came out of turn: recovery takes over.
+    fn start_recovery(&self) {
+        self.recovering.store(true, Ordering::SeqCst);
+        self.signal();
+    }
 }
 
 /// What the write path exports as metrics.
@@ -292,6 +339,8 @@ impl Pipeline {
             partitions,
             ordering: s.ordering,
             recovery: Mutex::new(None),
+            events: Mutex::new(()),
+            events_cv: Condvar::new(),
             check: s.check,
             fenced: Mutex::new(None),
             stats: JournalStats::default(),
@@ -319,7 +368,8 @@ impl Pipeline {
     /// Stops accepting operations and ends the recovery thread (shutdown).
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.cv.notify_all();
+        self.shared.wake_callers();
+        self.shared.signal();
         let handle = self.shared.recovery.lock().take();
         if let Some(h) = handle {
             let _ = h.join();
@@ -448,9 +498,10 @@ impl Pipeline {
                 }
             }
             // Recovering, or a conflicting operation is in flight: wait for
-            // it to finish (it releases its keys once applied, or failed).
-            let wait = (deadline - now).min(Duration::from_millis(100));
-            st = shared.cv.wait_timeout(st, wait);
+            // it to finish (it releases its keys once applied, or failed),
+            // for recovery to end, or for the deadline. Every change of
+            // what is checked above notifies under the lock.
+            st = shared.cv.wait_timeout(st, deadline - now);
         }
     }
 
@@ -530,8 +581,8 @@ impl Pipeline {
                 deliver(&cb_shared, generation, record, notifier, res)
             }),
         );
-        if sent.is_err() {
-            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if sent.is_err() && shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            shared.signal();
         }
         sent
     }
@@ -603,7 +654,8 @@ impl Pipeline {
         if !self.shared.recovering.swap(true, Ordering::SeqCst) {
             tracing::error!("journal failure ({why}): operations fail with EIO until it recovers");
         }
-        self.shared.cv.notify_all();
+        self.shared.signal();
+        self.shared.wake_callers();
     }
 
     fn recovery_loop(&self) {
@@ -613,22 +665,27 @@ impl Pipeline {
                 return;
             }
             if !shared.recovering.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
+                shared.wait_for(None, || {
+                    shared.recovering.load(Ordering::SeqCst)
+                        || shared.stopping.load(Ordering::SeqCst)
+                });
                 continue;
             }
             match self.recover() {
                 Ok(()) if self.fenced().is_some() => {
                     shared.recovering.store(false, Ordering::SeqCst);
-                    shared.cv.notify_all();
+                    shared.wake_callers();
                 }
                 Ok(()) => {
                     shared.recovering.store(false, Ordering::SeqCst);
-                    shared.cv.notify_all();
+                    shared.wake_callers();
                     tracing::info!("journal recovered; operations resume");
                 }
                 Err(e) => {
                     tracing::warn!("journal still unavailable: {e}; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
+                    // A pause between attempts, cut short by a stop.
+                    let retry = Instant::now() + Duration::from_secs(1);
+                    shared.wait_for(Some(retry), || shared.stopping.load(Ordering::SeqCst));
                 }
             }
         }
@@ -640,9 +697,9 @@ impl Pipeline {
         // Let outstanding deliveries report (librdkafka fails them after
         // the message timeout at the latest).
         let wait_until = Instant::now() + shared.timeout + Duration::from_secs(5);
-        while shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < wait_until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        shared.wait_for(Some(wait_until), || {
+            shared.in_flight.load(Ordering::SeqCst) == 0 || shared.stopping.load(Ordering::SeqCst)
+        });
         // A fresh producer first: this fails while the journal is away.
         let sink = shared.journal.sink()?;
         let mut source = shared.journal.source()?;
@@ -756,7 +813,7 @@ impl Pipeline {
             );
             *fenced = Some(why.to_string());
         }
-        self.shared.cv.notify_all();
+        self.shared.wake_callers();
     }
 
     /// Why this master was fenced, if it was.
@@ -767,15 +824,14 @@ impl Pipeline {
     /// Waits until the applier has applied up to `last` (seq) everywhere;
     /// false if the master is stopping first.
     fn wait_applied(&self, last: &[(u64, u64)]) -> bool {
+        let done = |s: &crate::replica::scheduler::Scheduler<Entry>| {
+            (0..s.partitions()).all(|p| s.applied_seq(p) >= last[p as usize].1)
+        };
+        // Woken by every completion; the timeout only re-checks for a stop.
         while !self.shared.stopping.load(Ordering::SeqCst) {
-            let done = self
-                .shared
-                .feeder
-                .inspect(|s| (0..s.partitions()).all(|p| s.applied_seq(p) >= last[p as usize].1));
-            if done {
+            if self.shared.feeder.wait_until(Duration::from_secs(1), done) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
         false
     }
@@ -789,11 +845,13 @@ fn deliver(
     notifier: Notifier<KeyGuard>,
     res: Result<i64, JournalError>,
 ) {
-    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.signal();
+    }
     let offset = match res {
         Ok(offset) => offset,
         Err(e) => {
-            shared.recovering.store(true, Ordering::SeqCst);
+            shared.start_recovery();
             notifier.failed(e);
             return;
         }
@@ -817,7 +875,7 @@ fn deliver(
         // decides; the record is not applied here.
         let expected = d.pushed[p as usize];
         drop(d);
-        shared.recovering.store(true, Ordering::SeqCst);
+        shared.start_recovery();
         notifier.failed(JournalError::Interleaved {
             partition: p,
             expected,

@@ -9,6 +9,8 @@
 //! applied at once.
 
 use crate::replica::scheduler::{Item, Scheduler};
+use std::time::{Duration, Instant};
+
 use crate::sync::{thread, Arc, Condvar, Mutex, MutexGuard};
 
 /// What a worker does with a record. An `Err` stops the pool: the record
@@ -30,6 +32,8 @@ struct State<T, E> {
     /// (waking a crowd for one record costs more than it gains).
     sleeping: usize,
     waking: usize,
+    /// Threads waiting in `Feeder::wait_until` (completions notify them).
+    watchers: usize,
 }
 
 impl<T, E> State<T, E> {
@@ -51,6 +55,8 @@ struct Shared<T, E> {
     work: Condvar,
     /// `pause` waits here for the records in flight to finish.
     idle: Condvar,
+    /// `Feeder::wait_until` waits here for completions.
+    progress: Condvar,
 }
 
 impl<T, E> Shared<T, E> {
@@ -58,6 +64,7 @@ impl<T, E> Shared<T, E> {
     fn wake_all(&self) {
         self.work.notify_all();
         self.idle.notify_all();
+        self.progress.notify_all();
     }
 }
 
@@ -92,9 +99,11 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
                 applied: 0,
                 sleeping: 0,
                 waking: 0,
+                watchers: 0,
             }),
             work: Condvar::new(),
             idle: Condvar::new(),
+            progress: Condvar::new(),
         });
         let workers = (0..threads.max(1))
             .map(|_| {
@@ -206,6 +215,26 @@ impl<T, E> Feeder<T, E> {
         f(&self.shared.state.lock().sched)
     }
 
+    /// Waits until `done` holds of the scheduler (checked after every
+    /// completion), the pool stops, or `timeout` passes; returns whether
+    /// `done` holds.
+    pub fn wait_until(&self, timeout: Duration, done: impl Fn(&Scheduler<T>) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.state.lock();
+        loop {
+            if done(&st.sched) {
+                return true;
+            }
+            let now = Instant::now();
+            if st.stopping || now >= deadline {
+                return false;
+            }
+            st.watchers += 1;
+            st = self.shared.progress.wait_timeout(st, deadline - now);
+            st.watchers -= 1;
+        }
+    }
+
     /// Queues an item of `partition`.
     pub fn push(&self, partition: u32, item: Item<T>) {
         let mut st = self.shared.state.lock();
@@ -237,6 +266,9 @@ fn worker<T, E>(shared: &Shared<T, E>, work: &WorkFn<T, E>) {
                 Ok(()) => {
                     st.sched.complete(p);
                     st.applied += 1;
+                    if st.watchers > 0 {
+                        shared.progress.notify_all();
+                    }
                 }
                 Err(e) => {
                     st.sched.give_back(p, item);
