@@ -384,11 +384,11 @@ fn records_touching(j: &MemoryJournal, partitions: u32, diffs: &[String]) -> Str
         .iter()
         .filter_map(|d| d.split(':').next().map(str::to_string))
         .collect();
+    // The path, its ancestors (a rename of one moves it) and descendants.
     let near = |p: &str| {
-        paths.iter().any(|d| {
-            let parent = d.rsplit_once('/').map_or("", |(a, _)| a);
-            p == d || p == parent || p.starts_with(&format!("{d}/"))
-        })
+        paths
+            .iter()
+            .any(|d| d == p || d.starts_with(&format!("{p}/")) || p.starts_with(&format!("{d}/")))
     };
     let mut all: Vec<(u32, usize, Record)> = Vec::new();
     for (p, recs) in decode_all(j, partitions).into_iter().enumerate() {
@@ -398,7 +398,25 @@ fn records_touching(j: &MemoryJournal, partitions: u32, diffs: &[String]) -> Str
     }
     all.sort_by_key(|(_, _, r)| r.seq);
     let mut out = String::new();
+    let mut everything = String::new();
     for (p, offset, r) in all {
+        everything += &format!(
+            "seq {} p{p}@{offset} pseq {} time {} deps {:?}: {} {:?}\n",
+            r.seq,
+            r.partition_seq,
+            r.time.as_nanos(),
+            r.deps
+                .iter()
+                .map(|d| (d.partition, d.seq))
+                .collect::<Vec<_>>(),
+            r.op.name(),
+            match &r.op {
+                kafkafs::op::Op::Write { path, offset, data } => {
+                    format!("{} @{offset} +{}", path.display(), data.len())
+                }
+                other => format!("{other:?}"),
+            }
+        );
         let mut touched = vec![r.op.target().display()];
         if let kafkafs::op::Op::Rename { src, .. } | kafkafs::op::Op::Link { src, .. } = &r.op {
             touched.push(src.display());
@@ -417,6 +435,10 @@ fn records_touching(j: &MemoryJournal, partitions: u32, diffs: &[String]) -> Str
                 touched.join(" <- ")
             );
         }
+    }
+    let dump = std::env::temp_dir().join(format!("kafkafs-convergence-{}.txt", std::process::id()));
+    if std::fs::write(&dump, everything).is_ok() {
+        out += &format!("  (every record: {})\n", dump.display());
     }
     out
 }

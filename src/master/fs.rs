@@ -227,7 +227,21 @@ impl MasterFs {
                 errno: Errno::NOENT,
             });
         }
-        self.learn(parent, name)
+        // The name is read while no operation changing it is in flight:
+        // a rename applied to the data-root but not yet to the inode table
+        // would otherwise be learned half-way (a live file taken for
+        // unlinked, a name given to the wrong inode).
+        let keys = {
+            let inodes = self.inodes.lock();
+            let mut ks = KeySet::new();
+            match resolve_keys(&mut ks, &inodes, parent) {
+                Ok(()) | Err(FsError::Unlinked) => {}
+                Err(e) => return Err(e),
+            }
+            ks.shared(Key::Entry(parent, name.to_vec()));
+            ks
+        };
+        self.pipeline.reading(&keys, || self.learn(parent, name))?
     }
 
     /// The kernel forgot `n` lookups of `ino`.
@@ -453,8 +467,10 @@ impl MasterFs {
         match applied.outcome {
             Ok(()) => {}
             Err(Errno::EXIST) if flags & libc::O_EXCL == 0 => {
+                // Learned while the keys are held (nothing changes it).
+                let attr = self.learn(parent, name);
                 drop(applied);
-                let attr = self.learn(parent, name)?;
+                let attr = attr?;
                 if flags & libc::O_TRUNC != 0 && attr.st.st_size != 0 {
                     let truncate = SetAttr {
                         size: Some(0),

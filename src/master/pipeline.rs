@@ -467,6 +467,39 @@ impl Pipeline {
         )
     }
 
+    /// Runs `f` (a read of the data-root that the inode table then learns)
+    /// with `keys` held shared: no operation changing them is in flight
+    /// meanwhile. Nothing is journaled. Waits at most the journal timeout
+    /// for such operations to finish (EIO after that: the entry is still
+    /// changing, its record on its way).
+    pub fn reading<R>(&self, keys: &KeySet, f: impl FnOnce() -> R) -> Result<R, FsError> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.timeout;
+        let mut st = shared.state.lock();
+        loop {
+            if shared.stopping.load(Ordering::SeqCst) {
+                return Err(FsError::ShuttingDown);
+            }
+            if st.seq.can_acquire(keys) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(FsError::NotApplied(shared.timeout));
+            }
+            st = shared.cv.wait_timeout(st, deadline - now);
+        }
+        st.seq.acquire(keys);
+        drop(st);
+        let guard = KeyGuard {
+            shared: shared.clone(),
+            keys: keys.clone(),
+        };
+        let read = f();
+        drop(guard);
+        Ok(read)
+    }
+
     /// Plans the operation and waits until no operation in flight conflicts
     /// with it; returns with the sequencing lock held.
     fn wait_for_keys(

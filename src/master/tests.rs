@@ -396,3 +396,33 @@ fn one_setattr_call_is_one_record() {
         panic!("replay differs from the data-root:\n{}", diffs.join("\n"));
     }
 }
+
+/// A lookup of a name a rename is changing waits for the rename (its keys)
+/// and learns the result, never the half-way state: once the data-root is
+/// renamed but the inode table not yet, learning the name would take the
+/// file that left it for unlinked (its later calls served locally only).
+#[test]
+fn a_lookup_waits_for_a_rename_of_its_name() {
+    let f = Fixture::new();
+    let fs = f.fs();
+    let (a, fh) = fs.create(me(), ROOT, b"a", 0o644, 0, libc::O_RDWR).unwrap();
+    fs.release(fh);
+    let (b, fh) = fs.create(me(), ROOT, b"b", 0o644, 0, libc::O_RDWR).unwrap();
+    fs.release(fh);
+    assert_ne!(a.ino, b.ino);
+    f.journal.hold_acks(true);
+    std::thread::scope(|s| {
+        let rename = s.spawn(|| fs.rename(me(), ROOT, b"a", ROOT, b"b", 0));
+        std::thread::sleep(Duration::from_millis(200));
+        let lookup = s.spawn(|| fs.lookup(ROOT, b"b"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !lookup.is_finished(),
+            "the lookup did not wait for the rename"
+        );
+        f.journal.hold_acks(false);
+        rename.join().unwrap().unwrap();
+        let found = lookup.join().unwrap().unwrap();
+        assert_eq!(found.ino, a.ino, "b is the renamed file");
+    });
+}
