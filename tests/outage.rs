@@ -99,6 +99,17 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
     );
     assert!(value("kafkafs_call_seconds_count") >= acked, "{body}");
     assert!(value("kafkafs_call_seconds_sum") > 0.0, "{body}");
+    // The stages of a call: every record applied from its acknowledgement
+    // was counted (recovery applies the withheld one), each answered call
+    // was queued first, and the stages fit in the calls' total time.
+    let applying = value("kafkafs_call_applying_seconds_count");
+    assert!(applying >= acked - 1.0 && applying <= acked, "{body}");
+    assert!(value("kafkafs_call_queued_seconds_count") >= applying, "{body}");
+    assert!(value("kafkafs_call_replying_seconds_count") >= 1.0, "{body}");
+    let stages = value("kafkafs_call_queued_seconds_sum")
+        + value("kafkafs_call_applying_seconds_sum")
+        + value("kafkafs_call_replying_seconds_sum");
+    assert!(stages <= value("kafkafs_call_seconds_sum") * 1.01, "{body}");
     assert_eq!(value("kafkafs_journal_in_flight"), 0.0, "{body}");
     assert_eq!(value("kafkafs_journal_recovering"), 0.0, "{body}");
 }

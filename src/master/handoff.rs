@@ -18,8 +18,8 @@ use crate::sync::{Arc, Mutex};
 pub(crate) enum Progress {
     /// Kafka acknowledged the record.
     Delivered,
-    /// The data-root applied it, with this outcome.
-    Applied(Outcome),
+    /// The data-root applied it, with this outcome, at this instant.
+    Applied(Outcome, std::time::Instant),
     /// It was not acknowledged (or not by this writer's turn).
     Failed(JournalError),
 }
@@ -59,7 +59,9 @@ impl<K> Notifier<K> {
     /// The record was applied: the caller gets its outcome; returns the
     /// keys of a caller that gave up, which the completion releases.
     pub(crate) fn applied(self, outcome: Outcome) -> Option<K> {
-        let _ = self.tx.send(Progress::Applied(outcome));
+        let _ = self
+            .tx
+            .send(Progress::Applied(outcome, std::time::Instant::now()));
         self.late.lock().take()
     }
 
@@ -117,7 +119,7 @@ impl<K> Waiter<K> {
         loop {
             match self.rx.try_recv() {
                 Ok(Progress::Delivered) => continue,
-                Ok(Progress::Applied(outcome)) => {
+                Ok(Progress::Applied(outcome, _)) => {
                     return GaveUp::Applied(outcome, self.late.lock().take());
                 }
                 Ok(Progress::Failed(_)) | Err(TryRecvError::Disconnected) => {
@@ -163,7 +165,7 @@ mod loom_tests {
         loop {
             match waiter.recv_timeout(std::time::Duration::from_secs(1)) {
                 Ok(Progress::Delivered) => continue,
-                Ok(Progress::Applied(o)) => return Some((o, Some(keys))),
+                Ok(Progress::Applied(o, _)) => return Some((o, Some(keys))),
                 Ok(Progress::Failed(_)) | Err(_) => return None,
             }
         }

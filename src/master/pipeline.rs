@@ -253,6 +253,13 @@ struct JournalStats {
     ack: crate::metrics::Histogram,
     /// A call's arrival to its answer (journaled and applied, or an error).
     calls: crate::metrics::Histogram,
+    /// The stages of a call, for the request-to-reply profile: arrival to
+    /// its keys held (dispatch and waiting for conflicting calls), the
+    /// acknowledgement to the record applied (the applier's queue and the
+    /// apply), and applied to the caller answering.
+    queued: crate::metrics::Histogram,
+    applying: crate::metrics::Histogram,
+    replying: crate::metrics::Histogram,
     acknowledged: AtomicU64,
     /// Calls answered EIO because the journal or the data-root failed them.
     failed: AtomicU64,
@@ -415,6 +422,10 @@ impl Pipeline {
         plan: &mut dyn FnMut(&mut InodeTable) -> Result<Planned, FsError>,
     ) -> Result<Applied, FsError> {
         let (st, planned) = self.wait_for_keys(deadline, plan)?;
+        let arrived = deadline.checked_sub(self.shared.timeout);
+        if let Some(a) = arrived {
+            self.shared.stats.queued.record(a.elapsed());
+        }
         let (notifier, waiter) = handoff::<KeyGuard>();
         let guard = self.sequence_and_send(st, planned, caller, notifier)?;
         let sent = Instant::now();
@@ -437,6 +448,25 @@ impl Pipeline {
             "A mutating call's arrival to its answer (journaled and applied, or an error).",
             "",
         );
+        for (name, help, h) in [
+            (
+                "kafkafs_call_queued_seconds",
+                "A mutating call's arrival to its keys held (dispatch, conflicting calls).",
+                &stats.queued,
+            ),
+            (
+                "kafkafs_call_applying_seconds",
+                "A record's acknowledgement to its application to the data-root.",
+                &stats.applying,
+            ),
+            (
+                "kafkafs_call_replying_seconds",
+                "A record applied to its caller answering.",
+                &stats.replying,
+            ),
+        ] {
+            out += &h.render(name, help, "");
+        }
         out += &format!(
             "# HELP kafkafs_journal_in_flight Records sent and not yet acknowledged.\n\
              # TYPE kafkafs_journal_in_flight gauge\nkafkafs_journal_in_flight {}\n\
@@ -634,11 +664,12 @@ impl Pipeline {
             let left = deadline.saturating_duration_since(Instant::now());
             match waiter.recv_timeout(left.max(Duration::from_millis(1))) {
                 Ok(Progress::Delivered) => delivered = true,
-                Ok(Progress::Applied(outcome)) => {
+                Ok(Progress::Applied(outcome, at)) => {
+                    self.shared.stats.replying.record(at.elapsed());
                     return Ok(Applied {
                         outcome,
                         _keys: Some(guard),
-                    })
+                    });
                 }
                 Ok(Progress::Failed(e)) => {
                     self.enter_recovery(&format!("record not acknowledged: {e}"));
@@ -921,7 +952,10 @@ fn deliver(
     notifier.delivered();
     let namespace = record.op.is_namespace();
     let mut entry = Entry::apply(offset, record);
+    let acked = Instant::now();
+    let stats = shared.clone();
     entry.done = Some(Box::new(move |outcome| {
+        stats.stats.applying.record(acked.elapsed());
         if let Some(keys) = notifier.applied(outcome.unwrap_or(Ok(()))) {
             // Its caller gave up: the names it changed are re-read.
             if namespace {
