@@ -40,6 +40,39 @@ struct Row {
     converge: Option<f64>,
     lag_p50: Option<Duration>,
     lag_p99: Option<Duration>,
+    /// Mean time of each stage of a mutating call (kafkafs only).
+    profile: Vec<(&'static str, f64)>,
+}
+
+/// The stages of a mutating call, from the master's histograms: name,
+/// metric.
+const STAGES: [(&str, &str); 5] = [
+    (
+        "arrival to keys held (dispatch, conflicts)",
+        "kafkafs_call_queued_seconds",
+    ),
+    (
+        "handed to the producer to acknowledged",
+        "kafkafs_journal_ack_seconds",
+    ),
+    (
+        "acknowledged to applied (applier queue, apply)",
+        "kafkafs_call_applying_seconds",
+    ),
+    ("applied to answered", "kafkafs_call_replying_seconds"),
+    ("whole call (arrival to answer)", "kafkafs_call_seconds"),
+];
+
+/// Mean of each stage over the run, from `_sum / _count`.
+fn profile(metrics: &str) -> Vec<(&'static str, f64)> {
+    STAGES
+        .iter()
+        .filter_map(|(what, name)| {
+            let sum = common::metric(metrics, &format!("{name}_sum"))?;
+            let count = common::metric(metrics, &format!("{name}_count"))?;
+            (count > 0.0).then(|| (*what, sum / count))
+        })
+        .collect()
 }
 
 fn make_tarball(dir: &Path, files: u64) -> PathBuf {
@@ -147,6 +180,7 @@ fn kafkafs_run(partitions: u32, workload: &str, tar: &Path) -> Row {
         })
     };
     let secs = run_workload(workload, &m.path(workload), tar);
+    let profile = profile(&m.master().pipeline().render_metrics());
     // Convergence: the slave's ledger reaches every partition's end.
     let end = Instant::now();
     let source = m.journal.source().unwrap();
@@ -182,6 +216,7 @@ fn kafkafs_run(partitions: u32, workload: &str, tar: &Path) -> Row {
         converge: Some(converge),
         lag_p50: report.lag_p50,
         lag_p99: report.lag_p99,
+        profile,
     }
 }
 
@@ -325,6 +360,24 @@ fn main() {
                 fmt_d(r.lag_p99),
             ));
         }
+    }
+    out.push_str(
+        "\nRequest to reply: mean time of each stage of a mutating call on the master \
+         (untar; default ordering causal, durability journal)\n\n\
+         | stage | kafkafs-1p | kafkafs-8p |\n|-------|-----------|-----------|\n",
+    );
+    let (p1, p8) = (
+        &rows[&("untar".to_string(), "kafkafs-1p".to_string())].profile,
+        &rows[&("untar".to_string(), "kafkafs-8p".to_string())].profile,
+    );
+    for (what, _) in STAGES {
+        let mean = |p: &Vec<(&str, f64)>| {
+            p.iter()
+                .find(|(w, _)| *w == what)
+                .map(|(_, m)| format!("{:.3} ms", m * 1e3))
+                .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&format!("| {what} | {} | {} |\n", mean(p1), mean(p8)));
     }
     println!("\n{out}");
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafkafs-bench");

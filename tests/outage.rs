@@ -104,8 +104,14 @@ fn withheld_acknowledgements_fail_with_eio_then_recover() {
     // was queued first, and the stages fit in the calls' total time.
     let applying = value("kafkafs_call_applying_seconds_count");
     assert!(applying >= acked - 1.0 && applying <= acked, "{body}");
-    assert!(value("kafkafs_call_queued_seconds_count") >= applying, "{body}");
-    assert!(value("kafkafs_call_replying_seconds_count") >= 1.0, "{body}");
+    assert!(
+        value("kafkafs_call_queued_seconds_count") >= applying,
+        "{body}"
+    );
+    assert!(
+        value("kafkafs_call_replying_seconds_count") >= 1.0,
+        "{body}"
+    );
     let stages = value("kafkafs_call_queued_seconds_sum")
         + value("kafkafs_call_applying_seconds_sum")
         + value("kafkafs_call_replying_seconds_sum");
