@@ -2,6 +2,10 @@
 //! partition counts 1, 2, 4, 8, 16 with threads = partitions and threads =
 //! cores, on three mixes, next to a baseline measured in the same run: the
 //! same operations applied directly with the same syscalls and no Kafka.
+//! Each configuration under three dependency orderings: conflicts only
+//! (`--ordering conflicts`), and the default causal ordering for one
+//! writer (its records form one chain across partitions) and for four
+//! concurrent writers.
 //!
 //!   cargo bench --bench apply            (KAFKAFS_BENCH_SCALE=0.1 for a quick run)
 //!
@@ -40,30 +44,91 @@ fn id(path: &str) -> u64 {
     kafkafs::partition::murmur2(path.as_bytes()) as u32 as u64 + 2
 }
 
+/// What records are ordered after, as the master builds them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ordering {
+    /// `--ordering conflicts`: the records they conflict with.
+    Conflicts,
+    /// `--ordering causal` (the default) with this many concurrent writers:
+    /// also everything applied when a record was sequenced, i.e. every
+    /// record but the `writers - 1` still in flight. One writer makes one
+    /// chain across partitions.
+    Causal { writers: u64 },
+}
+
+impl Ordering {
+    fn label(self) -> String {
+        match self {
+            Ordering::Conflicts => "conflicts".into(),
+            Ordering::Causal { writers } => format!("causal-{writers}w"),
+        }
+    }
+}
+
+const ORDERINGS: [Ordering; 3] = [
+    Ordering::Conflicts,
+    Ordering::Causal { writers: 1 },
+    Ordering::Causal { writers: 4 },
+];
+
 /// Builds records with the master's dependency rules (keys by path; the
 /// mixes never rename directories, so paths identify inodes).
 struct Builder {
     partitions: u32,
+    ordering: Ordering,
     conflicts: Conflicts,
     pseq: Vec<u64>,
+    /// Per partition: the seqs sent to it, ascending.
+    sent: Vec<Vec<u64>>,
     records: Vec<Record>,
 }
 
 impl Builder {
-    fn new(partitions: u32) -> Self {
+    fn new(partitions: u32, ordering: Ordering) -> Self {
         Builder {
             partitions,
+            ordering,
             conflicts: Conflicts::new(partitions, 1 << 22),
             pseq: vec![0; partitions as usize],
+            sent: vec![Vec::new(); partitions as usize],
             records: Vec::new(),
         }
+    }
+
+    /// Causal dependencies: per other partition, its last record applied
+    /// when `seq` was sequenced (at most `seq - writers`).
+    fn causal(&self, p: u32, seq: u64, deps: &mut Vec<kafkafs::record::Dep>) {
+        let Ordering::Causal { writers } = self.ordering else {
+            return;
+        };
+        let Some(horizon) = seq.checked_sub(writers) else {
+            return;
+        };
+        for (q, sent) in self.sent.iter().enumerate() {
+            let q = q as u32;
+            let last = sent.partition_point(|&s| s <= horizon);
+            if q == p || last == 0 {
+                continue;
+            }
+            let a = sent[last - 1];
+            match deps.iter_mut().find(|d| d.partition == q) {
+                Some(d) => d.seq = d.seq.max(a),
+                None => deps.push(kafkafs::record::Dep {
+                    partition: q,
+                    seq: a,
+                }),
+            }
+        }
+        deps.sort_by_key(|d| d.partition);
     }
 
     fn push(&mut self, op: Op, keys: KeySet) {
         let seq = self.records.len() as u64 + 1;
         let p = partition_for(op.target().as_bytes(), self.partitions);
         self.pseq[p as usize] += 1;
-        let deps = self.conflicts.record(&keys, p, seq);
+        let mut deps = self.conflicts.record(&keys, p, seq);
+        self.causal(p, seq, &mut deps);
+        self.sent[p as usize].push(seq);
         self.records.push(Record {
             writer: Writer {
                 id: b"bench".to_vec(),
@@ -168,14 +233,14 @@ fn p(s: &str) -> RelPath {
 }
 
 /// The three mixes: (name, records, bytes written).
-fn mixes(partitions: u32) -> Vec<(&'static str, Vec<Record>, u64)> {
+fn mixes(partitions: u32, ordering: Ordering) -> Vec<(&'static str, Vec<Record>, u64)> {
     let s = scale();
     let dirs = 16;
     let mut out = Vec::new();
 
     // Metadata-heavy small files: create, 4 KiB write, chmod, rename, unlink.
     let files = ((2000.0 * s) as usize).max(16);
-    let mut b = Builder::new(partitions);
+    let mut b = Builder::new(partitions, ordering);
     for i in 0..dirs {
         b.mkdir(&format!("d{i}"));
     }
@@ -208,7 +273,7 @@ fn mixes(partitions: u32) -> Vec<(&'static str, Vec<Record>, u64)> {
     // Large sequential writes: 1 MiB per record into a few files.
     let per_file = ((32.0 * s) as usize).max(2);
     let nfiles = 4;
-    let mut b = Builder::new(partitions);
+    let mut b = Builder::new(partitions, ordering);
     b.mkdir("big");
     for f in 0..nfiles {
         let name = format!("file{f}");
@@ -241,7 +306,7 @@ fn mixes(partitions: u32) -> Vec<(&'static str, Vec<Record>, u64)> {
 
     // fsync-heavy: create, 4 KiB write, fsync.
     let files = ((300.0 * s) as usize).max(8);
-    let mut b = Builder::new(partitions);
+    let mut b = Builder::new(partitions, ordering);
     for i in 0..dirs {
         b.mkdir(&format!("d{i}"));
     }
@@ -315,7 +380,7 @@ fn main() {
     {
         let mut g = c.benchmark_group(format!("apply/{mix_name}"));
         // Baseline (partitioning does not change the ops; use 1 partition's records).
-        let (_, records, bytes) = mixes(1).swap_remove(mix_index);
+        let (_, records, bytes) = mixes(1, Ordering::Conflicts).swap_remove(mix_index);
         meta.insert(mix_name.to_string(), (records.len() as u64, bytes));
         g.throughput(Throughput::Elements(records.len() as u64));
         g.bench_function("baseline-direct", |b| {
@@ -336,8 +401,8 @@ fn main() {
             })
         });
         let (_, reference) = baseline(base, &records);
-        for partitions in PARTITIONS {
-            let (_, records, _) = mixes(partitions).swap_remove(mix_index);
+        for (ordering, partitions) in ORDERINGS.iter().flat_map(|&o| PARTITIONS.map(|p| (o, p))) {
+            let (_, records, _) = mixes(partitions, ordering).swap_remove(mix_index);
             let mut cfg = KafkaConfig::new(
                 common::brokers(),
                 common::unique_topic(&format!("bench-{mix_name}-{partitions}")),
@@ -358,10 +423,10 @@ fn main() {
                 common::assert_trees_equal(
                     &reference,
                     &dir,
-                    &format!("{mix_name} p{partitions} t{threads}"),
+                    &format!("{mix_name} {} p{partitions} t{threads}", ordering.label()),
                 );
                 let _ = std::fs::remove_dir_all(dir);
-                let label = format!("p{partitions}-t{threads}");
+                let label = format!("{} p{partitions}-t{threads}", ordering.label());
                 g.bench_with_input(
                     BenchmarkId::new("slave", &label),
                     &threads,
@@ -412,13 +477,18 @@ fn report(results: &Results, meta: &BTreeMap<String, (u64, u64)>, cores: usize) 
             continue;
         };
         let base = median(base);
-        // Baseline first, then by partitions and threads.
-        let order = |label: &str| -> (u32, u32) {
-            let mut it = label
+        // Baseline first, then by ordering, partitions and threads.
+        let order = |label: &str| -> (usize, u32, u32) {
+            let rank = ORDERINGS
+                .iter()
+                .position(|o| label.starts_with(&o.label()))
+                .map_or(0, |i| i + 1);
+            let config = label.rsplit(' ').next().unwrap_or_default();
+            let mut it = config
                 .split(|c: char| !c.is_ascii_digit())
                 .filter(|s| !s.is_empty())
                 .map(|s| s.parse().unwrap_or(0));
-            (it.next().unwrap_or(0), it.next().unwrap_or(0))
+            (rank, it.next().unwrap_or(0), it.next().unwrap_or(0))
         };
         let mut runs_of: Vec<_> = results.iter().filter(|((m, _), _)| m == mix).collect();
         runs_of.sort_by_key(|((_, label), _)| order(label));
