@@ -59,6 +59,9 @@ impl KafkaConfig {
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        // Every call waits for its record's round trip: requests go out at
+        // once, never held back to coalesce with the next one.
+        c.set("socket.nagle.disable", "true");
         c.set_log_level(RDKafkaLogLevel::Warning);
         c
     }
