@@ -209,7 +209,7 @@ impl Builder {
             Op::Write {
                 path: p(&path),
                 offset: 0,
-                data,
+                data: data.into(),
             },
         );
     }
@@ -297,7 +297,7 @@ fn mixes(partitions: u32, ordering: Ordering) -> Vec<(&'static str, Vec<Record>,
                 Op::Write {
                     path: p(&format!("big/{name}")),
                     offset: chunk as u64 * (1 << 20),
-                    data: vec![(chunk + f) as u8; 1 << 20],
+                    data: vec![(chunk + f) as u8; 1 << 20].into(),
                 },
             );
         }

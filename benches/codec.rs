@@ -44,7 +44,7 @@ fn bench(c: &mut Criterion) {
             record(Op::Write {
                 path: path.clone(),
                 offset: 4096,
-                data: vec![0xab; 4096],
+                data: vec![0xab; 4096].into(),
             }),
         ),
         (
@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
             record(Op::Write {
                 path,
                 offset: 0,
-                data: vec![0xcd; 256 * 1024],
+                data: vec![0xcd; 256 * 1024].into(),
             }),
         ),
     ];

@@ -321,7 +321,7 @@ mod tests {
         let write = |path: &str| Op::Write {
             path: p(path),
             offset: 0,
-            data: vec![1],
+            data: vec![1].into(),
         };
         assert!(f.plan(&write("docs/a")).apply);
         assert_eq!(f.plan(&write("other/a")), Plan::default());

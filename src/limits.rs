@@ -319,7 +319,7 @@ mod tests {
         Op::Write {
             path: RelPath::new("f").unwrap(),
             offset,
-            data: vec![0; len],
+            data: vec![0; len].into(),
         }
     }
 

@@ -491,7 +491,7 @@ pub enum Op {
         /// Where.
         offset: u64,
         /// The bytes.
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     /// Set a file's size.
     Truncate {

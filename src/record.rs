@@ -82,6 +82,12 @@ impl Record {
 
     /// Decodes and validates a record. `max` bounds the accepted size.
     pub fn decode(bytes: &[u8], max: usize) -> Result<Record, DecodeError> {
+        Record::decode_owned(bytes::Bytes::copy_from_slice(bytes), max)
+    }
+
+    /// Decodes a record from a buffer it may keep: a write's data is a
+    /// slice of `bytes`, not a copy.
+    pub fn decode_owned(bytes: bytes::Bytes, max: usize) -> Result<Record, DecodeError> {
         if bytes.len() > max {
             return Err(DecodeError::Oversize {
                 size: bytes.len(),
@@ -92,9 +98,20 @@ impl Record {
         from_pb(r)
     }
 
-    /// Decodes, and checks the record belongs to the partition it was read from.
+    /// Decodes, and checks the record belongs to the partition it was read
+    /// from.
     pub fn decode_from(bytes: &[u8], max: usize, partition: u32) -> Result<Record, DecodeError> {
-        let r = Record::decode(bytes, max)?;
+        Record::decode_owned_from(bytes::Bytes::copy_from_slice(bytes), max, partition)
+    }
+
+    /// `decode_from` of a payload the record may keep (a write's data is a
+    /// slice of it: the replay path, no copy before pwrite).
+    pub fn decode_owned_from(
+        bytes: bytes::Bytes,
+        max: usize,
+        partition: u32,
+    ) -> Result<Record, DecodeError> {
+        let r = Record::decode_owned(bytes, max)?;
         if r.partition != partition {
             return Err(DecodeError::WrongPartition {
                 claimed: r.partition,
@@ -566,6 +583,29 @@ mod tests {
         RelPath::new(s).unwrap()
     }
 
+    /// A write decoded from an owned payload keeps its data in the
+    /// payload's buffer: replaying a large record copies nothing between
+    /// the fetched message and pwrite.
+    #[test]
+    fn a_write_decoded_from_its_payload_is_not_copied() {
+        let op = Op::Write {
+            path: RelPath::new("big").unwrap(),
+            offset: 0,
+            data: vec![9u8; 1 << 20].into(),
+        };
+        let payload = bytes::Bytes::from(sample(op).encode());
+        let range = payload.as_ptr_range();
+        let r = Record::decode_owned(payload.clone(), 1 << 24).unwrap();
+        let Op::Write { data, .. } = &r.op else {
+            panic!("not a write");
+        };
+        assert_eq!(data.len(), 1 << 20);
+        assert!(
+            range.contains(&data.as_ptr()),
+            "the write's data was copied out of the payload"
+        );
+    }
+
     #[test]
     fn every_op_round_trips() {
         let ops = vec![
@@ -611,7 +651,7 @@ mod tests {
             Op::Write {
                 path: p("a"),
                 offset: 1 << 40,
-                data: vec![1, 2, 3],
+                data: vec![1, 2, 3].into(),
             },
             Op::Truncate {
                 path: p("a"),

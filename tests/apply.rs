@@ -93,7 +93,7 @@ impl Fix {
         self.run(Op::Write {
             path: p(s),
             offset: off,
-            data: data.to_vec(),
+            data: data.to_vec().into(),
         })
     }
 }
@@ -787,12 +787,12 @@ fn symlinks_out_of_the_root_are_never_followed() {
         Op::Write {
             path: p("esc/secret"),
             offset: 0,
-            data: b"pwned".to_vec(),
+            data: b"pwned".to_vec().into(),
         },
         Op::Write {
             path: p("esc_file"),
             offset: 0,
-            data: b"pwned".to_vec(),
+            data: b"pwned".to_vec().into(),
         },
         Op::Truncate {
             path: p("esc_file"),

@@ -186,7 +186,7 @@ fn a_full_replica_disk_holds_and_resumes() {
                 v.push(Op::Write {
                     path: RelPath::new(format!("big{i}")).unwrap(),
                     offset: k * chunk.len() as u64,
-                    data: chunk.clone(),
+                    data: chunk.clone().into(),
                 });
             }
             v

@@ -196,7 +196,7 @@ fn escaping_records_are_refused_and_position_held() {
             pb::record::Op::Write(pb::Write {
                 path: b"/etc/x".to_vec(),
                 offset: 0,
-                data: b"pwned".to_vec(),
+                data: b"pwned".to_vec().into(),
             }),
         ),
         good(4, "last"),

@@ -179,7 +179,7 @@ fn replica_failure_holds_position_and_retries() {
         ops.push(Op::Write {
             path: p("big"),
             offset: i * 512 * 1024,
-            data: vec![0xab; 512 * 1024],
+            data: vec![0xab; 512 * 1024].into(),
         });
     }
     ops.push(create("after"));

@@ -883,7 +883,7 @@ impl MasterFs {
             let journaled = self.inode_op(caller, ino, false, |path| Op::Write {
                 path,
                 offset: off,
-                data: chunk.to_vec(),
+                data: bytes::Bytes::copy_from_slice(chunk),
             });
             match journaled {
                 Ok(()) => done += chunk.len(),

@@ -178,7 +178,7 @@ mod tests {
         Op::Write {
             path: RelPath::new(path.as_bytes().to_vec()).unwrap(),
             offset: 0,
-            data: vec![1],
+            data: vec![1].into(),
         }
     }
 

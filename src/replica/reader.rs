@@ -118,13 +118,14 @@ impl RecordReader {
             partition: p,
             offset: m.offset,
         };
-        let rec = self.decode(&m);
-        if self.skip_records.contains(&(p, m.offset)) {
+        let offset = m.offset;
+        let rec = self.decode(p, m.payload);
+        if self.skip_records.contains(&(p, offset)) {
             let what = match &rec {
                 Ok(r) => format!("{} {}", r.op.name(), r.op.target()),
                 Err(e) => e.to_string(),
             };
-            return Ok(self.skip(&pos, format!("--skip-record {p}:{}: {what}", m.offset)));
+            return Ok(self.skip(&pos, format!("--skip-record {p}:{offset}: {what}")));
         }
         let rec = match rec {
             Ok(r) => r,
@@ -137,14 +138,15 @@ impl RecordReader {
             return Ok(self.read_fence(&pos, &rec, take_over));
         }
         if self.is_fenced(&pos, &rec) {
-            return Ok(Entry::skip(m.offset));
+            return Ok(Entry::skip(offset));
         }
         self.check_sequence(pos, rec)
     }
 
     /// The record in a message, with its dependencies inside the topic.
-    fn decode(&self, m: &Message) -> Result<Record, DecodeError> {
-        let r = Record::decode_from(&m.payload, self.max_record_bytes, m.partition)?;
+    fn decode(&self, partition: u32, payload: Vec<u8>) -> Result<Record, DecodeError> {
+        // The payload is handed over: a write's data stays a slice of it.
+        let r = Record::decode_owned_from(payload.into(), self.max_record_bytes, partition)?;
         match r.deps.iter().find(|d| d.partition >= self.partitions) {
             Some(d) => Err(DecodeError::BadValue {
                 field: "deps.partition",

@@ -715,7 +715,7 @@ pub fn file_ops(name: &str, body: &[u8]) -> Vec<Op> {
         Op::Write {
             path,
             offset: 0,
-            data: body.to_vec(),
+            data: body.to_vec().into(),
         },
     ]
 }
