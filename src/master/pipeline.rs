@@ -950,6 +950,21 @@ fn deliver(
     d.pushed[p as usize] = offset + 1;
     d.last[p as usize] = (record.partition_seq, record.seq);
     notifier.delivered();
+    // Under the delivery lock: entries reach the applier in offset order.
+    shared.feeder.push(
+        p,
+        applied_entry(shared, offset, record, notifier).into_item(),
+    );
+}
+
+/// The entry that applies an acknowledged record to the data-root and
+/// answers its caller (or, if the caller gave up, releases its keys).
+fn applied_entry(
+    shared: &Arc<Shared>,
+    offset: i64,
+    record: Record,
+    notifier: Notifier<KeyGuard>,
+) -> Entry {
     let namespace = record.op.is_namespace();
     let mut entry = Entry::apply(offset, record);
     let acked = Instant::now();
@@ -964,8 +979,7 @@ fn deliver(
             drop(keys);
         }
     }));
-    // Under the delivery lock: entries reach the applier in offset order.
-    shared.feeder.push(p, entry.into_item());
+    entry
 }
 
 /// Are the records of partition `p` between this writer's last one and

@@ -416,70 +416,40 @@ impl Replica {
             return Ok(Err(errno));
         }
         match op {
-            Op::Create {
-                path,
-                mode,
-                uid,
-                gid,
-            } => self.create_like(
-                path,
-                NewInode::File { mode: *mode },
-                *uid,
-                *gid,
-                time,
-                resume,
-                log,
-            ),
-            Op::Mknod {
-                path,
-                mode,
-                rdev,
-                uid,
-                gid,
-            } => self.create_like(
-                path,
-                NewInode::Node {
-                    mode: *mode,
-                    rdev: *rdev,
-                },
-                *uid,
-                *gid,
-                time,
-                resume,
-                log,
-            ),
-            Op::Mkdir {
-                path,
-                mode,
-                uid,
-                gid,
-            } => self.create_like(
-                path,
-                NewInode::Dir { mode: *mode },
-                *uid,
-                *gid,
-                time,
-                resume,
-                log,
-            ),
-            Op::Symlink {
-                path,
-                target,
-                uid,
-                gid,
-            } => self.create_like(
-                path,
-                NewInode::Symlink { target },
-                *uid,
-                *gid,
-                time,
-                resume,
-                log,
-            ),
+            Op::Create { .. } | Op::Mknod { .. } | Op::Mkdir { .. } | Op::Symlink { .. } => {
+                match NewInode::of(op) {
+                    Some((path, kind, uid, gid)) => {
+                        self.create_like(path, kind, uid, gid, time, resume, log)
+                    }
+                    // Not reached (the same four operations); the same
+                    // answer on every replica if it were.
+                    None => Ok(Err(Errno::INVAL)),
+                }
+            }
             Op::Link { src, dst } => self.link(src, dst, time, resume, log),
             Op::Unlink { path } => self.remove(path, false, time, resume, log),
             Op::Rmdir { path } => self.remove(path, true, time, resume, log),
             Op::Rename { src, dst, flags } => self.rename(src, dst, *flags, time, resume, log),
+            Op::Write { .. } | Op::Truncate { .. } | Op::Fallocate { .. } => {
+                self.change_content(op, time)
+            }
+            Op::Chmod { path, mode } => self.chmod(path, *mode),
+            Op::Chown { path, uid, gid } => self.chown(path, *uid, *gid),
+            Op::Utimens { path, atime, mtime } => self.utimens(path, *atime, *mtime),
+            Op::SetAttr { path, attrs } => self.setattr(path, attrs, time),
+            Op::SetXattr { .. } => self.setxattr_op(op),
+            Op::RemoveXattr { path, name } => self.removexattr(path, name),
+            Op::Fsync { path, datasync } => self.fsync(path, *datasync),
+            Op::Limits(limits) => self.declare_limits(limits),
+            // Read by the reader; nothing to apply.
+            Op::Fence { .. } => Ok(Ok(())),
+        }
+    }
+
+    /// Write, truncate, fallocate: a regular file's content, then its
+    /// mtime set to the record time.
+    fn change_content(&self, op: &Op, time: Timestamp) -> Result<Outcome, ReplicaFailure> {
+        match op {
             Op::Write { path, offset, data } => {
                 self.with_writable(path, "write", time, |fd| write_all_at(fd, data, *offset))
             }
@@ -495,21 +465,21 @@ impl Replica {
                 let flags = rfs::FallocateFlags::from_bits_retain(*mode);
                 rfs::fallocate(fd, flags, *offset, *length)
             }),
-            Op::Chmod { path, mode } => self.chmod(path, *mode),
-            Op::Chown { path, uid, gid } => self.chown(path, *uid, *gid),
-            Op::Utimens { path, atime, mtime } => self.utimens(path, *atime, *mtime),
-            Op::SetAttr { path, attrs } => self.setattr(path, attrs, time),
+            // Not reached (`apply` sends only the three above).
+            _ => Ok(Err(Errno::INVAL)),
+        }
+    }
+
+    fn setxattr_op(&self, op: &Op) -> Result<Outcome, ReplicaFailure> {
+        match op {
             Op::SetXattr {
                 path,
                 name,
                 value,
                 flags,
             } => self.setxattr(path, name, value, *flags),
-            Op::RemoveXattr { path, name } => self.removexattr(path, name),
-            Op::Fsync { path, datasync } => self.fsync(path, *datasync),
-            Op::Limits(limits) => self.declare_limits(limits),
-            // Read by the reader; nothing to apply.
-            Op::Fence { .. } => Ok(Ok(())),
+            // Not reached (`apply` sends only setxattr).
+            _ => Ok(Err(Errno::INVAL)),
         }
     }
 
@@ -1069,7 +1039,49 @@ enum NewInode<'a> {
     Symlink { target: &'a [u8] },
 }
 
-impl NewInode<'_> {
+impl<'a> NewInode<'a> {
+    /// What a create, mknod, mkdir or symlink makes: its path, the inode,
+    /// its owner (`None` for any other operation).
+    fn of(op: &'a Op) -> Option<(&'a RelPath, NewInode<'a>, u32, u32)> {
+        let (path, kind, uid, gid) = match op {
+            Op::Create {
+                path,
+                mode,
+                uid,
+                gid,
+            } => (path, NewInode::File { mode: *mode }, uid, gid),
+            Op::Mknod {
+                path,
+                mode,
+                rdev,
+                uid,
+                gid,
+            } => (
+                path,
+                NewInode::Node {
+                    mode: *mode,
+                    rdev: *rdev,
+                },
+                uid,
+                gid,
+            ),
+            Op::Mkdir {
+                path,
+                mode,
+                uid,
+                gid,
+            } => (path, NewInode::Dir { mode: *mode }, uid, gid),
+            Op::Symlink {
+                path,
+                target,
+                uid,
+                gid,
+            } => (path, NewInode::Symlink { target }, uid, gid),
+            _ => return None,
+        };
+        Some((path, kind, *uid, *gid))
+    }
+
     fn name(&self) -> &'static str {
         match self {
             NewInode::File { .. } => "create",
