@@ -742,29 +742,16 @@ impl MasterFs {
         atime: Option<SetTime>,
         mtime: Option<SetTime>,
     ) -> Result<(), FsError> {
-        let applied = self.submit(caller, |inodes| {
-            let mut ks = KeySet::new();
-            inode_keys(&mut ks, inodes, ino, mtime.is_some())?;
-            let path = inodes.path(ino)?;
-            Ok(Planned {
-                keys: ks,
-                build: Box::new(move |now| {
-                    let resolve = |t: SetTime| match t {
-                        SetTime::Now => now,
-                        SetTime::At(t) => t,
-                    };
-                    Op::SetAttr {
-                        path,
-                        attrs: Attrs {
-                            atime: atime.map(resolve),
-                            mtime: mtime.map(resolve),
-                            ..attrs
-                        },
-                    }
-                }),
-            })
-        })?;
-        applied.outcome.map_err(FsError::Outcome)
+        self.journal_times(caller, ino, atime, mtime, move |path, atime, mtime| {
+            Op::SetAttr {
+                path,
+                attrs: Attrs {
+                    atime,
+                    mtime,
+                    ..attrs
+                },
+            }
+        })
     }
 
     fn utimens(
@@ -774,10 +761,26 @@ impl MasterFs {
         atime: Option<SetTime>,
         mtime: Option<SetTime>,
     ) -> Result<(), FsError> {
+        self.journal_times(caller, ino, atime, mtime, |path, atime, mtime| {
+            Op::Utimens { path, atime, mtime }
+        })
+    }
+
+    /// Journals an operation on `ino` carrying times, "now" being the
+    /// record's own time (resolved when it is sequenced).
+    fn journal_times(
+        &self,
+        caller: Caller,
+        ino: u64,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+        make: impl Fn(RelPath, Option<Timestamp>, Option<Timestamp>) -> Op + Clone + Send + 'static,
+    ) -> Result<(), FsError> {
         let applied = self.submit(caller, |inodes| {
             let mut ks = KeySet::new();
             inode_keys(&mut ks, inodes, ino, mtime.is_some())?;
             let path = inodes.path(ino)?;
+            let make = make.clone();
             Ok(Planned {
                 keys: ks,
                 build: Box::new(move |now| {
@@ -785,11 +788,7 @@ impl MasterFs {
                         SetTime::Now => now,
                         SetTime::At(t) => t,
                     };
-                    Op::Utimens {
-                        path,
-                        atime: atime.map(resolve),
-                        mtime: mtime.map(resolve),
-                    }
+                    make(path, atime.map(resolve), mtime.map(resolve))
                 }),
             })
         })?;

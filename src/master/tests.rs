@@ -57,6 +57,23 @@ impl Fixture {
         all
     }
 
+    /// Replays the journal into a new directory (a slave, unprivileged)
+    /// and checks it equals the data-root; returns it and the records
+    /// applied.
+    fn replay_equals_data_root(&self) -> (std::path::PathBuf, u64) {
+        let replica = self._dir.path().join("replica");
+        std::fs::create_dir(&replica).unwrap();
+        let mut c = SlaveConfig::new(&replica, "memory");
+        c.exit_when_caught_up = true;
+        c.unprivileged = true;
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = crate::slave::run(&c, Box::new(self.journal.source()), stop).unwrap();
+        if let Err(diffs) = crate::tree::compare(&self.data, &replica).unwrap() {
+            panic!("replay differs from the data-root:\n{}", diffs.join("\n"));
+        }
+        (replica, report.applied)
+    }
+
     fn count(&self, name: &str) -> usize {
         self.records()
             .iter()
@@ -111,17 +128,8 @@ fn calls_are_journaled_applied_and_replayed_exactly() {
     }
 
     // A replay of the journal is the data-root.
-    let replica = f._dir.path().join("replica");
-    std::fs::create_dir(&replica).unwrap();
-    let mut c = SlaveConfig::new(&replica, "memory");
-    c.exit_when_caught_up = true;
-    c.unprivileged = true;
-    let stop = Arc::new(AtomicBool::new(false));
-    let report = crate::slave::run(&c, Box::new(f.journal.source()), stop).unwrap();
-    assert_eq!(report.applied as usize, f.records().len());
-    if let Err(diffs) = crate::tree::compare(&f.data, &replica).unwrap() {
-        panic!("replay differs from the data-root:\n{}", diffs.join("\n"));
-    }
+    let (_, applied) = f.replay_equals_data_root();
+    assert_eq!(applied as usize, f.records().len());
 }
 
 #[test]
@@ -271,21 +279,8 @@ fn rename_between_hard_links_of_one_file_keeps_both_names() {
         "one file, one inode"
     );
 
-    let replica = f._dir.path().join("replica");
-    std::fs::create_dir(&replica).unwrap();
-    let mut c = SlaveConfig::new(&replica, "memory");
-    c.exit_when_caught_up = true;
-    c.unprivileged = true;
-    crate::slave::run(
-        &c,
-        Box::new(f.journal.source()),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
+    let (replica, _) = f.replay_equals_data_root();
     assert_eq!(std::fs::read(replica.join("a")).unwrap(), b"journaled");
-    if let Err(diffs) = crate::tree::compare(&f.data, &replica).unwrap() {
-        panic!("replay differs from the data-root:\n{}", diffs.join("\n"));
-    }
 }
 
 /// A rename restores the moved file's mtime after the move, so it must be
@@ -381,20 +376,7 @@ fn one_setattr_call_is_one_record() {
     assert_eq!(e.errno(), Errno::FBIG, "{e:?}");
     assert_eq!(fs.getattr(file.ino).unwrap().st.st_mode & 0o7777, 0o640);
 
-    let replica = f._dir.path().join("replica");
-    std::fs::create_dir(&replica).unwrap();
-    let mut c = SlaveConfig::new(&replica, "memory");
-    c.exit_when_caught_up = true;
-    c.unprivileged = true;
-    crate::slave::run(
-        &c,
-        Box::new(f.journal.source()),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    if let Err(diffs) = crate::tree::compare(&f.data, &replica).unwrap() {
-        panic!("replay differs from the data-root:\n{}", diffs.join("\n"));
-    }
+    f.replay_equals_data_root();
 }
 
 /// A lookup of a name a rename is changing waits for the rename (its keys)

@@ -159,6 +159,27 @@ pub(crate) fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
+/// The fingerprint of an operation on one entry: the interrupted
+/// attempt's, or what the entry and its directory are now (recorded
+/// before the first effect).
+fn entry_fingerprint(
+    resume: Option<&Fingerprint>,
+    e: &DirEntry,
+    parent: &Stat,
+    log: &mut dyn IntentLog,
+) -> Result<Fingerprint, ReplicaFailure> {
+    if let Some(fp) = resume {
+        return Ok(*fp);
+    }
+    let fp = Fingerprint {
+        target: lstat_ino(&e.parent, &e.name),
+        target_parent_mtime: Some(stat_mtime(parent)),
+        ..Fingerprint::default()
+    };
+    log.record(&fp)?;
+    Ok(fp)
+}
+
 /// What a rename finds before its first effect.
 fn rename_fingerprint(s: &DirEntry, d: &DirEntry, sst: &Stat, dstat: &Stat) -> Fingerprint {
     let src_st = lstat(&s.parent, &s.name);
@@ -500,18 +521,7 @@ impl Replica {
         let _guard = self.lock_dir(&pst);
         // The mtime "before" must be read under the lock.
         let pst = rfs::fstat(&e.parent).map_err(|x| fail(op, path, x))?;
-        let fp = match resume {
-            Some(fp) => *fp,
-            None => {
-                let fp = Fingerprint {
-                    target: lstat_ino(&e.parent, &e.name),
-                    target_parent_mtime: Some(stat_mtime(&pst)),
-                    ..Fingerprint::default()
-                };
-                log.record(&fp)?;
-                fp
-            }
-        };
+        let fp = entry_fingerprint(resume, &e, &pst, log)?;
         let done =
             resume.is_some() && fp.target.is_none() && lstat_ino(&e.parent, &e.name).is_some();
         if !done {
@@ -648,18 +658,7 @@ impl Replica {
         let pst = rfs::fstat(&e.parent).map_err(f)?;
         let _guard = self.lock_dir(&pst);
         let pst = rfs::fstat(&e.parent).map_err(f)?;
-        let fp = match resume {
-            Some(fp) => *fp,
-            None => {
-                let fp = Fingerprint {
-                    target: lstat_ino(&e.parent, &e.name),
-                    target_parent_mtime: Some(stat_mtime(&pst)),
-                    ..Fingerprint::default()
-                };
-                log.record(&fp)?;
-                fp
-            }
-        };
+        let fp = entry_fingerprint(resume, &e, &pst, log)?;
         let done =
             resume.is_some() && fp.target.is_some() && lstat_ino(&e.parent, &e.name) != fp.target;
         if !done {
