@@ -400,8 +400,8 @@ fn records_touching(j: &MemoryJournal, partitions: u32, diffs: &[String]) -> Str
     let mut out = String::new();
     let mut everything = String::new();
     for (p, offset, r) in all {
-        everything += &format!(
-            "seq {} p{p}@{offset} pseq {} time {} deps {:?}: {} {:?}\n",
+        let head = format!(
+            "seq {} p{p}@{offset} pseq {} time {} deps {:?}: {}",
             r.seq,
             r.partition_seq,
             r.time.as_nanos(),
@@ -409,31 +409,21 @@ fn records_touching(j: &MemoryJournal, partitions: u32, diffs: &[String]) -> Str
                 .iter()
                 .map(|d| (d.partition, d.seq))
                 .collect::<Vec<_>>(),
-            r.op.name(),
-            match &r.op {
-                kafkafs::op::Op::Write { path, offset, data } => {
-                    format!("{} @{offset} +{}", path.display(), data.len())
-                }
-                other => format!("{other:?}"),
-            }
+            r.op.name()
         );
+        let detail = match &r.op {
+            kafkafs::op::Op::Write { path, offset, data } => {
+                format!("{} @{offset} +{}", path.display(), data.len())
+            }
+            other => format!("{other:?}"),
+        };
+        everything += &format!("{head} {detail}\n");
         let mut touched = vec![r.op.target().display()];
         if let kafkafs::op::Op::Rename { src, .. } | kafkafs::op::Op::Link { src, .. } = &r.op {
             touched.push(src.display());
         }
         if touched.iter().any(|t| near(t)) {
-            out += &format!(
-                "  seq {} p{p}@{offset} pseq {} time {} deps {:?}: {} {}\n",
-                r.seq,
-                r.partition_seq,
-                r.time.as_nanos(),
-                r.deps
-                    .iter()
-                    .map(|d| (d.partition, d.seq))
-                    .collect::<Vec<_>>(),
-                r.op.name(),
-                touched.join(" <- ")
-            );
+            out += &format!("  {head} {}\n", touched.join(" <- "));
         }
     }
     let dump = std::env::temp_dir().join(format!("kafkafs-convergence-{}.txt", std::process::id()));
