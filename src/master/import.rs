@@ -767,10 +767,12 @@ impl Importer<'_> {
         self.journal(path, r)
     }
 
-    /// Owner, mode (after the owner: chown clears set-id bits) and times.
+    /// Owner, mode (after the owner: chown clears set-id bits; a symlink
+    /// has none to set) and times.
     fn copy_attrs(&self, path: &Path, ino: u64, a: &Attrs) -> Result<(), ImportError> {
+        let symlink = a.mode & 0o170000 == 0o120000;
         let attr = SetAttr {
-            mode: Some(a.mode & 0o7777),
+            mode: (!symlink).then_some(a.mode & 0o7777),
             uid: Some(a.uid),
             gid: Some(a.gid),
             size: None,
