@@ -252,6 +252,30 @@ pub struct MasterArgs {
     #[arg(long, value_enum, default_value_t = OrderingArg::Causal)]
     pub ordering: OrderingArg,
 
+    /// When a mutating call is answered: `journal` (once Kafka acknowledged
+    /// its record and DATA applied it: every answer is in the journal) or
+    /// `fsync` (once it is in DATA's write-ahead file and applied, at local
+    /// speed; fsync, fdatasync, fsyncdir and O_SYNC/O_DSYNC writes wait
+    /// until Kafka acknowledged everything before them, as a local disk's
+    /// durability point; after a machine crash DATA is rolled back to the
+    /// journal, keeping what it discarded under DATA/.kafkafs/discarded).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Journal)]
+    pub durability: DurabilityArg,
+
+    /// `fsync` durability: most records applied but not yet acknowledged
+    /// by Kafka; new calls wait while the window is full.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub window_records: u64,
+
+    /// `fsync` durability: most bytes of such records (MiB).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub window_mib: u64,
+
+    /// `fsync` durability: longest a record may wait for its
+    /// acknowledgement before new calls wait (e.g. 10s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub window_age: Duration,
+
     /// Serve Prometheus metrics (applied records, offsets, lag, journal
     /// state) at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR", env = "KAFKAFS_METRICS", value_parser = parse_listen)]
@@ -372,6 +396,15 @@ pub enum LimitsArg {
     DataRoot,
 }
 
+/// When a master answers a mutating call.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurabilityArg {
+    /// Once Kafka acknowledged it.
+    Journal,
+    /// Once it is in the write-ahead file; sync calls wait for Kafka.
+    Fsync,
+}
+
 /// What slaves order records after.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OrderingArg {
@@ -420,6 +453,15 @@ impl MasterArgs {
         c.import = self.import;
         c.import_jobs = usize::from(self.import_jobs);
         c.allow_non_empty_mount = self.allow_non_empty_mount;
+        c.durability = match self.durability {
+            DurabilityArg::Journal => crate::master::durability::Durability::Journal,
+            DurabilityArg::Fsync => crate::master::durability::Durability::Fsync,
+        };
+        c.window = crate::master::window::WindowLimits {
+            records: self.window_records as usize,
+            bytes: self.window_mib << 20,
+            age: self.window_age.max(Duration::from_millis(1)),
+        };
         c
     }
 
@@ -612,7 +654,7 @@ fn parse_pattern(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `90s`, `15m`, `12h`, `30d` (or plain seconds).
+/// `500ms`, `90s`, `15m`, `12h`, `30d` (or plain seconds).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => s.split_at(i),
@@ -622,11 +664,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}`: expected a duration such as 90s, 15m, 12h or 30d"))?;
     let secs = match unit {
+        "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }

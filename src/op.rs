@@ -578,6 +578,30 @@ pub enum Op {
     },
 }
 
+/// Every op's `name()`.
+pub const OP_NAMES: [&str; 20] = [
+    "create",
+    "mknod",
+    "mkdir",
+    "symlink",
+    "link",
+    "unlink",
+    "rmdir",
+    "rename",
+    "write",
+    "truncate",
+    "fallocate",
+    "chmod",
+    "chown",
+    "utimens",
+    "setxattr",
+    "removexattr",
+    "setattr",
+    "fsync",
+    "limits",
+    "fence",
+];
+
 impl Op {
     /// Short lowercase name, used in logs and the `kafkafs-op` header.
     pub fn name(&self) -> &'static str {

@@ -79,6 +79,8 @@ pub struct DirEntry {
 struct Handle {
     ino: u64,
     fd: OwnedFd,
+    /// Opened with O_SYNC or O_DSYNC: each write is a durability point.
+    sync: bool,
 }
 
 /// Largest write carried by one record (Kafka's default message limit is
@@ -275,7 +277,15 @@ impl MasterFs {
             .map_err(FsError::local("open"))?;
         self.inodes.lock().pin(ino)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Handle { ino, fd: file });
+        let sync = flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
+        self.handles.lock().insert(
+            fh,
+            Handle {
+                ino,
+                fd: file,
+                sync,
+            },
+        );
         Ok(fh)
     }
 
@@ -901,7 +911,21 @@ impl MasterFs {
                 }
             }
         }
+        if self.is_sync(fh) {
+            // O_SYNC/O_DSYNC: the write returns once it is durable.
+            self.pipeline.barrier()?;
+        }
         Ok(done as u32)
+    }
+
+    fn is_sync(&self, fh: u64) -> bool {
+        self.handles.lock().get(&fh).is_some_and(|h| h.sync)
+    }
+
+    /// Does the mount answer before Kafka's acknowledgement (the `fsync`
+    /// durability mode, where the kernel may cache writes)?
+    pub fn answers_before_acknowledgement(&self) -> bool {
+        self.pipeline.unacknowledged().is_some()
     }
 
     /// A write to an open file that has no name: the data-root alone.
@@ -960,8 +984,15 @@ impl MasterFs {
         }
     }
 
-    /// fsync(2): journaled, so every replica syncs the file at the same point.
+    /// fsync(2): journaled, so every replica syncs the file at the same
+    /// point; in the `fsync` durability mode it then waits until Kafka
+    /// acknowledged every record before it.
     pub fn fsync(&self, caller: Caller, ino: u64, datasync: bool) -> Result<(), FsError> {
+        self.fsync_record(caller, ino, datasync)?;
+        self.pipeline.barrier()
+    }
+
+    fn fsync_record(&self, caller: Caller, ino: u64, datasync: bool) -> Result<(), FsError> {
         let applied = self.submit(caller, |inodes| {
             let mut ks = KeySet::new();
             resolve_keys(&mut ks, inodes, ino)?;

@@ -220,6 +220,13 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        if self.fs.answers_before_acknowledgement() {
+            // Calls are answered at local speed: let the kernel cache
+            // writes too (O_SYNC writes and fsync still reach us).
+            if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE) {
+                tracing::warn!("the kernel does not offer writeback caching ({e:?})");
+            }
+        }
         Ok(())
     }
 

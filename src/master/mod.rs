@@ -8,6 +8,7 @@
 //! checkpointer; on a new topic, journal the root's attributes first. Then
 //! the caller mounts `fuse::FuseAdapter` over `fs::MasterFs`.
 
+pub mod durability;
 pub mod fs;
 pub mod fuse;
 pub(crate) mod handoff;
@@ -18,6 +19,8 @@ pub mod pipeline;
 pub mod sequencer;
 #[cfg(test)]
 mod tests;
+pub mod wal;
+pub mod window;
 
 use std::ffi::CString;
 use std::io::Read;
@@ -36,7 +39,8 @@ use crate::master::fs::MasterFs;
 use crate::master::inodes::{InodeTable, ROOT};
 use crate::master::keys::{Key, KeySet};
 use crate::master::pipeline::{
-    read_last, write_fences, Pipeline, PipelineStart, Planned, PreCheck, ReplayOrder, Tail,
+    read_last, write_fences, FsyncStart, Pipeline, PipelineStart, Planned, PreCheck, ReplayOrder,
+    Tail,
 };
 use crate::op::hex;
 use crate::op::{Op, RelPath, Timestamp};
@@ -120,6 +124,10 @@ pub struct MasterConfig {
     /// device nodes and set-id bits are not reproduced on the data-root.
     /// Refused together with a mountpoint.
     pub unprivileged: bool,
+    /// When calls are answered (`journal`: after Kafka's acknowledgement).
+    pub durability: durability::Durability,
+    /// The `fsync` mode's unacknowledged window.
+    pub window: window::WindowLimits,
 }
 
 /// Threads an import journals with unless told otherwise.
@@ -147,6 +155,8 @@ impl MasterConfig {
             import: false,
             import_jobs: DEFAULT_IMPORT_JOBS,
             unprivileged: false,
+            durability: durability::Durability::Journal,
+            window: window::WindowLimits::default(),
         }
     }
 }
@@ -230,7 +240,7 @@ pub enum MasterError {
     NotRoot,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
     move |source| MasterError::Io {
         path: path.to_path_buf(),
         source,
@@ -370,6 +380,7 @@ fn start_fs(
         timeout: config.journal_timeout,
         history_limit: config.history_limit,
         check: pre_check(state.clone(), limits.clone()),
+        fsync: fsync_start(config)?,
     })?;
     let fs = Arc::new(MasterFs::new(
         pipeline.clone(),
@@ -383,6 +394,61 @@ fn start_fs(
         root_st,
         declared,
     })
+}
+
+/// The `fsync` mode's write-ahead file and window (`None`: `journal`).
+fn fsync_start(config: &MasterConfig) -> Result<Option<FsyncStart>, MasterError> {
+    if config.durability != durability::Durability::Fsync {
+        return Ok(None);
+    }
+    let dir = wal::dir_of(&config.data);
+    let segment = (config.window.bytes / 4).clamp(1 << 20, 64 << 20);
+    let wal = wal::Wal::create(&dir, segment).map_err(io(&dir))?;
+    tracing::info!(
+        "durability fsync: calls are answered before Kafka acknowledges them (at most {} records,          {} MiB, {:?} unacknowledged); fsync waits for Kafka",
+        config.window.records,
+        config.window.bytes >> 20,
+        config.window.age
+    );
+    Ok(Some(FsyncStart {
+        limits: config.window,
+        wal,
+        wal_dir: dir,
+    }))
+}
+
+/// Deals with what an `fsync`-mode run left (under the lock, before the
+/// catch-up): its unacknowledged records are sent again, or the data-root
+/// is moved aside to be rebuilt from the journal (returned: where it went).
+/// Returns the partitions' last records as they are now.
+#[allow(clippy::type_complexity)]
+fn settle_durability(
+    config: &MasterConfig,
+    journal: &dyn Journal,
+    statedir: &StateDir,
+    last: Vec<Option<(i64, Record)>>,
+) -> Result<(Vec<Option<(i64, Record)>>, Option<PathBuf>), MasterError> {
+    use durability::Leftovers;
+    let ours = existing_writer_id(statedir)?;
+    let leftovers = durability::settle_leftovers(config, journal, ours.as_deref(), &last)?;
+    let why = match &leftovers {
+        Leftovers::RollBack(why) => Some(why.clone()),
+        Leftovers::Resent(_) => durability::ahead_of_journal(statedir, journal)?,
+        Leftovers::None if config.durability == durability::Durability::Fsync => {
+            durability::ahead_of_journal(statedir, journal)?
+        }
+        Leftovers::None => None,
+    };
+    let aside = why
+        .map(|why| durability::roll_back(&config.data, statedir, &why))
+        .transpose()?;
+    if matches!(leftovers, Leftovers::None) {
+        return Ok((last, aside));
+    }
+    let last = with_retries(config.journal_timeout, || {
+        read_last(journal.source()?.as_mut())
+    })?;
+    Ok((last, aside))
 }
 
 /// The inode table over the data-root, with its handle cache sized to the
@@ -524,13 +590,13 @@ impl Master {
             read_last(journal.source()?.as_mut())
         })?;
         check_writer(data, &last, config.take_over, &topic)?;
-        if let Some(statedir) = StateDir::existing(data) {
-            check_not_ahead(&statedir, journal.as_ref())?;
-        }
         let root_before = import_root(config, &last, &topic)?;
         std::fs::create_dir_all(data).map_err(io(data))?;
         let statedir = StateDir::open(data)?;
         let lock = statedir.lock()?;
+        // 0. What an `fsync`-mode run left: sent again, or rolled back.
+        let (last, discarded) = settle_durability(config, journal.as_ref(), &statedir, last)?;
+        check_not_ahead(&statedir, journal.as_ref())?;
         if let Some(root) = &root_before {
             import::stage(data, root).map_err(MasterError::Import)?;
         }
@@ -539,6 +605,9 @@ impl Master {
         // 2. Catch up with the journal, through the fences.
         let report = catch_up(config, journal.as_ref(), &stop)?;
         check_fenced_to(&report, &writer, &topic)?;
+        if let Some(aside) = &discarded {
+            durability::list_discarded(data, aside)?;
+        }
         let tails: Vec<Tail> = report.positions.iter().map(Tail::after).collect();
         // 3. The data-root's own applier: the same replica runtime a slave
         //    runs (its catch-up in step 2 finished any interrupted record).
@@ -577,6 +646,7 @@ impl Master {
         if let Err(e) = self.pipeline.flush(Duration::from_secs(30)) {
             tracing::warn!("flushing the journal: {e}");
         }
+        self.pipeline.close_write_ahead(Duration::from_secs(5));
         self.stop.store(true, Ordering::SeqCst);
         if let Some(pool) = self.pool.take() {
             let end = pool.close();

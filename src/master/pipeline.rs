@@ -22,6 +22,8 @@
 //! numbers are re-read from the log, a new producer is made, and operations
 //! resume.
 
+mod unacked;
+
 use std::time::{Duration, Instant};
 
 use crate::error::{Errno, FsError, JournalError};
@@ -46,6 +48,9 @@ use crate::sync::{AtomicBool, AtomicU64, Ordering};
 // atomics, channels and threads.
 use std::sync::Arc;
 
+pub use unacked::FsyncStart;
+use unacked::Unacknowledged;
+
 thread_local! {
     /// When the call this thread serves arrived (see `since`).
     static CALL_ARRIVED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
@@ -60,6 +65,11 @@ pub fn since<R>(arrived: Instant, f: impl FnOnce() -> R) -> R {
     let r = f();
     CALL_ARRIVED.with(|a| a.set(None));
     r
+}
+
+/// The journal deadline of the call this thread serves (see `since`).
+fn call_deadline(timeout: Duration) -> Instant {
+    CALL_ARRIVED.with(|a| a.get()).unwrap_or_else(Instant::now) + timeout
 }
 
 /// What a record is ordered after on slaves.
@@ -201,6 +211,9 @@ struct Shared {
     /// Set once another master took over (why).
     fenced: Mutex<Option<String>>,
     stats: JournalStats,
+    /// The `fsync` durability mode: records applied and answered before
+    /// their acknowledgement (`None`: the `journal` mode).
+    unacked: Option<Unacknowledged>,
 }
 
 impl Shared {
@@ -318,6 +331,8 @@ pub struct PipelineStart {
     pub history_limit: usize,
     /// Refuses calls the data-root cannot take (limits, space).
     pub check: PreCheck,
+    /// The `fsync` durability mode (`None`: `journal`).
+    pub fsync: Option<FsyncStart>,
 }
 
 impl Pipeline {
@@ -351,6 +366,7 @@ impl Pipeline {
             check: s.check,
             fenced: Mutex::new(None),
             stats: JournalStats::default(),
+            unacked: s.fsync.map(|f| Unacknowledged::new(f, &s.tails)),
         });
         let pipeline = Pipeline { shared };
         let recovery = pipeline.clone();
@@ -397,8 +413,8 @@ impl Pipeline {
         caller: Caller,
         plan: &mut dyn FnMut(&mut InodeTable) -> Result<Planned, FsError>,
     ) -> Result<Applied, FsError> {
-        let arrived = CALL_ARRIVED.with(|a| a.get()).unwrap_or_else(Instant::now);
-        let deadline = arrived + self.shared.timeout;
+        let deadline = call_deadline(self.shared.timeout);
+        let arrived = deadline - self.shared.timeout;
         let answer = self.journal_and_apply(caller, deadline, plan);
         let stats = &self.shared.stats;
         stats.calls.record(arrived.elapsed());
@@ -482,6 +498,14 @@ impl Pipeline {
             stats.failed.load(Relaxed),
             u8::from(self.recovering())
         );
+        if let Some((records, bytes)) = self.unacknowledged() {
+            out += &format!(
+                "# HELP kafkafs_unacknowledged_records Records applied and answered, not yet acknowledged by Kafka (durability fsync).\n\
+                 # TYPE kafkafs_unacknowledged_records gauge\nkafkafs_unacknowledged_records {records}\n\
+                 # HELP kafkafs_unacknowledged_bytes Bytes of those records.\n\
+                 # TYPE kafkafs_unacknowledged_bytes gauge\nkafkafs_unacknowledged_bytes {bytes}\n"
+            );
+        }
         out
     }
 
@@ -554,16 +578,17 @@ impl Pipeline {
                     FsError::NotApplied(shared.timeout)
                 });
             }
-            if !shared.recovering.load(Ordering::SeqCst) {
+            if !shared.recovering.load(Ordering::SeqCst) && !shared.window_full() {
                 let planned = plan(&mut shared.inodes.lock())?;
                 if st.seq.can_acquire(&planned.keys) {
                     return Ok((st, planned));
                 }
             }
-            // Recovering, or a conflicting operation is in flight: wait for
-            // it to finish (it releases its keys once applied, or failed),
-            // for recovery to end, or for the deadline. Every change of
-            // what is checked above notifies under the lock.
+            // Recovering, the unacknowledged window full, or a conflicting
+            // operation in flight: wait for it to finish (it releases its
+            // keys once applied, or failed), for recovery to end, for an
+            // acknowledgement, or for the deadline. Every change of what is
+            // checked above notifies under the lock.
             st = shared.cv.wait_timeout(st, deadline - now);
         }
     }
@@ -594,12 +619,18 @@ impl Pipeline {
         let applied = self.applied_seqs();
         let record = st.seq.number(op, time, caller, &planned.keys, &applied);
         let partition = record.partition;
-        if let Err(e) = self.send(&st, record, notifier) {
+        let sent = match &shared.unacked {
+            Some(u) => self.send_unacked(&st, u, record, notifier),
+            None => self
+                .send(&st, record, notifier)
+                .map_err(|e| FsError::Journal(Box::new(e))),
+        };
+        if let Err(e) = sent {
             // Nothing was queued: its numbers are free again.
             st.seq.unnumber(partition);
             drop(st);
             self.enter_recovery(&format!("send failed: {e}"));
-            return Err(FsError::Journal(Box::new(e)));
+            return Err(e);
         }
         Ok(guard)
     }
@@ -735,7 +766,11 @@ impl Pipeline {
                 });
                 continue;
             }
-            match self.recover() {
+            let recovered = match &shared.unacked {
+                Some(u) => self.recover_unacked(u),
+                None => self.recover(),
+            };
+            match recovered {
                 Ok(()) if self.fenced().is_some() => {
                     shared.recovering.store(false, Ordering::SeqCst);
                     shared.wake_callers();
@@ -787,10 +822,11 @@ impl Pipeline {
         // lands before the fence and is read below, or after it and is
         // void everywhere), then read on to the fences.
         let mut read = ReadBack::new(&from, &last, fence, &shared.journal.topic());
-        self.read_back(&mut read, source.as_mut(), &writer)?;
+        let mut apply = |p, offset, entry| self.apply_found(p, offset, entry);
+        self.read_back(&mut read, source.as_mut(), &writer, &mut apply)?;
         if read.fenced.is_none() {
             write_fences(sink.as_ref(), &writer, false, shared.timeout)?;
-            self.read_back(&mut read, source.as_mut(), &writer)?;
+            self.read_back(&mut read, source.as_mut(), &writer, &mut apply)?;
             read.check_fence(&writer);
         }
         {
@@ -817,13 +853,14 @@ impl Pipeline {
     }
 
     /// Reads the log from `read.pushed` to its end as a replica would (the
-    /// same reader: duplicates, fences, void records) and queues what is
-    /// valid for the data-root. Notes whether another writer holds it.
+    /// same reader: duplicates, fences, void records) and hands every entry
+    /// to `found`. Notes whether another writer holds it.
     fn read_back(
         &self,
         read: &mut ReadBack,
         source: &mut dyn Source,
         writer: &Writer,
+        found: &mut dyn FnMut(u32, i64, Entry),
     ) -> Result<(), JournalError> {
         let from = read.pushed.clone();
         for m in read_from(source, &from)? {
@@ -853,17 +890,25 @@ impl Pipeline {
                     });
                 }
                 read.last[p as usize] = (rec.partition_seq, rec.seq);
-                tracing::warn!(
-                    "recovery: partition {p} offset {offset} ({} {}) reached the journal without an \
-                     acknowledgement; applying it to the data-root",
-                    rec.op.name(),
-                    rec.op.target()
-                );
                 read.applied += 1;
             }
-            self.shared.feeder.push(p, entry.into_item());
+            found(p, offset, entry);
         }
         Ok(())
+    }
+
+    /// What journal-mode recovery does with an entry it read back: the
+    /// data-root applies it.
+    fn apply_found(&self, p: u32, offset: i64, entry: Entry) {
+        if let Some(rec) = entry.record() {
+            tracing::warn!(
+                "recovery: partition {p} offset {offset} ({} {}) reached the journal without an \
+                 acknowledgement; applying it to the data-root",
+                rec.op.name(),
+                rec.op.target()
+            );
+        }
+        self.shared.feeder.push(p, entry.into_item());
     }
 
     /// Another master took over: this one stops writing for good.
@@ -927,7 +972,13 @@ fn deliver(
         notifier.abandon();
         return;
     }
-    if offset > d.pushed[p as usize] && gap_is_void(shared, p, &d, offset) {
+    let after = Position {
+        next_offset: d.pushed[p as usize],
+        last_seq: d.last[p as usize].1,
+        last_pseq: d.last[p as usize].0,
+        fence: d.fence,
+    };
+    if offset > d.pushed[p as usize] && gap_is_void(shared, p, after, offset) {
         // Only void records (a fenced writer's, or a late one of this
         // writer's older epoch) came between: every replica ignores them
         // too.
@@ -982,19 +1033,15 @@ fn applied_entry(
     entry
 }
 
-/// Are the records of partition `p` between this writer's last one and
-/// `offset` all void (as every replica's reader judges them)?
-fn gap_is_void(shared: &Shared, p: u32, d: &Delivery, offset: i64) -> bool {
-    let expected = d.pushed[p as usize];
+/// Are the records of partition `p` between this writer's last one
+/// (`after`) and `offset` all void or duplicates (as every replica's
+/// reader judges them)?
+fn gap_is_void(shared: &Shared, p: u32, after: Position, offset: i64) -> bool {
+    let expected = after.next_offset;
     let judge = || -> Result<bool, JournalError> {
         let mut source = shared.journal.source()?;
         let mut positions = vec![Position::default(); source.partitions() as usize];
-        positions[p as usize] = Position {
-            next_offset: expected,
-            last_seq: d.last[p as usize].1,
-            last_pseq: d.last[p as usize].0,
-            fence: d.fence,
-        };
+        positions[p as usize] = after;
         let topic = shared.journal.topic();
         let mut reader = RecordReader::new(
             &topic,

@@ -109,6 +109,11 @@ impl Sequencer {
         }
     }
 
+    /// The sequence number of the last record numbered.
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
     /// The last record numbered (in `partition`) never reached the
     /// journal: its numbers are free again.
     pub fn unnumber(&mut self, partition: u32) {

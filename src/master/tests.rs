@@ -26,13 +26,17 @@ impl Fixture {
     }
 
     fn ordered(ordering: super::pipeline::ReplayOrder) -> Fixture {
+        Fixture::with(|c| c.ordering = ordering)
+    }
+
+    fn with(configure: impl FnOnce(&mut MasterConfig)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let journal = MemoryJournal::new(3);
         let mut config = MasterConfig::new(&data);
         config.unprivileged = true;
-        config.ordering = ordering;
         config.journal_timeout = Duration::from_secs(10);
+        configure(&mut config);
         let stop = Arc::new(AtomicBool::new(false));
         let master = Master::start(&config, Arc::new(journal.clone()), stop).unwrap();
         Fixture {
@@ -407,4 +411,122 @@ fn a_lookup_waits_for_a_rename_of_its_name() {
         let found = lookup.join().unwrap().unwrap();
         assert_eq!(found.ino, a.ino, "b is the renamed file");
     });
+}
+
+/// The `fsync` durability mode, with the given window and journal timeout.
+fn fsync_mode(records: usize, timeout: Duration) -> Fixture {
+    Fixture::with(|c| {
+        c.durability = super::durability::Durability::Fsync;
+        c.window.records = records;
+        c.journal_timeout = timeout;
+    })
+}
+
+#[test]
+fn fsync_mode_answers_before_the_acknowledgement_and_fsync_waits_for_it() {
+    let f = fsync_mode(1000, Duration::from_millis(800));
+    let fs = f.fs();
+    f.journal.hold_acks(true);
+    let dir = fs.mkdir(me(), ROOT, b"dir", 0o755, 0).unwrap();
+    let (file, fh) = fs
+        .create(me(), dir.ino, b"f", 0o644, 0, libc::O_RDWR)
+        .unwrap();
+    assert_eq!(fs.write(me(), file.ino, fh, 0, b"local speed").unwrap(), 11);
+    assert_eq!(
+        std::fs::read(f.data.join("dir/f")).unwrap(),
+        b"local speed",
+        "applied to the data-root before any acknowledgement"
+    );
+    let (records, _) = f
+        .master
+        .as_ref()
+        .unwrap()
+        .pipeline()
+        .unacknowledged()
+        .unwrap();
+    assert!(records >= 3, "{records} records unacknowledged");
+    // fsync is the durability point: it waits for Kafka, EIO at the timeout.
+    let started = std::time::Instant::now();
+    let e = fs.fsync(me(), file.ino, false).unwrap_err();
+    assert_eq!(e.errno(), Errno::IO, "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    // Kafka answers: fsync succeeds, nothing is left unacknowledged.
+    f.journal.hold_acks(false);
+    fs.fsync(me(), file.ino, true).unwrap();
+    assert_eq!(
+        f.master.as_ref().unwrap().pipeline().unacknowledged(),
+        Some((0, 0))
+    );
+    fs.release(fh);
+    assert!(f.count("fsync") >= 1);
+    f.replay_equals_data_root();
+}
+
+#[test]
+fn an_o_sync_write_is_a_durability_point() {
+    let f = fsync_mode(1000, Duration::from_millis(500));
+    let fs = f.fs();
+    let (file, _) = fs.create(me(), ROOT, b"s", 0o644, 0, libc::O_RDWR).unwrap();
+    let sync = fs.open(file.ino, libc::O_RDWR | libc::O_DSYNC).unwrap();
+    let plain = fs.open(file.ino, libc::O_RDWR).unwrap();
+    f.journal.hold_acks(true);
+    assert_eq!(fs.write(me(), file.ino, plain, 0, b"a").unwrap(), 1);
+    let e = fs.write(me(), file.ino, sync, 1, b"b").unwrap_err();
+    assert_eq!(
+        e.errno(),
+        Errno::IO,
+        "an O_DSYNC write waits for Kafka: {e}"
+    );
+    f.journal.hold_acks(false);
+    assert_eq!(fs.write(me(), file.ino, sync, 2, b"c").unwrap(), 1);
+    fs.release(sync);
+    fs.release(plain);
+    f.replay_equals_data_root();
+}
+
+#[test]
+fn a_full_window_makes_new_calls_wait() {
+    let f = fsync_mode(3, Duration::from_millis(500));
+    let fs = f.fs();
+    f.journal.hold_acks(true);
+    for name in [&b"a"[..], b"b", b"c"] {
+        fs.mkdir(me(), ROOT, name, 0o755, 0).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let e = fs.mkdir(me(), ROOT, b"d", 0o755, 0).unwrap_err();
+    assert_eq!(e.errno(), Errno::IO, "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "it waited");
+    assert!(
+        !f.data.join("d").exists(),
+        "nothing past the window was applied"
+    );
+    // An acknowledgement makes room: a waiting call goes on.
+    let waiter = {
+        let fs = f.master.as_ref().unwrap().fs.clone();
+        std::thread::spawn(move || fs.mkdir(me(), ROOT, b"e", 0o755, 0).map(|_| ()))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    f.journal.hold_acks(false);
+    waiter.join().unwrap().unwrap();
+    f.replay_equals_data_root();
+}
+
+#[test]
+fn records_whose_delivery_failed_are_sent_again() {
+    let f = fsync_mode(1000, Duration::from_secs(10));
+    let fs = f.fs();
+    fs.mkdir(me(), ROOT, b"before", 0o755, 0).unwrap();
+    // The first send fails, and so does its first re-send.
+    f.journal.fail_next_sends(2);
+    let d = fs.mkdir(me(), ROOT, b"lost-twice", 0o755, 0).unwrap();
+    let (file, fh) = fs
+        .create(me(), d.ino, b"f", 0o600, 0, libc::O_RDWR)
+        .unwrap();
+    // Answered; its deliveries failed; recovery sends it again (new calls
+    // wait meanwhile), and fsync returns once everything is in the journal.
+    fs.fsync(me(), file.ino, false).unwrap();
+    fs.release(fh);
+    assert_eq!(f.count("mkdir"), 2);
+    assert_eq!(f.count("create"), 1, "sent again once, not doubled");
+    f.replay_equals_data_root();
 }

@@ -1,0 +1,435 @@
+//! The `fsync` durability mode of the write path.
+//!
+//! A record is sequenced as in the `journal` mode, then appended to the
+//! write-ahead file, handed to the producer, added to the unacknowledged
+//! window, and queued for the data-root's applier at once, at the offset it
+//! will take (this master is the topic's only writer and its idempotent
+//! producer stores a partition's records at consecutive offsets; a record
+//! found elsewhere only moves the log's offsets further, never before). The
+//! caller is answered once it is applied. Its acknowledgement removes it
+//! from the window; `fsync`, `fdatasync`, `fsyncdir` and writes through
+//! `O_SYNC`/`O_DSYNC` handles wait (`Pipeline::barrier`) until every
+//! record numbered before them is acknowledged. While the window is full,
+//! new calls wait.
+//!
+//! A failed acknowledgement (or a record found after another writer's)
+//! starts recovery: with a fresh producer, the log is read from the last
+//! acknowledged offset of each partition (what is there is acknowledged);
+//! what is still in the window is sent again, in sequence order (its
+//! partition sequence numbers follow the log's, and a late copy from the
+//! retired producer is a duplicate every reader skips). If another master
+//! took over, the data-root holds effects the journal will never have: the
+//! write-ahead directory is marked diverged (the next start rolls the
+//! data-root back to the journal) and this master stops writing.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{Errno, FsError, JournalError};
+use crate::master::handoff::Notifier;
+use crate::master::wal::Wal;
+use crate::master::window::{Unacked, Window, WindowLimits};
+use crate::record::{Record, HEADER_OP, HEADER_VERSION};
+use crate::replica::checkpoint::Position;
+use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
+use std::sync::Arc;
+
+use super::{applied_entry, gap_is_void, KeyGuard, Pipeline, ReadBack, SeqState, Shared, Tail};
+
+/// What the `fsync` mode starts from.
+pub struct FsyncStart {
+    /// How much may be unacknowledged.
+    pub limits: WindowLimits,
+    /// The write-ahead file (empty).
+    pub wal: Wal,
+    /// Where the write-ahead file lives (marked diverged if another master
+    /// takes over).
+    pub wal_dir: std::path::PathBuf,
+}
+
+/// The acknowledged end of one partition.
+#[derive(Clone, Copy, Debug)]
+struct Acked {
+    next_offset: i64,
+    last_pseq: u64,
+    last_seq: u64,
+}
+
+/// The `fsync` mode's state.
+pub(super) struct Unacknowledged {
+    window: Mutex<Window>,
+    /// Notified at every acknowledgement (barriers wait here).
+    settled: Condvar,
+    /// Appended under the sequencing lock (so in sequence order).
+    wal: Mutex<Wal>,
+    wal_dir: std::path::PathBuf,
+    acked: Mutex<Vec<Acked>>,
+    /// Failed deliveries so far (recovery's re-send stops waiting at one).
+    failures: AtomicU64,
+}
+
+impl Unacknowledged {
+    pub(super) fn new(start: FsyncStart, tails: &[Tail]) -> Self {
+        let acked = tails
+            .iter()
+            .map(|t| Acked {
+                next_offset: t.next_offset,
+                last_pseq: t.last_pseq,
+                last_seq: t.last_seq,
+            })
+            .collect();
+        Unacknowledged {
+            window: Mutex::new(Window::new(start.limits)),
+            settled: Condvar::new(),
+            wal: Mutex::new(start.wal),
+            wal_dir: start.wal_dir,
+            acked: Mutex::new(acked),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Removes what `settle` says is acknowledged from the window; wakes
+    /// barriers, and callers waiting for room if it made some.
+    fn settle<R>(&self, shared: &Shared, settle: impl FnOnce(&mut Window) -> R) -> R {
+        let now = Instant::now();
+        let mut w = self.window.lock();
+        let was_full = w.is_full(now);
+        let r = settle(&mut w);
+        let full = w.is_full(now);
+        drop(w);
+        self.settled.notify_all();
+        if was_full && !full {
+            shared.wake_callers();
+        }
+        r
+    }
+}
+
+impl Shared {
+    /// Is the unacknowledged window full (new calls wait)?
+    pub(super) fn window_full(&self) -> bool {
+        self.unacked
+            .as_ref()
+            .is_some_and(|u| u.window.lock().is_full(Instant::now()))
+    }
+}
+
+fn write_ahead_error(e: std::io::Error) -> FsError {
+    let errno = e
+        .raw_os_error()
+        .map(Errno::from_raw_os_error)
+        .unwrap_or(Errno::IO);
+    tracing::error!("the write-ahead file failed: {e}; the call fails, nothing was journaled");
+    FsError::Local {
+        op: "write-ahead file",
+        errno,
+    }
+}
+
+impl Pipeline {
+    /// `fsync` mode: write ahead, send, and queue the record for the
+    /// data-root at once (under the sequencing lock: records reach the
+    /// write-ahead file, the producer and the applier in sequence order).
+    pub(super) fn send_unacked(
+        &self,
+        st: &SeqState,
+        u: &Unacknowledged,
+        record: Record,
+        notifier: Notifier<KeyGuard>,
+    ) -> Result<(), FsError> {
+        let shared = &self.shared;
+        let (p, seq, pseq) = (record.partition, record.seq, record.partition_seq);
+        let unacked = Unacked {
+            seq,
+            partition: p,
+            pseq,
+            key: record.op.target().as_bytes().to_vec(),
+            payload: record.encode().into(),
+            op: record.op.name(),
+            since: Instant::now(),
+        };
+        let mut wal = u.wal.lock();
+        let watermark = u.window.lock().watermark(seq - 1);
+        wal.trim(watermark).map_err(write_ahead_error)?;
+        let mark = wal.append(&unacked).map_err(write_ahead_error)?;
+        let generation = shared.generation.load(Ordering::SeqCst);
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        u.window.lock().add(unacked.clone());
+        if let Err(e) = send_copy(shared, st, &unacked, generation) {
+            u.window.lock().remove(seq);
+            if let Err(e) = wal.undo(mark) {
+                tracing::error!("taking back a write-ahead record the producer refused: {e}");
+            }
+            if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+                shared.signal();
+            }
+            return Err(FsError::Journal(Box::new(e)));
+        }
+        drop(wal);
+        let mut d = shared.delivery.lock();
+        let offset = d.pushed[p as usize];
+        d.pushed[p as usize] = offset + 1;
+        d.last[p as usize] = (pseq, seq);
+        notifier.delivered();
+        shared.feeder.push(
+            p,
+            applied_entry(shared, offset, record, notifier).into_item(),
+        );
+        Ok(())
+    }
+
+    /// Waits until every record numbered so far is acknowledged by Kafka
+    /// (`fsync` mode; at once in `journal` mode, where every answered
+    /// record already is), within the call's journal deadline.
+    pub fn barrier(&self) -> Result<(), FsError> {
+        let shared = &self.shared;
+        let Some(u) = &shared.unacked else {
+            return Ok(());
+        };
+        let deadline = super::call_deadline(shared.timeout);
+        let last = shared.state.lock().seq.last_seq();
+        let mut w = u.window.lock();
+        while !w.settled_through(last) {
+            if shared.stopping.load(Ordering::SeqCst) {
+                return Err(FsError::ShuttingDown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    "a sync waited {:?} for Kafka to acknowledge {} records; it fails with EIO \
+                     (the records stay in the write-ahead file and are sent again)",
+                    shared.timeout,
+                    w.len()
+                );
+                return Err(FsError::NotAcknowledged(shared.timeout));
+            }
+            w = u.settled.wait_timeout(w, deadline - now);
+        }
+        Ok(())
+    }
+
+    /// Records and bytes not acknowledged yet (`fsync` mode).
+    pub fn unacknowledged(&self) -> Option<(usize, u64)> {
+        let u = self.shared.unacked.as_ref()?;
+        let w = u.window.lock();
+        Some((w.len(), w.bytes()))
+    }
+
+    /// At shutdown, after the producer was flushed: if everything was
+    /// acknowledged, the write-ahead directory goes (a clean stop); else it
+    /// stays for the next start to send again. Waits up to `timeout`.
+    pub fn close_write_ahead(&self, timeout: Duration) {
+        let Some(u) = &self.shared.unacked else {
+            return;
+        };
+        let deadline = Instant::now() + timeout;
+        let mut w = u.window.lock();
+        while !w.is_empty() && Instant::now() < deadline {
+            w = u.settled.wait_timeout(w, deadline - Instant::now());
+        }
+        let left = w.len();
+        drop(w);
+        if left > 0 {
+            tracing::warn!(
+                "{left} records were not acknowledged by Kafka before exit; they stay in {} and \
+                 the next start sends them again",
+                u.wal_dir.display()
+            );
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&u.wal_dir) {
+            tracing::warn!("removing {}: {e}", u.wal_dir.display());
+        }
+    }
+
+    /// `fsync` mode's recovery: what reached the log is acknowledged, the
+    /// rest of the window is sent again with a fresh producer.
+    pub(super) fn recover_unacked(&self, u: &Unacknowledged) -> Result<(), JournalError> {
+        let shared = &self.shared;
+        let wait_until = Instant::now() + shared.timeout + Duration::from_secs(5);
+        shared.wait_for(Some(wait_until), || {
+            shared.in_flight.load(Ordering::SeqCst) == 0 || shared.stopping.load(Ordering::SeqCst)
+        });
+        let sink = shared.journal.sink()?;
+        let mut source = shared.journal.source()?;
+        let old = std::mem::replace(&mut shared.state.lock().sink, sink.clone());
+        drop(old);
+        let writer = shared.state.lock().seq.writer().clone();
+        let fence = {
+            let d = shared.delivery.lock();
+            shared.generation.fetch_add(1, Ordering::SeqCst);
+            d.fence
+        };
+        let acked = u.acked.lock().clone();
+        let from: Vec<i64> = acked.iter().map(|a| a.next_offset).collect();
+        let last: Vec<(u64, u64)> = acked.iter().map(|a| (a.last_pseq, a.last_seq)).collect();
+        let mut read = ReadBack::new(&from, &last, fence, &shared.journal.topic());
+        let mut found = |_, _, _| {};
+        self.read_back(&mut read, source.as_mut(), &writer, &mut found)?;
+        self.note_found(u, &read);
+        if let Some(why) = read.fenced {
+            self.diverged(u, &why);
+            return Ok(());
+        }
+        drop(sink);
+        self.send_again(u)
+    }
+
+    /// What recovery read is acknowledged.
+    fn note_found(&self, u: &Unacknowledged, read: &ReadBack) {
+        let mut acked = u.acked.lock();
+        for (p, a) in acked.iter_mut().enumerate() {
+            a.next_offset = read.pushed[p];
+            (a.last_pseq, a.last_seq) = read.last[p];
+        }
+        let tails: Vec<u64> = acked.iter().map(|a| a.last_pseq).collect();
+        drop(acked);
+        let settled = u.settle(&self.shared, |w| {
+            (0..tails.len())
+                .map(|p| w.settle_partition(p as u32, tails[p]))
+                .sum::<usize>()
+        });
+        if settled > 0 {
+            tracing::info!(
+                "recovery: {settled} records reached the journal without an acknowledgement"
+            );
+        }
+    }
+
+    /// Sends the window again, in sequence order, and waits for it.
+    fn send_again(&self, u: &Unacknowledged) -> Result<(), JournalError> {
+        let shared = &self.shared;
+        let again = u.window.lock().in_order();
+        if !again.is_empty() {
+            tracing::warn!(
+                "recovery: sending {} unacknowledged records again",
+                again.len()
+            );
+        }
+        let generation = shared.generation.load(Ordering::SeqCst);
+        let failures = u.failures.load(Ordering::SeqCst);
+        let st = shared.state.lock();
+        for x in &again {
+            shared.in_flight.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = send_copy(shared, &st, x, generation) {
+                shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        drop(st);
+        let deadline = Instant::now() + shared.timeout;
+        let mut w = u.window.lock();
+        while !w.is_empty() {
+            let now = Instant::now();
+            if u.failures.load(Ordering::SeqCst) != failures {
+                return Err(JournalError::Closed);
+            }
+            if now >= deadline || shared.stopping.load(Ordering::SeqCst) {
+                return Err(JournalError::Timeout(shared.timeout));
+            }
+            w = u.settled.wait_timeout(w, deadline - now);
+        }
+        Ok(())
+    }
+
+    /// Another master took over while records were unacknowledged.
+    fn diverged(&self, u: &Unacknowledged, why: &str) {
+        let n = u.window.lock().len();
+        tracing::error!(
+            "{n} records applied to the data-root will never be in the journal ({why}); the \
+             data-root is marked for a roll-back to the journal at the next start"
+        );
+        if let Err(e) = crate::master::wal::mark_diverged(&u.wal_dir, why) {
+            tracing::error!(
+                "marking {} diverged: {e}; remove the data-root's contents before the next start",
+                u.wal_dir.display()
+            );
+        }
+        self.fence_out(why);
+    }
+}
+
+/// Hands a copy of an unacknowledged record to the producer; its
+/// acknowledgement settles it.
+fn send_copy(
+    shared: &Arc<Shared>,
+    st: &SeqState,
+    x: &Unacked,
+    generation: u64,
+) -> Result<(), JournalError> {
+    let cb_shared = shared.clone();
+    let (seq, p, pseq) = (x.seq, x.partition, x.pseq);
+    let handed = Instant::now();
+    st.sink.send(
+        p,
+        &x.key,
+        &x.payload,
+        &[(HEADER_VERSION, b"1"), (HEADER_OP, x.op.as_bytes())],
+        Box::new(move |res| {
+            if res.is_ok() {
+                let stats = &cb_shared.stats;
+                stats.ack.record(handed.elapsed());
+                stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            acknowledged(&cb_shared, generation, (seq, p, pseq), res)
+        }),
+    )
+}
+
+/// The producer's delivery report for a record of the `fsync` mode.
+fn acknowledged(
+    shared: &Arc<Shared>,
+    generation: u64,
+    (seq, p, pseq): (u64, u32, u64),
+    res: Result<i64, JournalError>,
+) {
+    if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.signal();
+    }
+    let Some(u) = &shared.unacked else {
+        return;
+    };
+    let offset = match res {
+        Ok(offset) => offset,
+        Err(e) => {
+            tracing::warn!("record {seq} (partition {p}) not acknowledged: {e}; sending it again");
+            u.failures.fetch_add(1, Ordering::SeqCst);
+            drop(u.window.lock());
+            u.settled.notify_all();
+            shared.start_recovery();
+            return;
+        }
+    };
+    if shared.generation.load(Ordering::SeqCst) != generation {
+        // A retired producer's: recovery reads the log for it.
+        return;
+    }
+    let mut acked = u.acked.lock();
+    let a = acked[p as usize];
+    if offset < a.next_offset {
+        return;
+    }
+    let fence = shared.delivery.lock().fence;
+    let after = Position {
+        next_offset: a.next_offset,
+        last_seq: a.last_seq,
+        last_pseq: a.last_pseq,
+        fence,
+    };
+    if offset > a.next_offset && !gap_is_void(shared, p, after, offset) {
+        drop(acked);
+        tracing::warn!(
+            "partition {p}: record {seq} stored at offset {offset}, after records this master did \
+             not write (from offset {}); reading the log",
+            a.next_offset
+        );
+        shared.start_recovery();
+        return;
+    }
+    acked[p as usize] = Acked {
+        next_offset: offset + 1,
+        last_pseq: pseq,
+        last_seq: seq,
+    };
+    drop(acked);
+    u.settle(shared, |w| w.remove(seq));
+}
