@@ -191,12 +191,15 @@ fn archive(dir: &Path, dirs: usize, files: usize) -> PathBuf {
     tar
 }
 
+/// Files whose fsync returned: name and content.
+type Manifest = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// Writes and fsyncs files under `dir` until a call fails (the master was
 /// killed); each file is noted in `manifest` once its fsync returned.
 fn fsynced_writer(
     dir: PathBuf,
     round: usize,
-    manifest: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    manifest: Manifest,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for j in 0.. {
@@ -257,7 +260,7 @@ fn every_fsynced_file_survives_twenty_sigkills() {
     fs::create_dir_all(&mnt).unwrap();
     let tar = archive(dir.path(), 12, 40);
     let (broker, topic) = (common::brokers(), common::unique_topic("fsync-kills"));
-    let manifest: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let manifest: Manifest = Arc::default();
     let mut resent = 0;
     let mut follower: Option<Follower> = None;
     for round in 0..20 {
