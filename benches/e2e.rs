@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kafkafs::master::durability::Durability;
 use rand::{Rng, SeedableRng};
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -164,14 +165,55 @@ fn unmount(mnt: &Path) {
     let _ = Command::new("fusermount3").arg("-u").arg(mnt).status();
 }
 
-/// A kafkafs master (real broker) with a slave following its topic; returns
-/// the wall time, the slave's convergence time and its lag.
-fn kafkafs_run(partitions: u32, workload: &str, tar: &Path) -> Row {
-    let m = common::Mounted::kafka(&format!("e2e-{workload}-p{partitions}"), partitions);
+/// A kafkafs configuration in the table.
+struct Setup {
+    name: &'static str,
+    partitions: u32,
+    durability: Durability,
+    /// A slave follows the topic during the workload.
+    slave: bool,
+}
+
+const SETUPS: [Setup; 4] = [
+    Setup {
+        name: "kafkafs-1p",
+        partitions: 1,
+        durability: Durability::Journal,
+        slave: true,
+    },
+    Setup {
+        name: "kafkafs-8p",
+        partitions: 8,
+        durability: Durability::Journal,
+        slave: true,
+    },
+    Setup {
+        name: "kafkafs-1p-fsync",
+        partitions: 1,
+        durability: Durability::Fsync,
+        slave: true,
+    },
+    Setup {
+        name: "kafkafs-1p-fsync-noslave",
+        partitions: 1,
+        durability: Durability::Fsync,
+        slave: false,
+    },
+];
+
+/// A kafkafs master (real broker), with a slave following its topic (or
+/// started after the workload); returns the wall time, the slave's
+/// convergence time after the workload ended and its lag.
+fn kafkafs_run(setup: &Setup, workload: &str, tar: &Path) -> Row {
+    let partitions = setup.partitions;
+    let cfg = common::kafka_topic(&format!("e2e-{workload}-{}", setup.name), partitions);
+    let m = common::Mounted::with_journal(Arc::new(cfg), partitions, |c| {
+        c.durability = setup.durability;
+    });
     let replica = m.dir.path().join("replica");
     std::fs::create_dir_all(&replica).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let slave = {
+    let follow = || {
         let (replica, stop, journal) = (replica.clone(), stop.clone(), m.journal.clone());
         std::thread::spawn(move || {
             let mut c = kafkafs::slave::SlaveConfig::new(&replica, journal.topic());
@@ -179,10 +221,21 @@ fn kafkafs_run(partitions: u32, workload: &str, tar: &Path) -> Row {
             kafkafs::slave::run(&c, journal.source().unwrap(), stop).unwrap()
         })
     };
+    let slave = setup.slave.then(follow);
     let secs = run_workload(workload, &m.path(workload), tar);
     let profile = profile(&m.master().pipeline().render_metrics());
-    // Convergence: the slave's ledger reaches every partition's end.
+    // Convergence: the master's window drains (fsync mode), then the
+    // slave's ledger reaches every partition's end.
     let end = Instant::now();
+    let pipeline = m.master().pipeline();
+    while pipeline.unacknowledged().is_some_and(|(n, _)| n > 0) {
+        assert!(
+            end.elapsed() < Duration::from_secs(600),
+            "never acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let slave = slave.unwrap_or_else(follow);
     let source = m.journal.source().unwrap();
     let highs: Vec<i64> = (0..partitions)
         .map(|p| source.watermarks(p).unwrap().1)
@@ -206,11 +259,7 @@ fn kafkafs_run(partitions: u32, workload: &str, tar: &Path) -> Row {
     let converge = end.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     let report = slave.join().unwrap();
-    common::assert_trees_equal(
-        &m.data,
-        &replica,
-        &format!("{workload} on {partitions} partitions"),
-    );
+    common::assert_trees_equal(&m.data, &replica, &format!("{workload} on {}", setup.name));
     Row {
         secs,
         converge: Some(converge),
@@ -328,8 +377,8 @@ fn main() {
             },
         );
 
-        for p in [1u32, 8] {
-            rows.insert((w.into(), format!("kafkafs-{p}p")), kafkafs_run(p, w, &tar));
+        for setup in &SETUPS {
+            rows.insert((w.into(), setup.name.into()), kafkafs_run(setup, w, &tar));
         }
         rows.insert((w.into(), "lsyncd".into()), lsyncd_run(dir, w, &tar));
         eprintln!("e2e: {w} done");
@@ -346,7 +395,11 @@ fn main() {
     for w in WORKLOADS {
         let native = rows[&(w.to_string(), "native".to_string())].secs;
         let bindfs = rows[&(w.to_string(), "bindfs".to_string())].secs;
-        for sys in ["native", "bindfs", "kafkafs-1p", "kafkafs-8p", "lsyncd"] {
+        let systems = ["native", "bindfs"]
+            .into_iter()
+            .chain(SETUPS.iter().map(|s| s.name))
+            .chain(["lsyncd"]);
+        for sys in systems {
             let r = &rows[&(w.to_string(), sys.to_string())];
             out.push_str(&format!(
                 "| {w} | {sys} | {:.3} s | {:.2} | {:.2} | {} | {} | {} |\n",
@@ -363,12 +416,16 @@ fn main() {
     }
     out.push_str(
         "\nRequest to reply: mean time of each stage of a mutating call on the master \
-         (untar; default ordering causal, durability journal)\n\n\
-         | stage | kafkafs-1p | kafkafs-8p |\n|-------|-----------|-----------|\n",
+         (untar; default ordering causal; in fsync mode the acknowledgement is off the \
+         call's path)\n\n\
+         | stage | kafkafs-1p | kafkafs-8p | kafkafs-1p-fsync |\n\
+         |-------|-----------|-----------|------------------|\n",
     );
-    let (p1, p8) = (
-        &rows[&("untar".to_string(), "kafkafs-1p".to_string())].profile,
-        &rows[&("untar".to_string(), "kafkafs-8p".to_string())].profile,
+    let profile_of = |sys: &str| &rows[&("untar".to_string(), sys.to_string())].profile;
+    let (p1, p8, pf) = (
+        profile_of("kafkafs-1p"),
+        profile_of("kafkafs-8p"),
+        profile_of("kafkafs-1p-fsync"),
     );
     for (what, _) in STAGES {
         let mean = |p: &Vec<(&str, f64)>| {
@@ -377,7 +434,12 @@ fn main() {
                 .map(|(_, m)| format!("{:.3} ms", m * 1e3))
                 .unwrap_or_else(|| "-".into())
         };
-        out.push_str(&format!("| {what} | {} | {} |\n", mean(p1), mean(p8)));
+        out.push_str(&format!(
+            "| {what} | {} | {} | {} |\n",
+            mean(p1),
+            mean(p8),
+            mean(pf)
+        ));
     }
     println!("\n{out}");
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafkafs-bench");

@@ -196,11 +196,7 @@ type Manifest = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 /// Writes and fsyncs files under `dir` until a call fails (the master was
 /// killed); each file is noted in `manifest` once its fsync returned.
-fn fsynced_writer(
-    dir: PathBuf,
-    round: usize,
-    manifest: Manifest,
-) -> std::thread::JoinHandle<()> {
+fn fsynced_writer(dir: PathBuf, round: usize, manifest: Manifest) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for j in 0.. {
             let name = format!("{round}-{j}");
