@@ -215,7 +215,7 @@ pub fn ahead_of_journal(
     statedir: &StateDir,
     journal: &dyn Journal,
 ) -> Result<Option<String>, MasterError> {
-    let source = journal.source()?;
+    let mut source = journal.source()?;
     let topic = journal.topic();
     if statedir.load_checkpoint()?.is_none() && !statedir.ledger_path().exists() {
         return Ok(None);
@@ -223,12 +223,17 @@ pub fn ahead_of_journal(
     let restored = crate::replica::state::restore(statedir, &topic, source.partitions())?;
     for (p, pos) in restored.positions.iter().enumerate() {
         let (_, end) = source.watermarks(p as u32)?;
-        if pos.next_offset > end {
+        // Offsets alone could miss it (re-sent copies move the log's
+        // offsets further than the data-root's); partition sequence
+        // numbers cannot.
+        let logged = last_pseq(source.as_mut(), p as u32)?;
+        if pos.next_offset > end || pos.last_pseq > logged {
             return Ok(Some(format!(
-                "the data-root applied partition {p} up to offset {}, but the topic ends at \
-                 {end}: records applied before their acknowledgement never reached Kafka (the \
-                 write-ahead file is gone)",
-                pos.next_offset
+                "the data-root applied partition {p} up to offset {} (partition sequence {}), \
+                 but the topic ends at offset {end} (partition sequence {logged}): records \
+                 applied before their acknowledgement never reached Kafka (the write-ahead \
+                 file is gone)",
+                pos.next_offset, pos.last_pseq
             )));
         }
     }
