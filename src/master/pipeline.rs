@@ -444,6 +444,11 @@ impl Pipeline {
         }
         let (notifier, waiter) = handoff::<KeyGuard>();
         let guard = self.sequence_and_send(st, planned, caller, notifier)?;
+        if self.shared.unacked.is_some() {
+            // fsync mode queued the record quietly: apply it on this thread
+            // (no locks held), saving two thread hand-offs.
+            self.shared.feeder.run_ready(1);
+        }
         let sent = Instant::now();
         self.await_outcome(&waiter, guard, deadline, sent)
     }

@@ -57,6 +57,9 @@ struct Shared<T, E> {
     idle: Condvar,
     /// `Feeder::wait_until` waits here for completions.
     progress: Condvar,
+    /// What applying a record means (workers, and callers that run ready
+    /// records themselves: `Feeder::run_ready`).
+    apply: Arc<Box<WorkFn<T, E>>>,
 }
 
 impl<T, E> Shared<T, E> {
@@ -88,7 +91,6 @@ pub struct PoolEnd<T, E> {
 impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
     /// Starts `threads` workers applying what `sched` makes ready with `work`.
     pub fn start(threads: usize, sched: Scheduler<T>, work: Box<WorkFn<T, E>>) -> Self {
-        let work = Arc::new(work);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 sched,
@@ -104,12 +106,12 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
             work: Condvar::new(),
             idle: Condvar::new(),
             progress: Condvar::new(),
+            apply: Arc::new(work),
         });
         let workers = (0..threads.max(1))
             .map(|_| {
                 let shared = shared.clone();
-                let work = work.clone();
-                thread::spawn(move || worker(&shared, &**work))
+                thread::spawn(move || worker(&shared))
             })
             .collect();
         Pool { shared, workers }
@@ -235,6 +237,37 @@ impl<T, E> Feeder<T, E> {
         }
     }
 
+    /// Queues an item of `partition` without waking a worker: the caller
+    /// runs what is ready itself, right after, with `run_ready` (saving
+    /// the two thread hand-offs of a worker's wake-up and its completion
+    /// notice when the pool is idle). A record it does not find ready is
+    /// waiting for one being applied, whose completion takes it up.
+    pub fn push_quiet(&self, partition: u32, item: Item<T>) {
+        self.shared.state.lock().sched.push(partition, item);
+    }
+
+    /// Applies ready records on the calling thread, at most `limit`, then
+    /// wakes a worker if more are ready.
+    pub fn run_ready(&self, limit: usize) {
+        let shared = &*self.shared;
+        let mut st = shared.state.lock();
+        for _ in 0..limit {
+            if st.stopping || st.paused {
+                break;
+            }
+            let Some((p, item)) = st.sched.take() else {
+                break;
+            };
+            drop(st);
+            st = apply_one(shared, p, item);
+        }
+        let more = !st.stopping && !st.paused && st.sched.has_ready() && st.wake_one();
+        drop(st);
+        if more {
+            shared.work.notify_one();
+        }
+    }
+
     /// Queues an item of `partition`.
     pub fn push(&self, partition: u32, item: Item<T>) {
         let mut st = self.shared.state.lock();
@@ -248,41 +281,52 @@ impl<T, E> Feeder<T, E> {
     }
 }
 
-fn worker<T, E>(shared: &Shared<T, E>, work: &WorkFn<T, E>) {
+/// Applies a record taken from the scheduler (without the lock) and
+/// reports it; returns with the lock held.
+fn apply_one<T, E>(
+    shared: &Shared<T, E>,
+    p: u32,
+    mut item: Item<T>,
+) -> MutexGuard<'_, State<T, E>> {
+    let result = (shared.apply)(p, &mut item);
+    let mut st = shared.state.lock();
+    match result {
+        Ok(()) => {
+            st.sched.complete(p);
+            st.applied += 1;
+            if st.watchers > 0 {
+                shared.progress.notify_all();
+            }
+        }
+        Err(e) => {
+            st.sched.give_back(p, item);
+            if st.error.is_none() {
+                st.error = Some(e);
+            }
+            st.stopping = true;
+            shared.wake_all();
+        }
+    }
+    if st.sched.in_flight() == 0 {
+        // A pause waits for this; closing workers may now exit.
+        shared.wake_all();
+    }
+    st
+}
+
+fn worker<T, E>(shared: &Shared<T, E>) {
     let mut st = shared.state.lock();
     loop {
         if st.stopping {
             break;
         }
-        if let Some((p, mut item)) = (!st.paused).then(|| st.sched.take()).flatten() {
+        if let Some((p, item)) = (!st.paused).then(|| st.sched.take()).flatten() {
             let more = st.sched.has_ready() && st.wake_one();
             drop(st);
             if more {
                 shared.work.notify_one();
             }
-            let result = work(p, &mut item);
-            st = shared.state.lock();
-            match result {
-                Ok(()) => {
-                    st.sched.complete(p);
-                    st.applied += 1;
-                    if st.watchers > 0 {
-                        shared.progress.notify_all();
-                    }
-                }
-                Err(e) => {
-                    st.sched.give_back(p, item);
-                    if st.error.is_none() {
-                        st.error = Some(e);
-                    }
-                    st.stopping = true;
-                    shared.wake_all();
-                }
-            }
-            if st.sched.in_flight() == 0 {
-                // A pause waits for this; closing workers may now exit.
-                shared.wake_all();
-            }
+            st = apply_one(shared, p, item);
             // Records this one unblocked: this worker takes one at once,
             // and wakes another if more are ready (above).
             continue;
@@ -587,6 +631,40 @@ mod loom_tests {
             pool.resume();
             let end = pool.close();
             assert_eq!(end.applied, 3);
+        });
+    }
+
+    /// Two callers that queue quietly and run what is ready themselves,
+    /// racing each other and a worker, one record depending on the other's:
+    /// each is applied exactly once, the dependency first, and a record a
+    /// caller did not find ready is taken up by whoever completes its
+    /// dependency.
+    #[test]
+    fn loom_callers_run_ready_records_themselves() {
+        model(|| {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let l2 = log.clone();
+            let work: Box<WorkFn<u64, ()>> = Box::new(move |_p, item: &mut Item<u64>| {
+                l2.lock().push(item.seq);
+                Ok(())
+            });
+            let pool = Pool::start(1, Scheduler::new(&[0, 0]), work);
+            let callers: Vec<_> = [(0, item(1, &[])), (1, item(2, &[(0, 1)]))]
+                .into_iter()
+                .map(|(p, it)| {
+                    let feeder = pool.feeder();
+                    thread::spawn(move || {
+                        feeder.push_quiet(p, it);
+                        feeder.run_ready(1);
+                    })
+                })
+                .collect();
+            for c in callers {
+                c.join().unwrap();
+            }
+            let end = pool.close();
+            assert_eq!(end.applied, 2);
+            assert_eq!(*log.lock(), vec![1, 2]);
         });
     }
 

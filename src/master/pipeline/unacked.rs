@@ -54,11 +54,86 @@ struct Acked {
     last_seq: u64,
 }
 
+/// The window and its waiters: what acknowledgements and the threads
+/// waiting for them (barriers, room for a call, recovery, shutdown) meet
+/// at. Every change is made under the lock and notified after it, so a
+/// waiter that checked before a change is already waiting when it is
+/// notified (loom model below).
+pub(super) struct Settlement {
+    window: Mutex<Window>,
+    settled: Condvar,
+}
+
+/// Why `Settlement::wait_for` returned before its condition held.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum NotYet {
+    /// The deadline passed.
+    Deadline,
+    /// `give_up` said so (a stop, a failed delivery).
+    GaveUp,
+}
+
+impl Settlement {
+    pub(super) fn new(limits: WindowLimits) -> Self {
+        Settlement {
+            window: Mutex::new(Window::new(limits)),
+            settled: Condvar::new(),
+        }
+    }
+
+    /// The window, locked.
+    pub(super) fn lock(&self) -> crate::sync::MutexGuard<'_, Window> {
+        self.window.lock()
+    }
+
+    /// Changes the window with `change` (acknowledgements) and wakes every
+    /// waiter; returns what `change` did, and whether it made room (the
+    /// window was full and is not any more).
+    pub(super) fn settle<R>(&self, change: impl FnOnce(&mut Window) -> R) -> (R, bool) {
+        let now = Instant::now();
+        let mut w = self.window.lock();
+        let was_full = w.is_full(now);
+        let r = change(&mut w);
+        let made_room = was_full && !w.is_full(now);
+        drop(w);
+        self.settled.notify_all();
+        (r, made_room)
+    }
+
+    /// Wakes every waiter to re-check its `give_up` (set before this).
+    pub(super) fn wake(&self) {
+        drop(self.window.lock());
+        self.settled.notify_all();
+    }
+
+    /// Waits until `done` holds of the window, `give_up` holds, or the
+    /// deadline passes.
+    pub(super) fn wait_for(
+        &self,
+        deadline: Instant,
+        done: impl Fn(&Window) -> bool,
+        give_up: impl Fn() -> bool,
+    ) -> Result<(), NotYet> {
+        let mut w = self.window.lock();
+        loop {
+            if done(&w) {
+                return Ok(());
+            }
+            if give_up() {
+                return Err(NotYet::GaveUp);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(NotYet::Deadline);
+            }
+            w = self.settled.wait_timeout(w, deadline - now);
+        }
+    }
+}
+
 /// The `fsync` mode's state.
 pub(super) struct Unacknowledged {
-    window: Mutex<Window>,
-    /// Notified at every acknowledgement (barriers wait here).
-    settled: Condvar,
+    settlement: Settlement,
     /// Appended under the sequencing lock (so in sequence order).
     wal: Mutex<Wal>,
     wal_dir: std::path::PathBuf,
@@ -78,8 +153,7 @@ impl Unacknowledged {
             })
             .collect();
         Unacknowledged {
-            window: Mutex::new(Window::new(start.limits)),
-            settled: Condvar::new(),
+            settlement: Settlement::new(start.limits),
             wal: Mutex::new(start.wal),
             wal_dir: start.wal_dir,
             acked: Mutex::new(acked),
@@ -90,14 +164,8 @@ impl Unacknowledged {
     /// Removes what `settle` says is acknowledged from the window; wakes
     /// barriers, and callers waiting for room if it made some.
     fn settle<R>(&self, shared: &Shared, settle: impl FnOnce(&mut Window) -> R) -> R {
-        let now = Instant::now();
-        let mut w = self.window.lock();
-        let was_full = w.is_full(now);
-        let r = settle(&mut w);
-        let full = w.is_full(now);
-        drop(w);
-        self.settled.notify_all();
-        if was_full && !full {
+        let (r, made_room) = self.settlement.settle(settle);
+        if made_room {
             shared.wake_callers();
         }
         r
@@ -109,7 +177,7 @@ impl Shared {
     pub(super) fn window_full(&self) -> bool {
         self.unacked
             .as_ref()
-            .is_some_and(|u| u.window.lock().is_full(Instant::now()))
+            .is_some_and(|u| u.settlement.lock().is_full(Instant::now()))
     }
 }
 
@@ -148,14 +216,14 @@ impl Pipeline {
             since: Instant::now(),
         };
         let mut wal = u.wal.lock();
-        let watermark = u.window.lock().watermark(seq - 1);
+        let watermark = u.settlement.lock().watermark(seq - 1);
         wal.trim(watermark).map_err(write_ahead_error)?;
         let mark = wal.append(&unacked).map_err(write_ahead_error)?;
         let generation = shared.generation.load(Ordering::SeqCst);
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        u.window.lock().add(unacked.clone());
+        u.settlement.lock().add(unacked.clone());
         if let Err(e) = send_copy(shared, st, &unacked, generation) {
-            u.window.lock().remove(seq);
+            u.settlement.lock().remove(seq);
             if let Err(e) = wal.undo(mark) {
                 tracing::error!("taking back a write-ahead record the producer refused: {e}");
             }
@@ -170,7 +238,9 @@ impl Pipeline {
         d.pushed[p as usize] = offset + 1;
         d.last[p as usize] = (pseq, seq);
         notifier.delivered();
-        shared.feeder.push(
+        // The caller applies it itself once the locks are released
+        // (`Pipeline::run_ready`), unless a worker is on it first.
+        shared.feeder.push_quiet(
             p,
             applied_entry(shared, offset, record, notifier).into_item(),
         );
@@ -187,30 +257,29 @@ impl Pipeline {
         };
         let deadline = super::call_deadline(shared.timeout);
         let last = shared.state.lock().seq.last_seq();
-        let mut w = u.window.lock();
-        while !w.settled_through(last) {
-            if shared.stopping.load(Ordering::SeqCst) {
-                return Err(FsError::ShuttingDown);
-            }
-            let now = Instant::now();
-            if now >= deadline {
+        let stopping = || shared.stopping.load(Ordering::SeqCst);
+        match u
+            .settlement
+            .wait_for(deadline, |w| w.settled_through(last), stopping)
+        {
+            Ok(()) => Ok(()),
+            Err(NotYet::GaveUp) => Err(FsError::ShuttingDown),
+            Err(NotYet::Deadline) => {
                 tracing::warn!(
                     "a sync waited {:?} for Kafka to acknowledge {} records; it fails with EIO \
                      (the records stay in the write-ahead file and are sent again)",
                     shared.timeout,
-                    w.len()
+                    u.settlement.lock().len()
                 );
-                return Err(FsError::NotAcknowledged(shared.timeout));
+                Err(FsError::NotAcknowledged(shared.timeout))
             }
-            w = u.settled.wait_timeout(w, deadline - now);
         }
-        Ok(())
     }
 
     /// Records and bytes not acknowledged yet (`fsync` mode).
     pub fn unacknowledged(&self) -> Option<(usize, u64)> {
         let u = self.shared.unacked.as_ref()?;
-        let w = u.window.lock();
+        let w = u.settlement.lock();
         Some((w.len(), w.bytes()))
     }
 
@@ -222,12 +291,8 @@ impl Pipeline {
             return;
         };
         let deadline = Instant::now() + timeout;
-        let mut w = u.window.lock();
-        while !w.is_empty() && Instant::now() < deadline {
-            w = u.settled.wait_timeout(w, deadline - Instant::now());
-        }
-        let left = w.len();
-        drop(w);
+        let _ = u.settlement.wait_for(deadline, Window::is_empty, || false);
+        let left = u.settlement.lock().len();
         if left > 0 {
             tracing::warn!(
                 "{left} records were not acknowledged by Kafka before exit; they stay in {} and \
@@ -298,7 +363,7 @@ impl Pipeline {
     /// Sends the window again, in sequence order, and waits for it.
     fn send_again(&self, u: &Unacknowledged) -> Result<(), JournalError> {
         let shared = &self.shared;
-        let again = u.window.lock().in_order();
+        let again = u.settlement.lock().in_order();
         if !again.is_empty() {
             tracing::warn!(
                 "recovery: sending {} unacknowledged records again",
@@ -317,23 +382,19 @@ impl Pipeline {
         }
         drop(st);
         let deadline = Instant::now() + shared.timeout;
-        let mut w = u.window.lock();
-        while !w.is_empty() {
-            let now = Instant::now();
-            if u.failures.load(Ordering::SeqCst) != failures {
-                return Err(JournalError::Closed);
-            }
-            if now >= deadline || shared.stopping.load(Ordering::SeqCst) {
-                return Err(JournalError::Timeout(shared.timeout));
-            }
-            w = u.settled.wait_timeout(w, deadline - now);
+        let give_up = || {
+            u.failures.load(Ordering::SeqCst) != failures || shared.stopping.load(Ordering::SeqCst)
+        };
+        match u.settlement.wait_for(deadline, Window::is_empty, give_up) {
+            Ok(()) => Ok(()),
+            Err(NotYet::GaveUp) => Err(JournalError::Closed),
+            Err(NotYet::Deadline) => Err(JournalError::Timeout(shared.timeout)),
         }
-        Ok(())
     }
 
     /// Another master took over while records were unacknowledged.
     fn diverged(&self, u: &Unacknowledged, why: &str) {
-        let n = u.window.lock().len();
+        let n = u.settlement.lock().len();
         tracing::error!(
             "{n} records applied to the data-root will never be in the journal ({why}); the \
              data-root is marked for a roll-back to the journal at the next start"
@@ -393,8 +454,7 @@ fn acknowledged(
         Err(e) => {
             tracing::warn!("record {seq} (partition {p}) not acknowledged: {e}; sending it again");
             u.failures.fetch_add(1, Ordering::SeqCst);
-            drop(u.window.lock());
-            u.settled.notify_all();
+            u.settlement.wake();
             shared.start_recovery();
             return;
         }
@@ -432,4 +492,81 @@ fn acknowledged(
     };
     drop(acked);
     u.settle(shared, |w| w.remove(seq));
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model-checked with `RUSTFLAGS="--cfg loom" cargo test --lib --release loom`.
+    use super::*;
+    use crate::sync::{thread, Arc, AtomicBool};
+
+    fn unacked(seq: u64) -> Unacked {
+        Unacked {
+            seq,
+            partition: 0,
+            pseq: seq,
+            key: Vec::new(),
+            payload: Default::default(),
+            op: "write",
+            since: Instant::now(),
+        }
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        if b.preemption_bound.is_none() {
+            b.preemption_bound = Some(3);
+        }
+        b.check(f);
+    }
+
+    /// A barrier on records 1 and 2 while their acknowledgements arrive on
+    /// two threads in any order: it returns exactly when both are in (loom
+    /// has no time: a lost wake-up would hang the model).
+    #[test]
+    fn loom_barrier_sees_every_acknowledgement() {
+        model(|| {
+            let s = Arc::new(Settlement::new(WindowLimits::default()));
+            for seq in 1..=3 {
+                s.lock().add(unacked(seq));
+            }
+            let ackers: Vec<_> = [1, 2]
+                .into_iter()
+                .map(|seq| {
+                    let s = s.clone();
+                    thread::spawn(move || {
+                        s.settle(|w| w.remove(seq));
+                    })
+                })
+                .collect();
+            let far = Instant::now() + std::time::Duration::from_secs(3600);
+            s.wait_for(far, |w| w.settled_through(2), || false).unwrap();
+            assert!(s.lock().settled_through(2));
+            assert!(!s.lock().settled_through(3), "record 3 is still out");
+            for a in ackers {
+                a.join().unwrap();
+            }
+        });
+    }
+
+    /// A failed delivery wakes a waiter that gives up on it.
+    #[test]
+    fn loom_a_failure_wakes_the_waiter() {
+        model(|| {
+            let s = Arc::new(Settlement::new(WindowLimits::default()));
+            s.lock().add(unacked(1));
+            let failed = Arc::new(AtomicBool::new(false));
+            let failer = {
+                let (s, failed) = (s.clone(), failed.clone());
+                thread::spawn(move || {
+                    failed.store(true, Ordering::SeqCst);
+                    s.wake();
+                })
+            };
+            let far = Instant::now() + std::time::Duration::from_secs(3600);
+            let r = s.wait_for(far, Window::is_empty, || failed.load(Ordering::SeqCst));
+            assert_eq!(r, Err(NotYet::GaveUp));
+            failer.join().unwrap();
+        });
+    }
 }
