@@ -263,12 +263,14 @@ pub struct MasterArgs {
     pub durability: DurabilityArg,
 
     /// `fsync` durability: most records applied but not yet acknowledged
-    /// by Kafka; new calls wait while the window is full.
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// by Kafka (at most 500 000, half the producer's queue); new calls
+    /// wait while the window is full.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=500_000))]
     pub window_records: u64,
 
-    /// `fsync` durability: most bytes of such records (MiB).
-    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    /// `fsync` durability: most bytes of such records (MiB, at most 512,
+    /// half the producer's queue).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub window_mib: u64,
 
     /// `fsync` durability: longest a record may wait for its
