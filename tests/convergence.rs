@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use kafkafs::journal::memory::MemoryJournal;
 use kafkafs::journal::{Journal, Source};
+use kafkafs::master::durability::Durability;
 use kafkafs::master::fs::{MasterFs, SetAttr, SetTime};
 use kafkafs::master::inodes::ROOT;
 use kafkafs::master::pipeline::ReplayOrder;
@@ -279,11 +280,13 @@ fn run_master(
     writers: usize,
     ops: usize,
     ordering: ReplayOrder,
+    durability: Durability,
 ) -> std::path::PathBuf {
     let data = dir.join("data");
     let mut config = MasterConfig::new(&data);
     config.threads = 4;
     config.ordering = ordering;
+    config.durability = durability;
     config.journal_timeout = std::time::Duration::from_secs(20);
     let master = Master::start(&config, journal, Arc::new(AtomicBool::new(false))).unwrap();
     let fs = master.fs.clone();
@@ -542,13 +545,27 @@ fn randomized_convergence_in_memory() {
         } else {
             ReplayOrder::Causal
         };
+        // Every third seed answers before the acknowledgement.
+        let durability = if seed % 3 == 1 {
+            Durability::Fsync
+        } else {
+            Durability::Journal
+        };
         let dir = common::tempdir();
         let j = MemoryJournal::new(partitions);
-        let data = run_master(Arc::new(j.clone()), dir.path(), seed, 4, 40, ordering);
+        let data = run_master(
+            Arc::new(j.clone()),
+            dir.path(),
+            seed,
+            4,
+            40,
+            ordering,
+            durability,
+        );
         let ctx = |threads: usize| {
             format!(
                 "seed {seed} (rerun: KAFKAFS_TEST_SEED={seed}), {partitions} partitions, \
-                 {threads} slave threads, {ordering:?} ordering"
+                 {threads} slave threads, {ordering:?} ordering, {durability:?} durability"
             )
         };
         for threads in THREADS {
@@ -588,16 +605,31 @@ fn randomized_convergence_real_broker() {
         let cfg = common::kafka_topic(&format!("conv{partitions}"), partitions);
         let dir = common::tempdir();
         let journal: Arc<dyn Journal> = Arc::new(cfg.clone());
-        let data = run_master(journal, dir.path(), seed, 4, 30, ReplayOrder::Causal);
+        let durability = if i % 2 == 1 {
+            Durability::Fsync
+        } else {
+            Durability::Journal
+        };
+        let data = run_master(
+            journal,
+            dir.path(),
+            seed,
+            4,
+            30,
+            ReplayOrder::Causal,
+            durability,
+        );
         for threads in THREADS {
             let replica = dir.path().join(format!("slave-{threads}"));
             replay(common::kafka_source(&cfg), &cfg.topic, &replica, threads).unwrap_or_else(|e| {
-                panic!("seed {seed}, {partitions} partitions, {threads} threads: {e}")
+                panic!(
+                    "seed {seed}, {partitions} partitions, {threads} threads, {durability:?}: {e}"
+                )
             });
             if let Err(d) = kafkafs::tree::compare(&data, &replica).unwrap() {
                 panic!(
-                    "seed {seed}, {partitions} partitions, {threads} slave threads (real broker): \
-                     slave differs:\n  {}",
+                    "seed {seed}, {partitions} partitions, {threads} slave threads, \
+                     {durability:?} durability (real broker): slave differs:\n  {}",
                     d.join("\n  ")
                 );
             }
@@ -621,7 +653,17 @@ fn multi_partition_slave_killed_with_sigkill_converges() {
     let cfg = common::kafka_topic("sigkill-multi", partitions);
     let dir = common::tempdir();
     let journal: Arc<dyn Journal> = Arc::new(cfg.clone());
-    let data = run_master(journal, dir.path(), seed, 4, 300, ReplayOrder::Conflicts);
+    // The journal of an fsync-mode master (offsets taken ahead of the
+    // acknowledgements): the slave's exactly-once resume is unchanged.
+    let data = run_master(
+        journal,
+        dir.path(),
+        seed,
+        4,
+        300,
+        ReplayOrder::Conflicts,
+        Durability::Fsync,
+    );
     let source = common::kafka_source(&cfg);
     let total: i64 = (0..partitions)
         .map(|p| source.watermarks(p).unwrap().1)
