@@ -654,6 +654,16 @@ impl Op {
         }
     }
 
+    /// Every path it names (the target; and the source of a link or
+    /// rename).
+    pub fn paths(&self) -> Vec<&RelPath> {
+        match self {
+            Op::Link { src, dst } => vec![src, dst],
+            Op::Rename { src, dst, .. } => vec![src, dst],
+            other => vec![other.target()],
+        }
+    }
+
     /// Does the operation add, remove or move a directory entry?
     pub fn is_namespace(&self) -> bool {
         matches!(

@@ -219,3 +219,41 @@ fn real_broker_outage_mid_workload() {
         failures.iter().max()
     );
 }
+
+/// The kernel caches entries and attributes for a long TTL; an unlink
+/// answered EIO (its acknowledgement came late) that then took effect is
+/// forgotten by the kernel once the journal recovers: the name is gone on
+/// the mount at once, not after the TTL.
+#[test]
+fn a_late_effect_is_not_hidden_by_the_kernel_cache() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_late_effect_is_not_hidden_by_the_kernel_cache",
+    ) {
+        return;
+    }
+    let j = MemoryJournal::new(1);
+    let timeout = Duration::from_secs(1);
+    let m = Mounted::with_journal(Arc::new(j.clone()), 1, |c| c.journal_timeout = timeout);
+    fs::write(m.path("f"), b"cached").unwrap();
+    assert!(fs::metadata(m.path("f")).is_ok(), "the kernel caches f");
+
+    j.hold_acks(true);
+    let e = fs::remove_file(m.path("f")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EIO, "{e}");
+    // The acknowledgement comes after all: the unlink took effect.
+    j.hold_acks(false);
+    common::wait_recovered(&m, Duration::from_secs(30));
+    assert!(!m.data.join("f").exists(), "the unlink was applied");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fs::symlink_metadata(m.path("f")).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel still shows f, removed behind its back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The mount works on.
+    fs::write(m.path("f"), b"again").unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"again");
+}

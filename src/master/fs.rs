@@ -922,6 +922,12 @@ impl MasterFs {
         self.handles.lock().get(&fh).is_some_and(|h| h.sync)
     }
 
+    /// Tells the filesystem how to make the kernel forget what it cached
+    /// (installed by the mount).
+    pub fn set_kernel_cache(&self, cache: Arc<dyn crate::master::kernel_cache::KernelCache>) {
+        self.pipeline.set_kernel_cache(cache);
+    }
+
     /// Does the mount answer before Kafka's acknowledgement (the `fsync`
     /// durability mode, where the kernel may cache writes)?
     pub fn answers_before_acknowledgement(&self) -> bool {

@@ -24,9 +24,15 @@ use crate::record::Caller;
 use crate::sync::channel;
 
 /// How long the kernel may cache attributes and entries. kafkafs is the
-/// only writer of its data-root and every mutation replies with fresh
-/// attributes, so caching is safe.
-const TTL: Duration = Duration::from_secs(1);
+/// only writer of its data-root, every mutation replies with fresh
+/// attributes, and what changes without a reply is invalidated
+/// (`KernelCache`), so long caching is safe.
+const TTL: Duration = Duration::from_secs(60);
+
+/// How long the kernel may answer "no such name" itself. Short: negative
+/// entries are not tracked, so a name created behind the kernel's back
+/// (a record applied after its caller got EIO) is seen within this.
+const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -143,6 +149,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The entry of a name that does not exist (node id 0).
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn reply_entry(reply: ReplyEntry, r: Result<Attr, FsError>) {
     match r {
         Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
@@ -177,6 +204,51 @@ fn bytes(s: &OsStr) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
+/// What the kernel must forget, sent from a thread of its own: a
+/// notification can wait for a directory lock that a request in flight
+/// holds, and that request may be waiting for the thread that noticed the
+/// change.
+enum Forget {
+    Entry(u64, Vec<u8>),
+    Inode(u64),
+}
+
+/// The kernel's cache of the mount, over FUSE notifications.
+struct Invalidations(channel::Sender<Forget>);
+
+impl Invalidations {
+    fn start(notifier: fuser::Notifier) -> std::io::Result<Invalidations> {
+        let (tx, rx) = channel::unbounded::<Forget>();
+        std::thread::Builder::new()
+            .name("kafkafs-invalidate".into())
+            .spawn(move || {
+                while let Ok(f) = rx.recv() {
+                    // ENOENT: the kernel had already forgotten it.
+                    let sent = match &f {
+                        Forget::Entry(parent, name) => {
+                            notifier.inval_entry(INodeNo(*parent), OsStr::from_bytes(name))
+                        }
+                        Forget::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                    };
+                    if let Err(e) = sent {
+                        tracing::debug!("kernel cache invalidation: {e}");
+                    }
+                }
+            })?;
+        Ok(Invalidations(tx))
+    }
+}
+
+impl crate::master::kernel_cache::KernelCache for Invalidations {
+    fn forget_entry(&self, parent: u64, name: &[u8]) {
+        let _ = self.0.send(Forget::Entry(parent, name.to_vec()));
+    }
+
+    fn forget_inode(&self, ino: u64) {
+        let _ = self.0.send(Forget::Inode(ino));
+    }
+}
+
 /// A mounted master filesystem, served by background threads.
 pub struct Mount(fuser::BackgroundSession);
 
@@ -200,7 +272,10 @@ impl Mount {
         config.acl = fuser::SessionACL::All;
         config.n_threads = Some(4);
         config.clone_fd = true;
-        fuser::spawn_mount(adapter, mountpoint, &config).map(Mount)
+        let fs = adapter.fs.clone();
+        let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
+        fs.set_kernel_cache(Arc::new(Invalidations::start(session.notifier())?));
+        Ok(Mount(session))
     }
 
     /// Has the kernel ended the session (unmounted from outside)?
@@ -231,7 +306,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup(parent.0, name.as_bytes()))
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            // A negative entry: the kernel answers ENOENT itself for
+            // NEGATIVE_TTL (a name this mount creates replaces it).
+            Err(e) if errno(&e) == FErrno::ENOENT => {
+                reply.entry(&NEGATIVE_TTL, &negative_entry(), Generation(0))
+            }
+            r => reply_entry(reply, r),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

@@ -441,6 +441,14 @@ impl InodeTable {
         self.len() == 0
     }
 
+    /// Every name the kernel knows: (directory, name, inode).
+    pub fn known_names(&self) -> Vec<(u64, Vec<u8>, u64)> {
+        self.by_name
+            .iter()
+            .map(|((parent, name), ino)| (*parent, name.clone(), *ino))
+            .collect()
+    }
+
     /// Drops every name that no longer matches the data-root (after records
     /// were applied behind the table's back: by recovery, or after their
     /// callers had given up waiting), and every handle cached for it.

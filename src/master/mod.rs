@@ -14,6 +14,7 @@ pub mod fuse;
 pub(crate) mod handoff;
 pub mod import;
 pub mod inodes;
+pub mod kernel_cache;
 pub mod keys;
 pub mod pipeline;
 pub mod sequencer;

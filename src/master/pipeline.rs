@@ -30,6 +30,7 @@ use crate::error::{Errno, FsError, JournalError};
 use crate::journal::{Journal, Message, Sink, Source};
 use crate::master::handoff::{handoff, GaveUp, Notifier, Progress, Waiter};
 use crate::master::inodes::InodeTable;
+use crate::master::kernel_cache::{CacheSlot, KernelCache};
 use crate::master::keys::KeySet;
 use crate::master::sequencer::Sequencer;
 use crate::op::hex;
@@ -214,6 +215,9 @@ struct Shared {
     /// The `fsync` durability mode: records applied and answered before
     /// their acknowledgement (`None`: the `journal` mode).
     unacked: Option<Unacknowledged>,
+    /// The kernel's cache of the mount, told about changes no reply
+    /// described.
+    kernel: CacheSlot,
 }
 
 impl Shared {
@@ -367,6 +371,7 @@ impl Pipeline {
             fenced: Mutex::new(None),
             stats: JournalStats::default(),
             unacked: s.fsync.map(|f| Unacknowledged::new(f, &s.tails)),
+            kernel: CacheSlot::default(),
         });
         let pipeline = Pipeline { shared };
         let recovery = pipeline.clone();
@@ -376,6 +381,13 @@ impl Pipeline {
             .map_err(|_| JournalError::Closed)?;
         *pipeline.shared.recovery.lock() = Some(handle);
         Ok(pipeline)
+    }
+
+    /// Installs the mount's kernel cache: records applied after their
+    /// caller gave up, and records recovery applies, make it forget what
+    /// they changed.
+    pub fn set_kernel_cache(&self, cache: Arc<dyn KernelCache>) {
+        self.shared.kernel.set(cache);
     }
 
     /// The topic's partition count.
@@ -844,9 +856,16 @@ impl Pipeline {
             self.fence_out(&why);
             return Ok(());
         }
+        // Wait for the applier (records found in the log, and records whose
+        // acknowledgement came after their caller got EIO), then the kernel
+        // forgets what it cached (no reply described those changes) and
+        // the table re-reads names recovery changed.
+        // (A failing data-root does not hold recovery up for long: the
+        // kernel then forgets after the journal timeout.)
+        let caught_up = self.applied_within(&read.last, shared.timeout);
+        shared.kernel.forget_everything(&shared.inodes);
         if read.applied > 0 {
-            // Wait for the applier, then forget names recovery changed.
-            if !self.wait_applied(&read.last) {
+            if !caught_up && !self.wait_applied(&read.last) {
                 return Err(JournalError::Closed);
             }
             shared.inodes.lock().revalidate();
@@ -935,20 +954,33 @@ impl Pipeline {
         self.shared.fenced.lock().clone()
     }
 
+    /// Has the applier applied up to `last` (seq) everywhere within
+    /// `timeout`?
+    fn applied_within(&self, last: &[(u64, u64)], timeout: Duration) -> bool {
+        self.shared
+            .feeder
+            .wait_until(timeout, applied_through(last))
+    }
+
     /// Waits until the applier has applied up to `last` (seq) everywhere;
     /// false if the master is stopping first.
     fn wait_applied(&self, last: &[(u64, u64)]) -> bool {
-        let done = |s: &crate::replica::scheduler::Scheduler<Entry>| {
-            (0..s.partitions()).all(|p| s.applied_seq(p) >= last[p as usize].1)
-        };
+        let done = applied_through(last);
         // Woken by every completion; the timeout only re-checks for a stop.
         while !self.shared.stopping.load(Ordering::SeqCst) {
-            if self.shared.feeder.wait_until(Duration::from_secs(1), done) {
+            if self.shared.feeder.wait_until(Duration::from_secs(1), &done) {
                 return true;
             }
         }
         false
     }
+}
+
+/// Has the scheduler applied up to `last` (seq) in every partition?
+fn applied_through(
+    last: &[(u64, u64)],
+) -> impl Fn(&crate::replica::scheduler::Scheduler<Entry>) -> bool + '_ {
+    |s| (0..s.partitions()).all(|p| s.applied_seq(p) >= last[p as usize].1)
 }
 
 /// The producer's delivery report for one record.
@@ -1022,15 +1054,20 @@ fn applied_entry(
     notifier: Notifier<KeyGuard>,
 ) -> Entry {
     let namespace = record.op.is_namespace();
+    let paths: Vec<crate::op::RelPath> = record.op.paths().into_iter().cloned().collect();
     let mut entry = Entry::apply(offset, record);
     let acked = Instant::now();
     let stats = shared.clone();
     entry.done = Some(Box::new(move |outcome| {
         stats.stats.applying.record(acked.elapsed());
         if let Some(keys) = notifier.applied(outcome.unwrap_or(Ok(()))) {
-            // Its caller gave up: the names it changed are re-read.
+            // Its caller gave up: no reply told the kernel; it forgets
+            // what the record changed, and the names are re-read.
+            let shared = &keys.shared;
+            let paths: Vec<&crate::op::RelPath> = paths.iter().collect();
+            shared.kernel.forget(&shared.inodes, &paths);
             if namespace {
-                keys.shared.inodes.lock().revalidate();
+                shared.inodes.lock().revalidate();
             }
             drop(keys);
         }
