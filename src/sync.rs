@@ -281,3 +281,15 @@ mod imp {
 }
 
 pub use imp::*;
+
+/// Runs a loom model over every interleaving up to a preemption bound of 3
+/// (the usual loom practice: bugs needing more preemptions are rare;
+/// override with LOOM_MAX_PREEMPTIONS).
+#[cfg(all(test, loom))]
+pub(crate) fn bounded_model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(3);
+    }
+    b.check(f);
+}

@@ -254,11 +254,7 @@ mod loom_tests {
     fn delivery_apply_reply(patient: bool) {
         // Bounded preemptions (as the pool's own models): four threads make
         // the unbounded search take minutes for no extra interleaving class.
-        let mut model = loom::model::Builder::new();
-        if model.preemption_bound.is_none() {
-            model.preemption_bound = Some(3);
-        }
-        model.check(move || {
+        crate::sync::bounded_model(move || {
             let released = Arc::new(AtomicUsize::new(0));
             let (notifier, waiter) = handoff::<Keys>();
             type Done = Box<dyn FnOnce() + Send>;

@@ -85,8 +85,13 @@ impl Forget {
 }
 
 /// Where the pipeline finds the kernel's cache, once a mount exists.
-#[derive(Default)]
 pub struct CacheSlot(Mutex<Option<std::sync::Arc<dyn KernelCache>>>);
+
+impl Default for CacheSlot {
+    fn default() -> Self {
+        CacheSlot(Mutex::new(None))
+    }
+}
 
 impl CacheSlot {
     /// Installs the mount's cache.

@@ -807,18 +807,28 @@ impl Pipeline {
         }
     }
 
-    /// Reconciles the data-root with what the journal actually holds.
-    fn recover(&self) -> Result<(), JournalError> {
+    /// Recovery's first step: outstanding deliveries report (librdkafka
+    /// fails them after the message timeout at the latest), then a fresh
+    /// producer replaces the old one (this fails while the journal is
+    /// away), and a reader of the log.
+    #[allow(clippy::type_complexity)]
+    fn fresh_producer(&self) -> Result<(Arc<dyn Sink>, Box<dyn Source>), JournalError> {
         let shared = &self.shared;
-        // Let outstanding deliveries report (librdkafka fails them after
-        // the message timeout at the latest).
         let wait_until = Instant::now() + shared.timeout + Duration::from_secs(5);
         shared.wait_for(Some(wait_until), || {
             shared.in_flight.load(Ordering::SeqCst) == 0 || shared.stopping.load(Ordering::SeqCst)
         });
-        // A fresh producer first: this fails while the journal is away.
         let sink = shared.journal.sink()?;
-        let mut source = shared.journal.source()?;
+        let source = shared.journal.source()?;
+        let old = std::mem::replace(&mut shared.state.lock().sink, sink.clone());
+        drop(old);
+        Ok((sink, source))
+    }
+
+    /// Reconciles the data-root with what the journal actually holds.
+    fn recover(&self) -> Result<(), JournalError> {
+        let shared = &self.shared;
+        let (sink, mut source) = self.fresh_producer()?;
         let writer = {
             let st = shared.state.lock();
             Writer {
@@ -826,8 +836,6 @@ impl Pipeline {
                 epoch: st.seq.writer().epoch + 1,
             }
         };
-        let old = std::mem::replace(&mut shared.state.lock().sink, sink.clone());
-        drop(old);
         // From here on, late reports of the old producer are ignored.
         let (from, last, fence) = {
             let d = shared.delivery.lock();

@@ -555,16 +555,7 @@ mod loom_tests {
         }
     }
 
-    /// Explores every interleaving up to a preemption bound (the usual loom
-    /// practice: bugs needing more preemptions are rare; override with
-    /// LOOM_MAX_PREEMPTIONS).
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        if b.preemption_bound.is_none() {
-            b.preemption_bound = Some(3);
-        }
-        b.check(f);
-    }
+    use crate::sync::bounded_model as model;
 
     #[test]
     fn loom_barrier_across_two_partitions() {

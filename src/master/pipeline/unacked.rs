@@ -310,14 +310,7 @@ impl Pipeline {
     /// rest of the window is sent again with a fresh producer.
     pub(super) fn recover_unacked(&self, u: &Unacknowledged) -> Result<(), JournalError> {
         let shared = &self.shared;
-        let wait_until = Instant::now() + shared.timeout + Duration::from_secs(5);
-        shared.wait_for(Some(wait_until), || {
-            shared.in_flight.load(Ordering::SeqCst) == 0 || shared.stopping.load(Ordering::SeqCst)
-        });
-        let sink = shared.journal.sink()?;
-        let mut source = shared.journal.source()?;
-        let old = std::mem::replace(&mut shared.state.lock().sink, sink.clone());
-        drop(old);
+        let (sink, mut source) = self.fresh_producer()?;
         let writer = shared.state.lock().seq.writer().clone();
         let fence = {
             let d = shared.delivery.lock();
@@ -512,13 +505,7 @@ mod loom_tests {
         }
     }
 
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        if b.preemption_bound.is_none() {
-            b.preemption_bound = Some(3);
-        }
-        b.check(f);
-    }
+    use crate::sync::bounded_model as model;
 
     /// A barrier on records 1 and 2 while their acknowledgements arrive on
     /// two threads in any order: it returns exactly when both are in (loom
