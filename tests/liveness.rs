@@ -396,3 +396,73 @@ fn portable_limits_fit_ext4() {
     assert_eq!(have.max_file_size, portable.max_file_size, "{have:?}");
     assert!(have.xattr_bytes_max < 4200, "{have:?}");
 }
+
+/// The same in the `fsync` durability mode, where calls are answered
+/// before Kafka's acknowledgement: a frozen data-root (which also holds the
+/// write-ahead file) still gets every caller an answer within the journal
+/// timeout — EIO for calls whose record cannot be written ahead or
+/// applied — while reads and lookups go on; the records take effect once
+/// it thaws.
+#[test]
+fn a_stalled_data_root_answers_within_the_timeout_in_fsync_mode() {
+    if common::skip(
+        common::Need::Kafka,
+        "a_stalled_data_root_answers_within_the_timeout_in_fsync_mode",
+    ) {
+        return;
+    }
+    let dir = common::tempdir();
+    let image = dir.path().join("image");
+    let ext4 = Ext4::mount(&dir.path().join("data"), &image, 64);
+    let journal = Arc::new(common::kafka_topic("stalled-root-fsync", 2));
+    let timeout = Duration::from_secs(3);
+    let m = Mounted::with_journal_in(dir, journal, 2, |c| {
+        c.journal_timeout = timeout;
+        c.durability = kafkafs::master::durability::Durability::Fsync;
+    });
+    fs::write(m.path("readable"), b"still here").unwrap();
+    fs::create_dir(m.path("elsewhere")).unwrap();
+    // One directory per caller: the kernel serializes the namespace calls
+    // of one directory (each waiting out the one before it).
+    for i in 0..8 {
+        fs::create_dir(m.path(&format!("d{i}"))).unwrap();
+    }
+    let frozen = ext4.freeze();
+    let callers: Vec<_> = (0..8)
+        .map(|i| {
+            let path = m.path(&format!("d{i}/during"));
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = fs::create_dir(&path);
+                (r.map_err(|e| errno_of(&e)), t.elapsed())
+            })
+        })
+        .collect();
+    // mkdir(2) is two requests (a lookup of the new name, then the
+    // mkdir), each answered within the timeout.
+    for c in callers {
+        let (r, took) = c.join().unwrap();
+        assert_eq!(r, Err(libc::EIO));
+        assert!(took < timeout * 3, "a caller was answered after {took:?}");
+    }
+    // Reads, and lookups in a directory no pending record changes, go on
+    // meanwhile.
+    let t = Instant::now();
+    assert_eq!(fs::read(m.path("readable")).unwrap(), b"still here");
+    let e = fs::symlink_metadata(m.path("elsewhere/nothing-here")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENOENT);
+    assert!(t.elapsed() < timeout, "reads waited {:?}", t.elapsed());
+    drop(frozen);
+    // The records were journaled: they take effect once the data-root
+    // thaws.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(0..8).all(|i| m.data.join(format!("d{i}/during")).is_dir()) {
+        assert!(
+            Instant::now() < deadline,
+            "the journaled mkdirs never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::write(m.path("after"), b"fine").unwrap();
+    m.assert_converged("after the data-root stalled and recovered (fsync mode)");
+}

@@ -404,7 +404,9 @@ fn fsync_start(config: &MasterConfig) -> Result<Option<FsyncStart>, MasterError>
     }
     let dir = wal::dir_of(&config.data);
     let segment = (config.window.bytes / 4).clamp(1 << 20, 64 << 20);
-    let wal = wal::Wal::create(&dir, segment).map_err(io(&dir))?;
+    let wal = wal::Wal::create(&dir, segment)
+        .and_then(wal::WalWriter::start)
+        .map_err(io(&dir))?;
     tracing::info!(
         "durability fsync: calls are answered before Kafka acknowledges them (at most {} records,          {} MiB, {:?} unacknowledged); fsync waits for Kafka",
         config.window.records,

@@ -455,14 +455,11 @@ impl Pipeline {
             self.shared.stats.queued.record(a.elapsed());
         }
         let (notifier, waiter) = handoff::<KeyGuard>();
-        let guard = self.sequence_and_send(st, planned, caller, notifier)?;
-        if self.shared.unacked.is_some() {
-            // fsync mode queued the record quietly: apply it on this thread
-            // (no locks held), saving two thread hand-offs.
-            self.shared.feeder.run_ready(1);
-        }
+        let (guard, seq) = self.sequence_and_send(st, planned, caller, notifier)?;
         let sent = Instant::now();
-        self.await_outcome(&waiter, guard, deadline, sent)
+        let applied = self.await_outcome(&waiter, guard, deadline, sent)?;
+        self.written(seq, deadline)?;
+        Ok(applied)
     }
 
     /// Prometheus text for the write path: journal acknowledgement latency,
@@ -619,7 +616,7 @@ impl Pipeline {
         planned: Planned,
         caller: Caller,
         notifier: Notifier<KeyGuard>,
-    ) -> Result<KeyGuard, FsError> {
+    ) -> Result<(KeyGuard, u64), FsError> {
         let shared = &self.shared;
         st.seq.acquire(&planned.keys);
         let guard = KeyGuard {
@@ -635,7 +632,7 @@ impl Pipeline {
         }
         let applied = self.applied_seqs();
         let record = st.seq.number(op, time, caller, &planned.keys, &applied);
-        let partition = record.partition;
+        let (partition, seq) = (record.partition, record.seq);
         let sent = match &shared.unacked {
             Some(u) => self.send_unacked(&st, u, record, notifier),
             None => self
@@ -649,7 +646,7 @@ impl Pipeline {
             self.enter_recovery(&format!("send failed: {e}"));
             return Err(e);
         }
-        Ok(guard)
+        Ok((guard, seq))
     }
 
     /// Each partition's applied sequence number (for causal ordering:

@@ -301,6 +301,115 @@ impl Wal {
     }
 }
 
+/// The write-ahead file, written by a thread of its own: appending under
+/// the sequencing lock would let a stalled data-root (a frozen or failing
+/// filesystem) hold every call — lookups included — past its deadline.
+/// Frames are queued in sequence order (under the sequencing lock) and
+/// written in that order; a caller is answered only once its frame is
+/// written (`wait_written`, bounded by its deadline).
+pub struct WalWriter {
+    tx: crate::sync::Mutex<Option<crate::sync::channel::Sender<(Unacked, u64)>>>,
+    written: std::sync::Arc<(crate::sync::Mutex<Written>, crate::sync::Condvar)>,
+    thread: crate::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How far the writer got.
+#[derive(Default)]
+struct Written {
+    /// Every frame numbered up to this is written.
+    through: u64,
+    /// The file failed: nothing more is written (why).
+    failed: Option<String>,
+}
+
+/// Why `WalWriter::wait_written` returned before the frame was written.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotWritten {
+    /// The deadline passed (a stalled data-root).
+    Deadline,
+    /// The file failed (why).
+    Failed(String),
+}
+
+impl WalWriter {
+    /// Starts writing `wal` from a thread of its own.
+    pub fn start(mut wal: Wal) -> std::io::Result<WalWriter> {
+        let (tx, rx) = crate::sync::channel::unbounded::<(Unacked, u64)>();
+        let written: std::sync::Arc<(crate::sync::Mutex<Written>, crate::sync::Condvar)> =
+            Default::default();
+        let w = written.clone();
+        let thread = std::thread::Builder::new()
+            .name("kafkafs-wal".into())
+            .spawn(move || {
+                while let Ok((u, watermark)) = rx.recv() {
+                    if w.0.lock().failed.is_some() {
+                        continue;
+                    }
+                    let result = wal.trim(watermark).and_then(|()| wal.append(&u).map(drop));
+                    let mut st = w.0.lock();
+                    match result {
+                        Ok(()) => st.through = u.seq,
+                        Err(e) => {
+                            tracing::error!(
+                                "the write-ahead file failed: {e}; mutating calls fail with EIO \
+                                 until the master is restarted (what Kafka acknowledged is safe; \
+                                 the restart rolls the data-root back to the journal)"
+                            );
+                            st.failed = Some(e.to_string());
+                        }
+                    }
+                    drop(st);
+                    w.1.notify_all();
+                }
+            })?;
+        Ok(WalWriter {
+            tx: crate::sync::Mutex::new(Some(tx)),
+            written,
+            thread: crate::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a record's frame (in sequence order); `watermark`: every
+    /// record up to it is acknowledged (their segments may go).
+    pub fn append(&self, u: Unacked, watermark: u64) {
+        if let Some(tx) = self.tx.lock().as_ref() {
+            let _ = tx.send((u, watermark));
+        }
+    }
+
+    /// Why the file failed, if it did.
+    pub fn failed(&self) -> Option<String> {
+        self.written.0.lock().failed.clone()
+    }
+
+    /// Waits until the frame of record `seq` is written, or `deadline`.
+    pub fn wait_written(&self, seq: u64, deadline: std::time::Instant) -> Result<(), NotWritten> {
+        let (lock, cv) = &*self.written;
+        let mut st = lock.lock();
+        loop {
+            if st.through >= seq {
+                return Ok(());
+            }
+            if let Some(why) = &st.failed {
+                return Err(NotWritten::Failed(why.clone()));
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(NotWritten::Deadline);
+            }
+            st = cv.wait_timeout(st, deadline - now);
+        }
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub fn finish(&self) {
+        drop(self.tx.lock().take());
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.seg"))
 }
@@ -411,6 +520,31 @@ mod tests {
         wal.trim(1000).unwrap();
         wal.remove().unwrap();
         assert!(read_leftover(&dir).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_writer_thread_writes_in_order_and_says_how_far() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("wal");
+        let w = WalWriter::start(Wal::create(&dir, 1 << 20).unwrap()).unwrap();
+        for seq in 1..=50 {
+            w.append(unacked(seq, 100), 0);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        assert_eq!(w.wait_written(50, deadline), Ok(()));
+        assert!(w.failed().is_none());
+        w.finish();
+        let seqs: Vec<u64> = read_leftover(&dir)
+            .unwrap()
+            .unwrap()
+            .records
+            .iter()
+            .map(|u| u.seq)
+            .collect();
+        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+        // Nothing more is written after finish; waiting for it times out.
+        let soon = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        assert_eq!(w.wait_written(51, soon), Err(NotWritten::Deadline));
     }
 
     #[test]

@@ -57,8 +57,7 @@ struct Shared<T, E> {
     idle: Condvar,
     /// `Feeder::wait_until` waits here for completions.
     progress: Condvar,
-    /// What applying a record means (workers, and callers that run ready
-    /// records themselves: `Feeder::run_ready`).
+    /// What applying a record means.
     apply: Arc<Box<WorkFn<T, E>>>,
 }
 
@@ -234,37 +233,6 @@ impl<T, E> Feeder<T, E> {
             st.watchers += 1;
             st = self.shared.progress.wait_timeout(st, deadline - now);
             st.watchers -= 1;
-        }
-    }
-
-    /// Queues an item of `partition` without waking a worker: the caller
-    /// runs what is ready itself, right after, with `run_ready` (saving
-    /// the two thread hand-offs of a worker's wake-up and its completion
-    /// notice when the pool is idle). A record it does not find ready is
-    /// waiting for one being applied, whose completion takes it up.
-    pub fn push_quiet(&self, partition: u32, item: Item<T>) {
-        self.shared.state.lock().sched.push(partition, item);
-    }
-
-    /// Applies ready records on the calling thread, at most `limit`, then
-    /// wakes a worker if more are ready.
-    pub fn run_ready(&self, limit: usize) {
-        let shared = &*self.shared;
-        let mut st = shared.state.lock();
-        for _ in 0..limit {
-            if st.stopping || st.paused {
-                break;
-            }
-            let Some((p, item)) = st.sched.take() else {
-                break;
-            };
-            drop(st);
-            st = apply_one(shared, p, item);
-        }
-        let more = !st.stopping && !st.paused && st.sched.has_ready() && st.wake_one();
-        drop(st);
-        if more {
-            shared.work.notify_one();
         }
     }
 
@@ -622,40 +590,6 @@ mod loom_tests {
             pool.resume();
             let end = pool.close();
             assert_eq!(end.applied, 3);
-        });
-    }
-
-    /// Two callers that queue quietly and run what is ready themselves,
-    /// racing each other and a worker, one record depending on the other's:
-    /// each is applied exactly once, the dependency first, and a record a
-    /// caller did not find ready is taken up by whoever completes its
-    /// dependency.
-    #[test]
-    fn loom_callers_run_ready_records_themselves() {
-        model(|| {
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let l2 = log.clone();
-            let work: Box<WorkFn<u64, ()>> = Box::new(move |_p, item: &mut Item<u64>| {
-                l2.lock().push(item.seq);
-                Ok(())
-            });
-            let pool = Pool::start(1, Scheduler::new(&[0, 0]), work);
-            let callers: Vec<_> = [(0, item(1, &[])), (1, item(2, &[(0, 1)]))]
-                .into_iter()
-                .map(|(p, it)| {
-                    let feeder = pool.feeder();
-                    thread::spawn(move || {
-                        feeder.push_quiet(p, it);
-                        feeder.run_ready(1);
-                    })
-                })
-                .collect();
-            for c in callers {
-                c.join().unwrap();
-            }
-            let end = pool.close();
-            assert_eq!(end.applied, 2);
-            assert_eq!(*log.lock(), vec![1, 2]);
         });
     }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Errno, FsError, JournalError};
 use crate::master::handoff::Notifier;
-use crate::master::wal::Wal;
+use crate::master::wal::{NotWritten, WalWriter};
 use crate::master::window::{Unacked, Window, WindowLimits};
 use crate::record::{Record, HEADER_OP, HEADER_VERSION};
 use crate::replica::checkpoint::Position;
@@ -39,8 +39,8 @@ use super::{applied_entry, gap_is_void, KeyGuard, Pipeline, ReadBack, SeqState, 
 pub struct FsyncStart {
     /// How much may be unacknowledged.
     pub limits: WindowLimits,
-    /// The write-ahead file (empty).
-    pub wal: Wal,
+    /// The write-ahead file (empty), and its writer thread.
+    pub wal: WalWriter,
     /// Where the write-ahead file lives (marked diverged if another master
     /// takes over).
     pub wal_dir: std::path::PathBuf,
@@ -135,7 +135,7 @@ impl Settlement {
 pub(super) struct Unacknowledged {
     settlement: Settlement,
     /// Appended under the sequencing lock (so in sequence order).
-    wal: Mutex<Wal>,
+    wal: WalWriter,
     wal_dir: std::path::PathBuf,
     acked: Mutex<Vec<Acked>>,
     /// Failed deliveries so far (recovery's re-send stops waiting at one).
@@ -154,7 +154,7 @@ impl Unacknowledged {
             .collect();
         Unacknowledged {
             settlement: Settlement::new(start.limits),
-            wal: Mutex::new(start.wal),
+            wal: start.wal,
             wal_dir: start.wal_dir,
             acked: Mutex::new(acked),
             failures: AtomicU64::new(0),
@@ -181,22 +181,21 @@ impl Shared {
     }
 }
 
-fn write_ahead_error(e: std::io::Error) -> FsError {
-    let errno = e
-        .raw_os_error()
-        .map(Errno::from_raw_os_error)
-        .unwrap_or(Errno::IO);
-    tracing::error!("the write-ahead file failed: {e}; the call fails, nothing was journaled");
+/// The write-ahead file failed earlier: calls fail (EIO) until a restart.
+fn write_ahead_error(why: &str) -> FsError {
+    tracing::debug!("refusing a call: the write-ahead file failed ({why})");
     FsError::Local {
         op: "write-ahead file",
-        errno,
+        errno: Errno::IO,
     }
 }
 
 impl Pipeline {
-    /// `fsync` mode: write ahead, send, and queue the record for the
+    /// `fsync` mode: send, write ahead, and queue the record for the
     /// data-root at once (under the sequencing lock: records reach the
-    /// write-ahead file, the producer and the applier in sequence order).
+    /// producer, the write-ahead file's writer and the applier in sequence
+    /// order). The caller is answered once it is applied *and* its frame is
+    /// written (`written`).
     pub(super) fn send_unacked(
         &self,
         st: &SeqState,
@@ -215,32 +214,32 @@ impl Pipeline {
             op: record.op.name(),
             since: Instant::now(),
         };
-        let mut wal = u.wal.lock();
-        let watermark = u.settlement.lock().watermark(seq - 1);
-        wal.trim(watermark).map_err(write_ahead_error)?;
-        let mark = wal.append(&unacked).map_err(write_ahead_error)?;
+        if let Some(why) = u.wal.failed() {
+            return Err(write_ahead_error(&why));
+        }
         let generation = shared.generation.load(Ordering::SeqCst);
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        u.settlement.lock().add(unacked.clone());
+        let watermark = {
+            let mut w = u.settlement.lock();
+            w.add(unacked.clone());
+            w.watermark(seq - 1)
+        };
         if let Err(e) = send_copy(shared, st, &unacked, generation) {
             u.settlement.lock().remove(seq);
-            if let Err(e) = wal.undo(mark) {
-                tracing::error!("taking back a write-ahead record the producer refused: {e}");
-            }
             if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
                 shared.signal();
             }
             return Err(FsError::Journal(Box::new(e)));
         }
-        drop(wal);
+        u.wal.append(unacked, watermark);
         let mut d = shared.delivery.lock();
         let offset = d.pushed[p as usize];
         d.pushed[p as usize] = offset + 1;
         d.last[p as usize] = (pseq, seq);
         notifier.delivered();
-        // The caller applies it itself once the locks are released
-        // (`Pipeline::run_ready`), unless a worker is on it first.
-        shared.feeder.push_quiet(
+        // Applied by the pool's workers, never on the caller's thread: a
+        // stalled data-root must not keep the caller past its deadline.
+        shared.feeder.push(
             p,
             applied_entry(shared, offset, record, notifier).into_item(),
         );
@@ -276,6 +275,27 @@ impl Pipeline {
         }
     }
 
+    /// `fsync` mode: waits until the frame of record `seq` is in the
+    /// write-ahead file (a caller is answered only then), within the
+    /// call's deadline; at once in `journal` mode.
+    pub(super) fn written(&self, seq: u64, deadline: Instant) -> Result<(), FsError> {
+        let Some(u) = &self.shared.unacked else {
+            return Ok(());
+        };
+        match u.wal.wait_written(seq, deadline) {
+            Ok(()) => Ok(()),
+            Err(NotWritten::Failed(why)) => Err(write_ahead_error(&why)),
+            Err(NotWritten::Deadline) => {
+                tracing::warn!(
+                    "a record's write-ahead frame was not written within {:?} of its call (a \
+                     stalled data-root?); the caller gets EIO",
+                    self.shared.timeout
+                );
+                Err(FsError::NotApplied(self.shared.timeout))
+            }
+        }
+    }
+
     /// Records and bytes not acknowledged yet (`fsync` mode).
     pub fn unacknowledged(&self) -> Option<(usize, u64)> {
         let u = self.shared.unacked.as_ref()?;
@@ -292,6 +312,7 @@ impl Pipeline {
         };
         let deadline = Instant::now() + timeout;
         let _ = u.settlement.wait_for(deadline, Window::is_empty, || false);
+        u.wal.finish();
         let left = u.settlement.lock().len();
         if left > 0 {
             tracing::warn!(
