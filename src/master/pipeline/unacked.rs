@@ -1,12 +1,13 @@
 //! The `fsync` durability mode of the write path.
 //!
-//! A record is sequenced as in the `journal` mode, then appended to the
-//! write-ahead file, handed to the producer, added to the unacknowledged
-//! window, and queued for the data-root's applier at once, at the offset it
-//! will take (this master is the topic's only writer and its idempotent
-//! producer stores a partition's records at consecutive offsets; a record
-//! found elsewhere only moves the log's offsets further, never before). The
-//! caller is answered once it is applied. Its acknowledgement removes it
+//! A record is sequenced as in the `journal` mode, then added to the
+//! unacknowledged window, handed to the producer, queued for the
+//! write-ahead file's writer thread, and queued for the data-root's
+//! applier at once, at the offset it will take (this master is the topic's
+//! only writer and its idempotent producer stores a partition's records at
+//! consecutive offsets; a record found elsewhere only moves the log's
+//! offsets further, never before). The caller is answered once it is
+//! applied and its frame written. Its acknowledgement removes it
 //! from the window; `fsync`, `fdatasync`, `fsyncdir` and writes through
 //! `O_SYNC`/`O_DSYNC` handles wait (`Pipeline::barrier`) until every
 //! record numbered before them is acknowledged. While the window is full,
@@ -134,7 +135,8 @@ impl Settlement {
 /// The `fsync` mode's state.
 pub(super) struct Unacknowledged {
     settlement: Settlement,
-    /// Appended under the sequencing lock (so in sequence order).
+    /// Frames queued under the sequencing lock (so in sequence order),
+    /// written by its own thread.
     wal: WalWriter,
     wal_dir: std::path::PathBuf,
     acked: Mutex<Vec<Acked>>,
