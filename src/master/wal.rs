@@ -335,8 +335,10 @@ impl WalWriter {
     /// Starts writing `wal` from a thread of its own.
     pub fn start(mut wal: Wal) -> std::io::Result<WalWriter> {
         let (tx, rx) = crate::sync::channel::unbounded::<(Unacked, u64)>();
-        let written: std::sync::Arc<(crate::sync::Mutex<Written>, crate::sync::Condvar)> =
-            Default::default();
+        let written = std::sync::Arc::new((
+            crate::sync::Mutex::new(Written::default()),
+            crate::sync::Condvar::new(),
+        ));
         let w = written.clone();
         let thread = std::thread::Builder::new()
             .name("kafkafs-wal".into())
