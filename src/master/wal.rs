@@ -441,6 +441,12 @@ mod tests {
         }
     }
 
+    /// The sequence numbers a restart would find.
+    fn left_seqs(dir: &Path) -> Vec<u64> {
+        let left = read_leftover(dir).unwrap().unwrap();
+        left.records.iter().map(|u| u.seq).collect()
+    }
+
     #[test]
     fn frames_survive_the_process_and_a_torn_tail_is_dropped() {
         let d = tempfile::tempdir().unwrap();
@@ -491,13 +497,7 @@ mod tests {
         wal.undo(mark).unwrap();
         wal.append(&unacked(3, 10)).unwrap();
         drop(wal);
-        let seqs: Vec<u64> = read_leftover(&dir)
-            .unwrap()
-            .unwrap()
-            .records
-            .iter()
-            .map(|u| u.seq)
-            .collect();
+        let seqs = left_seqs(&dir);
         assert_eq!(seqs, vec![1, 3]);
     }
 
@@ -536,13 +536,7 @@ mod tests {
         assert_eq!(w.wait_written(50, deadline), Ok(()));
         assert!(w.failed().is_none());
         w.finish();
-        let seqs: Vec<u64> = read_leftover(&dir)
-            .unwrap()
-            .unwrap()
-            .records
-            .iter()
-            .map(|u| u.seq)
-            .collect();
+        let seqs = left_seqs(&dir);
         assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
         // Nothing more is written after finish; waiting for it times out.
         let soon = std::time::Instant::now() + std::time::Duration::from_millis(50);
