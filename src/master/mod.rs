@@ -408,7 +408,8 @@ fn fsync_start(config: &MasterConfig) -> Result<Option<FsyncStart>, MasterError>
         .and_then(wal::WalWriter::start)
         .map_err(io(&dir))?;
     tracing::info!(
-        "durability fsync: calls are answered before Kafka acknowledges them (at most {} records,          {} MiB, {:?} unacknowledged); fsync waits for Kafka",
+        "durability fsync: calls are answered before Kafka acknowledges them (at most {} \
+         records, {} MiB, {:?} unacknowledged); fsync waits for Kafka",
         config.window.records,
         config.window.bytes >> 20,
         config.window.age
