@@ -28,6 +28,7 @@ for extra in "$@"; do
         # Tests: small ext4 images, open-file limits, unprivileged runs,
         # freezing, JSON checks.
         test) command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+              command -v tar >/dev/null || need+=(tar)
               command -v prlimit >/dev/null || need+=(util-linux)
               command -v setpriv >/dev/null || need+=(util-linux)
               command -v fsfreeze >/dev/null || need+=(util-linux)

@@ -1058,21 +1058,20 @@ fn applied_entry(
     record: Record,
     notifier: Notifier<KeyGuard>,
 ) -> Entry {
-    let namespace = record.op.is_namespace();
-    let paths: Vec<crate::op::RelPath> = record.op.paths().into_iter().cloned().collect();
     let mut entry = Entry::apply(offset, record);
     let acked = Instant::now();
     let stats = shared.clone();
-    entry.done = Some(Box::new(move |outcome| {
+    entry.done = Some(Box::new(move |outcome, record| {
         stats.stats.applying.record(acked.elapsed());
         if let Some(keys) = notifier.applied(outcome.unwrap_or(Ok(()))) {
             // Its caller gave up: no reply told the kernel; it forgets
             // what the record changed, and the names are re-read.
             let shared = &keys.shared;
-            let paths: Vec<&crate::op::RelPath> = paths.iter().collect();
-            shared.kernel.forget(&shared.inodes, &paths);
-            if namespace {
-                shared.inodes.lock().revalidate();
+            if let Some(op) = record.map(|r| &r.op) {
+                shared.kernel.forget(&shared.inodes, &op.paths());
+                if op.is_namespace() {
+                    shared.inodes.lock().revalidate();
+                }
             }
             drop(keys);
         }

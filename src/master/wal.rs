@@ -287,18 +287,6 @@ impl Wal {
         }
         Ok(())
     }
-
-    /// Bytes in the current segment.
-    pub fn current_len(&self) -> u64 {
-        self.current_len
-    }
-
-    /// Everything was acknowledged (clean shutdown): the directory goes.
-    pub fn remove(self) -> std::io::Result<()> {
-        let dir = self.dir.clone();
-        drop(self);
-        std::fs::remove_dir_all(dir)
-    }
 }
 
 /// The write-ahead file, written by a thread of its own: appending under
@@ -520,7 +508,8 @@ mod tests {
         );
         // Everything acknowledged: a clean shutdown removes it.
         wal.trim(1000).unwrap();
-        wal.remove().unwrap();
+        drop(wal);
+        std::fs::remove_dir_all(&dir).unwrap();
         assert!(read_leftover(&dir).unwrap().is_none());
     }
 

@@ -72,11 +72,6 @@ impl Window {
         }
     }
 
-    /// Its limits.
-    pub fn limits(&self) -> WindowLimits {
-        self.limits
-    }
-
     /// May no new record be sequenced now? (At `now`: the age limit counts
     /// from the oldest record's hand-off.)
     pub fn is_full(&self, now: Instant) -> bool {

@@ -15,8 +15,8 @@ use crate::error::{ReplicaError, ReplicaFailure};
 use crate::record::Record;
 
 /// Called once an entry is applied and recorded in the ledger, with its
-/// outcome (`None` for an entry that was skipped).
-pub type Completion = Box<dyn FnOnce(Option<Outcome>) + Send>;
+/// outcome (`None` for an entry that was skipped) and its record.
+pub type Completion = Box<dyn FnOnce(Option<Outcome>, Option<&Record>) + Send>;
 
 /// A record to apply (or skip) at a journal position.
 pub struct Entry {
@@ -158,7 +158,7 @@ pub fn apply_entry(ctx: &ReplicaState, p: u32, entry: &mut Entry) -> Result<(), 
     ctx.set_position(p, after);
     ctx.applied.fetch_add(1, Ordering::Relaxed);
     if let Some(done) = entry.done.take() {
-        done(result);
+        done(result, entry.record());
     }
     Ok(())
 }
