@@ -1,13 +1,16 @@
 //! Slave apply throughput from a pre-filled topic on the real broker, for
-//! partition counts 1, 2, 4, 8, 16 with threads = partitions and threads =
-//! cores, on three mixes, next to a baseline measured in the same run: the
-//! same operations applied directly with the same syscalls and no Kafka.
+//! partition counts 1, 2, 4, 8, 16 with one thread, threads = cores and
+//! threads = partitions, on three mixes, next to a baseline measured in
+//! the same run: the same operations applied directly with the same
+//! syscalls and no Kafka, ending with the same `syncfs`. Everything runs
+//! on an ext4 filesystem of its own (a loop-mounted image: needs root).
 //! Each configuration under three dependency orderings: conflicts only
 //! (`--ordering conflicts`), and the default causal ordering for one
 //! writer (its records form one chain across partitions) and for four
 //! concurrent writers.
 //!
-//!   cargo bench --bench apply            (KAFKAFS_BENCH_SCALE=0.1 for a quick run)
+//!   cargo bench --bench apply            (KAFKAFS_BENCH_SCALE=0.1 for a quick run,
+//!                                         KAFKAFS_BENCH_ONLY to pick configurations)
 //!
 //! Broker: KAFKAFS_TEST_BROKERS, else scripts/kafka.sh start. Prints a table
 //! of ops/s, MB/s and the ratio to the baseline, and writes it to
@@ -22,7 +25,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use kafkafs::journal::kafka::KafkaConfig;
 use kafkafs::master::keys::{Conflicts, Key, KeySet};
 use kafkafs::op::{Op, RelPath, Timestamp};
@@ -38,6 +41,23 @@ fn scale() -> f64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0)
+}
+
+/// `KAFKAFS_BENCH_ONLY=<mix>[,<ordering>[,<partitions>]]` limits a run to
+/// some configurations (pre-filling only their topics), e.g.
+/// `large-1MiB,conflicts,1`.
+fn selected(mix: &str, ordering: Option<Ordering>, partitions: Option<u32>) -> bool {
+    let Ok(only) = std::env::var("KAFKAFS_BENCH_ONLY") else {
+        return true;
+    };
+    let mut it = only.split(',');
+    let matches = |want: Option<&str>, have: Option<String>| match (want, have) {
+        (Some(w), Some(h)) => w == h,
+        _ => true,
+    };
+    matches(it.next(), Some(mix.to_string()))
+        && matches(it.next(), ordering.map(Ordering::label))
+        && matches(it.next(), partitions.map(|p| p.to_string()))
 }
 
 fn id(path: &str) -> u64 {
@@ -333,19 +353,30 @@ fn fresh_dir(base: &Path, name: &str) -> PathBuf {
     d
 }
 
+/// Flushes what earlier runs left (their trees and removals) before a run
+/// is timed: each run's closing `syncfs` then writes only its own data.
+fn settle(dir: &Path) {
+    Replica::open(dir).unwrap().sync().unwrap();
+}
+
+/// The same operations applied directly, ending with the same durability
+/// point as a slave's final checkpoint (`syncfs`).
 fn baseline(base: &Path, records: &[Record]) -> (Duration, PathBuf) {
     let dir = fresh_dir(base, "baseline");
     let r = Replica::open(&dir).unwrap();
     r.init_fresh().unwrap();
+    settle(&dir);
     let t = Instant::now();
     for rec in records {
         let _ = r.apply(&rec.op, rec.time, None, &mut NoIntentLog).unwrap();
     }
+    r.sync().unwrap();
     (t.elapsed(), dir)
 }
 
 fn replay(base: &Path, cfg: &KafkaConfig, threads: usize) -> (Duration, PathBuf) {
     let dir = fresh_dir(base, "replica");
+    settle(&dir);
     let mut c = SlaveConfig::new(&dir, &cfg.topic);
     c.exit_when_caught_up = true;
     c.threads = threads;
@@ -367,7 +398,11 @@ fn main() {
         .prefix("kafkafs-bench")
         .tempdir()
         .unwrap();
-    let base = tmp.path();
+    // A filesystem of its own: a run's closing syncfs then flushes only
+    // the bench's own writes, not what the broker, the build or earlier
+    // runs left on the machine's disk.
+    let fs = common::Ext4::mount(&tmp.path().join("fs"), &tmp.path().join("fs.img"), 4096);
+    let base = fs.path.as_path();
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
@@ -377,8 +412,12 @@ fn main() {
     for (mix_index, mix_name) in ["small-files", "large-1MiB", "fsync-heavy"]
         .iter()
         .enumerate()
+        .filter(|(_, mix)| selected(mix, None, None))
     {
         let mut g = c.benchmark_group(format!("apply/{mix_name}"));
+        // One run per sample (criterion's linear sampling would run each
+        // configuration 55 times for 10 samples).
+        g.sampling_mode(SamplingMode::Flat);
         // Baseline (partitioning does not change the ops; use 1 partition's records).
         let (_, records, bytes) = mixes(1, Ordering::Conflicts).swap_remove(mix_index);
         meta.insert(mix_name.to_string(), (records.len() as u64, bytes));
@@ -401,7 +440,11 @@ fn main() {
             })
         });
         let (_, reference) = baseline(base, &records);
-        for (ordering, partitions) in ORDERINGS.iter().flat_map(|&o| PARTITIONS.map(|p| (o, p))) {
+        for (ordering, partitions) in ORDERINGS
+            .iter()
+            .flat_map(|&o| PARTITIONS.map(|p| (o, p)))
+            .filter(|&(o, p)| selected(mix_name, Some(o), Some(p)))
+        {
             let (_, records, _) = mixes(partitions, ordering).swap_remove(mix_index);
             let mut cfg = KafkaConfig::new(
                 common::brokers(),
@@ -413,10 +456,10 @@ fn main() {
                 .push(("message.max.bytes".into(), "8388608".into()));
             cfg.ensure_topic(partitions, 1).expect("bench topic");
             common::produce(&common::kafka_sink(&cfg), &records);
-            let mut thread_counts = vec![partitions as usize];
-            if cores != partitions as usize {
-                thread_counts.push(cores);
-            }
+            // One thread, one per core, one per partition.
+            let mut thread_counts = vec![1, cores, partitions as usize];
+            thread_counts.sort();
+            thread_counts.dedup();
             for threads in thread_counts {
                 // Correctness first: the replica equals the baseline.
                 let (_, dir) = replay(base, &cfg, threads);

@@ -108,6 +108,15 @@ impl KafkaConfig {
         Ok(self.with_properties(c))
     }
 
+    /// A consumer that only asks for metadata: no group (a consumer in a
+    /// group takes up to 100 ms to drop, see `KafkaSource`'s `Drop`).
+    fn metadata_config(&self) -> Result<ClientConfig, JournalError> {
+        self.check_properties()?;
+        Ok(self.with_properties(self.base()))
+    }
+
+    /// A reader: librdkafka assigns partitions by hand only to a consumer
+    /// with a group id; kafkafs never commits to that group.
     fn consumer_config(&self) -> Result<ClientConfig, JournalError> {
         self.check_properties()?;
         let mut c = self.base();
@@ -128,7 +137,7 @@ impl KafkaConfig {
     /// Number of partitions of the topic, or `None` if it does not exist.
     pub fn partition_count(&self) -> Result<Option<u32>, JournalError> {
         let consumer: BaseConsumer<ReaderContext> = self
-            .consumer_config()?
+            .metadata_config()?
             .create_with_context(ReaderContext::default())?;
         topic_partitions(&consumer, &self.topic, self.request_timeout)
     }
@@ -229,7 +238,7 @@ impl KafkaConfig {
 
     /// Has every partition of the topic a leader, and no error?
     fn leaders_elected(&self) -> Result<bool, JournalError> {
-        let consumer: BaseConsumer = self.consumer_config()?.create()?;
+        let consumer: BaseConsumer = self.metadata_config()?.create()?;
         let md = consumer.fetch_metadata(Some(&self.topic), self.request_timeout)?;
         Ok(md
             .topics()
@@ -544,6 +553,21 @@ impl KafkaSource {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&self.topic, partition as i32);
         tpl
+    }
+}
+
+impl Drop for KafkaSource {
+    /// Closes the consumer polling in short steps: rdkafka's own drop
+    /// waits for the close in 100 ms polls, which nothing wakes early, and
+    /// every reader (a slave, a master start, a status) would pay them.
+    fn drop(&mut self) {
+        if self.consumer.close_queue().is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + self.timeout;
+        while !self.consumer.closed() && std::time::Instant::now() < deadline {
+            let _ = self.consumer.poll(Duration::from_millis(1));
+        }
     }
 }
 
