@@ -58,6 +58,42 @@ impl Status {
             .map(|p| p.end.map(|e| (e - p.position.next_offset).max(0)))
             .sum()
     }
+
+    /// Records applied here past the topic's end (None without a broker):
+    /// a master with fsync durability applies a record before Kafka
+    /// acknowledges it.
+    pub fn ahead(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .map(|p| p.end.map(|e| (p.position.next_offset - e).max(0)))
+            .sum()
+    }
+
+    fn summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (Some(behind), Some(ahead)) = (self.behind(), self.ahead()) else {
+            return writeln!(f, "(pass --broker to compare with the topic's end)");
+        };
+        if behind > 0 {
+            writeln!(f, "{behind} records behind")?;
+        }
+        if ahead > 0 && self.master {
+            writeln!(
+                f,
+                "{ahead} records applied but not yet acknowledged by Kafka \
+                 (--durability fsync: they are in the write-ahead file and sent again at the next start)"
+            )?;
+        } else if ahead > 0 {
+            writeln!(
+                f,
+                "{ahead} records applied past the topic's end: the topic holds less than this \
+                 replica applied (was it deleted and created again?)"
+            )?;
+        }
+        if behind == 0 && ahead == 0 {
+            writeln!(f, "caught up")?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads a replica's progress: the ledger when this boot wrote it (newer),
@@ -141,10 +177,55 @@ impl fmt::Display for Status {
                 p.partition, p.position.next_offset, end, behind, p.position.last_seq
             )?;
         }
-        match self.behind() {
-            Some(0) => writeln!(f, "caught up"),
-            Some(n) => writeln!(f, "{n} records behind"),
-            None => writeln!(f, "(pass --broker to compare with the topic's end)"),
+        self.summary(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(master: bool, ends: &[(i64, Option<i64>)]) -> Status {
+        Status {
+            root: "/r".into(),
+            topic: "t".into(),
+            master,
+            checkpoint_age: None,
+            partitions: ends
+                .iter()
+                .enumerate()
+                .map(|(p, &(next, end))| PartitionStatus {
+                    partition: p as u32,
+                    position: Position {
+                        next_offset: next,
+                        ..Position::default()
+                    },
+                    end,
+                })
+                .collect(),
         }
+    }
+
+    #[test]
+    fn a_master_ahead_of_the_topic_says_what_is_unacknowledged() {
+        let s = status(true, &[(10, Some(7)), (3, Some(3))]).to_string();
+        assert!(
+            s.contains("3 records applied but not yet acknowledged by Kafka"),
+            "{s}"
+        );
+        assert!(!s.contains("caught up"), "{s}");
+        assert!(!s.contains("behind\n"), "{s}");
+    }
+
+    #[test]
+    fn behind_caught_up_and_unknown() {
+        let s = status(false, &[(5, Some(9)), (2, Some(2))]).to_string();
+        assert!(s.contains("4 records behind"), "{s}");
+        let s = status(false, &[(5, Some(5))]).to_string();
+        assert!(s.ends_with("caught up\n"), "{s}");
+        let s = status(false, &[(5, None)]).to_string();
+        assert!(s.contains("pass --broker"), "{s}");
+        let s = status(false, &[(9, Some(5))]).to_string();
+        assert!(s.contains("4 records applied past the topic's end"), "{s}");
     }
 }
