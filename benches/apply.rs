@@ -365,7 +365,7 @@ fn baseline(base: &Path, records: &[Record]) -> (Duration, PathBuf) {
     let dir = fresh_dir(base, "baseline");
     let r = Replica::open(&dir).unwrap();
     r.init_fresh().unwrap();
-    settle(&dir);
+    r.sync().unwrap();
     let t = Instant::now();
     for rec in records {
         let _ = r.apply(&rec.op, rec.time, None, &mut NoIntentLog).unwrap();

@@ -80,7 +80,8 @@ impl Status {
             writeln!(
                 f,
                 "{ahead} records applied but not yet acknowledged by Kafka \
-                 (--durability fsync: they are in the write-ahead file and sent again at the next start)"
+                 (--durability fsync: a running master has them acknowledged shortly, a stopped one \
+                 sends them again from its write-ahead file at its next start)"
             )?;
         } else if ahead > 0 {
             writeln!(
