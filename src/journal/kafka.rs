@@ -92,13 +92,15 @@ impl KafkaConfig {
         Ok(())
     }
 
-    fn producer_config(&self) -> Result<ClientConfig, JournalError> {
+    /// The producer's settings; `linger` is the default `linger.ms` (a
+    /// `-X linger.ms` given by the user wins).
+    fn producer_config(&self, linger: Duration) -> Result<ClientConfig, JournalError> {
         self.check_properties()?;
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
-            .set("linger.ms", "0")
+            .set("linger.ms", (linger.as_secs_f64() * 1000.0).to_string())
             .set(
                 "message.timeout.ms",
                 self.send_timeout.as_millis().to_string(),
@@ -457,13 +459,14 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    /// Connects to an existing topic (see `KafkaConfig::ensure_topic`).
-    pub fn new(config: &KafkaConfig) -> Result<Self, JournalError> {
+    /// Connects to an existing topic (see `KafkaConfig::ensure_topic`);
+    /// records wait up to `linger` for others to share their request.
+    pub fn new(config: &KafkaConfig, linger: Duration) -> Result<Self, JournalError> {
         let partitions = config
             .partition_count()?
             .ok_or_else(|| JournalError::NoSuchTopic(config.topic.clone()))?;
         let producer = config
-            .producer_config()?
+            .producer_config(linger)?
             .create_with_context(DeliveryContext)?;
         Ok(KafkaSink {
             producer,
@@ -640,5 +643,35 @@ impl Source for KafkaSource {
             .iter()
             .enumerate()
             .all(|(p, &e)| e || held.get(p).copied().unwrap_or(false)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_producer_lingers_as_asked_unless_the_user_says_otherwise() {
+        let mut config = KafkaConfig::new("127.0.0.1:1", "t");
+        let linger = |c: &KafkaConfig, d| {
+            c.producer_config(d)
+                .unwrap()
+                .get("linger.ms")
+                .map(str::to_string)
+        };
+        assert_eq!(linger(&config, Duration::ZERO).as_deref(), Some("0"));
+        assert_eq!(
+            linger(&config, Duration::from_millis(2)).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            linger(&config, Duration::from_micros(500)).as_deref(),
+            Some("0.5")
+        );
+        config.properties.push(("linger.ms".into(), "7".into()));
+        assert_eq!(
+            linger(&config, Duration::from_millis(2)).as_deref(),
+            Some("7")
+        );
     }
 }

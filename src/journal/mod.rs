@@ -91,8 +91,10 @@ pub trait Source: Send {
 
 /// Opens writers and readers of one topic (a new one after a failure).
 pub trait Journal: Send + Sync {
-    /// A writer of the topic.
-    fn sink(&self) -> Result<std::sync::Arc<dyn Sink>, JournalError>;
+    /// A writer of the topic. `linger`: how long a record may wait for
+    /// others to share its request (zero: sent at once; see DESIGN §6,
+    /// "Durability", for who waits how long).
+    fn sink(&self, linger: std::time::Duration) -> Result<std::sync::Arc<dyn Sink>, JournalError>;
     /// A reader of the topic.
     fn source(&self) -> Result<Box<dyn Source>, JournalError>;
     /// Topic name, for messages and checkpoints.
@@ -101,7 +103,7 @@ pub trait Journal: Send + Sync {
 
 #[cfg(any(test, feature = "test-util"))]
 impl Journal for memory::MemoryJournal {
-    fn sink(&self) -> Result<std::sync::Arc<dyn Sink>, JournalError> {
+    fn sink(&self, _linger: std::time::Duration) -> Result<std::sync::Arc<dyn Sink>, JournalError> {
         Ok(std::sync::Arc::new(self.clone()))
     }
     fn source(&self) -> Result<Box<dyn Source>, JournalError> {
@@ -113,8 +115,8 @@ impl Journal for memory::MemoryJournal {
 }
 
 impl Journal for kafka::KafkaConfig {
-    fn sink(&self) -> Result<std::sync::Arc<dyn Sink>, JournalError> {
-        Ok(std::sync::Arc::new(kafka::KafkaSink::new(self)?))
+    fn sink(&self, linger: std::time::Duration) -> Result<std::sync::Arc<dyn Sink>, JournalError> {
+        Ok(std::sync::Arc::new(kafka::KafkaSink::new(self, linger)?))
     }
     fn source(&self) -> Result<Box<dyn Source>, JournalError> {
         Ok(Box::new(kafka::KafkaSource::new(self)?))

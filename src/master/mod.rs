@@ -306,7 +306,7 @@ fn fence(
         .unwrap_or(0)
         + 1;
     let writer = Writer { id, epoch };
-    let sink = journal.sink()?;
+    let sink = journal.sink(Duration::ZERO)?;
     write_fences(
         sink.as_ref(),
         &writer,

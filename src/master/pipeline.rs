@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Errno, FsError, JournalError};
 use crate::journal::{Journal, Message, Sink, Source};
+use crate::master::durability::Durability;
 use crate::master::handoff::{handoff, GaveUp, Notifier, Progress, Waiter};
 use crate::master::inodes::InodeTable;
 use crate::master::kernel_cache::{CacheSlot, KernelCache};
@@ -215,6 +216,8 @@ struct Shared {
     /// The `fsync` durability mode: records applied and answered before
     /// their acknowledgement (`None`: the `journal` mode).
     unacked: Option<Unacknowledged>,
+    /// The producer's linger (by durability mode).
+    linger: Duration,
     /// The kernel's cache of the mount, told about changes no reply
     /// described.
     kernel: CacheSlot,
@@ -339,11 +342,21 @@ pub struct PipelineStart {
     pub fsync: Option<FsyncStart>,
 }
 
+impl PipelineStart {
+    fn durability(&self) -> Durability {
+        match self.fsync {
+            Some(_) => Durability::Fsync,
+            None => Durability::Journal,
+        }
+    }
+}
+
 impl Pipeline {
     /// Starts the write path (and its recovery thread).
     pub fn start(s: PipelineStart) -> Result<Pipeline, JournalError> {
         let partitions = s.tails.len() as u32;
-        let sink = s.journal.sink()?;
+        let linger = s.durability().linger();
+        let sink = s.journal.sink(linger)?;
         let fence = Fence::of(&s.writer);
         let seq = Sequencer::new(&s.tails, s.last_time, s.writer, s.ordering, s.history_limit);
         let shared = Arc::new(Shared {
@@ -370,6 +383,7 @@ impl Pipeline {
             check: s.check,
             fenced: Mutex::new(None),
             stats: JournalStats::default(),
+            linger,
             unacked: s.fsync.map(|f| Unacknowledged::new(f, &s.tails)),
             kernel: CacheSlot::default(),
         });
@@ -815,7 +829,7 @@ impl Pipeline {
         shared.wait_for(Some(wait_until), || {
             shared.in_flight.load(Ordering::SeqCst) == 0 || shared.stopping.load(Ordering::SeqCst)
         });
-        let sink = shared.journal.sink()?;
+        let sink = shared.journal.sink(shared.linger)?;
         let source = shared.journal.source()?;
         let old = std::mem::replace(&mut shared.state.lock().sink, sink.clone());
         drop(old);

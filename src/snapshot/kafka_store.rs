@@ -134,7 +134,7 @@ impl SnapshotStore for KafkaStore {
 
     fn begin(&mut self, id: &[u8]) -> Result<Box<dyn PartWriter + '_>, SnapshotError> {
         self.config.ensure_topic_default_replication(2)?;
-        let sink = KafkaSink::new(&self.config)?;
+        let sink = KafkaSink::new(&self.config, std::time::Duration::ZERO)?;
         Ok(Box::new(TopicWriter {
             sink,
             id: id.to_vec(),

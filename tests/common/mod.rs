@@ -176,7 +176,7 @@ pub fn produce(sink: &dyn Sink, records: &[Record]) {
 }
 
 pub fn kafka_sink(cfg: &KafkaConfig) -> KafkaSink {
-    KafkaSink::new(cfg).expect("kafka sink")
+    KafkaSink::new(cfg, std::time::Duration::ZERO).expect("kafka sink")
 }
 
 pub fn kafka_source(cfg: &KafkaConfig) -> Box<dyn Source> {
