@@ -13,8 +13,9 @@
 //!                                         KAFKAFS_BENCH_ONLY to pick configurations)
 //!
 //! Broker: KAFKAFS_TEST_BROKERS, else scripts/kafka.sh start. Prints a table
-//! of ops/s, MB/s and the ratio to the baseline, and writes it to
-//! target/kafkafs-bench/apply.md.
+//! of ops/s, MB/s and the ratio to the baseline, then a thread-scaling
+//! table (8 partitions: 8 threads against 1 in alternating pairs of
+//! replays), and writes both to target/kafkafs-bench/apply.md.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -389,8 +390,48 @@ fn replay(base: &Path, cfg: &KafkaConfig, threads: usize) -> (Duration, PathBuf)
 
 type Results = Mutex<BTreeMap<(String, String), Vec<Duration>>>;
 
+/// The thread-scaling comparison: `--threads 1` and `--threads N` replays
+/// of one topic, by (mix, ordering, N).
+type Paired = BTreeMap<(String, String, usize), (Vec<Duration>, Vec<Duration>)>;
+
+/// Pairs of replays with 1 and `threads` threads, alternating which goes
+/// first: drift over the run (the filesystem filling, the broker's
+/// caches) falls on both sides alike, where criterion's runs of one
+/// configuration after the other put it all on the later one.
+fn paired_scaling(
+    base: &Path,
+    cfg: &KafkaConfig,
+    threads: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut one, mut many) = (Vec::new(), Vec::new());
+    for pair in 0..PAIRS {
+        let order = if pair % 2 == 0 {
+            [1, threads]
+        } else {
+            [threads, 1]
+        };
+        for t in order {
+            let (d, dir) = replay(base, cfg, t);
+            let _ = std::fs::remove_dir_all(dir);
+            if t == 1 {
+                one.push(d)
+            } else {
+                many.push(d)
+            }
+        }
+    }
+    (one, many)
+}
+
+/// Pairs per thread-scaling comparison.
+const PAIRS: usize = 8;
+
+/// Partitions of the thread-scaling comparison (threads = partitions).
+const SCALING_PARTITIONS: u32 = 8;
+
 fn main() {
     let results: Results = Mutex::new(BTreeMap::new());
+    let mut paired = Paired::new();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
@@ -492,13 +533,20 @@ fn main() {
                     },
                 );
             }
+            if partitions == SCALING_PARTITIONS {
+                let runs = paired_scaling(base, &cfg, partitions as usize);
+                paired.insert(
+                    (mix_name.to_string(), ordering.label(), partitions as usize),
+                    runs,
+                );
+            }
             let _ = cfg.delete_topic();
         }
         let _ = std::fs::remove_dir_all(reference);
         g.finish();
     }
     c.final_summary();
-    report(&results, &meta, cores);
+    report(&results, &meta, cores, &paired);
 }
 
 fn median(v: &[Duration]) -> Duration {
@@ -507,7 +555,7 @@ fn median(v: &[Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-fn report(results: &Results, meta: &BTreeMap<String, (u64, u64)>, cores: usize) {
+fn report(results: &Results, meta: &BTreeMap<String, (u64, u64)>, cores: usize, paired: &Paired) {
     let results = results.lock().unwrap();
     let mut out = format!(
         "Slave apply throughput from a pre-filled topic (median of the runs), {cores} cores, scale {}\n\n\
@@ -552,8 +600,40 @@ fn report(results: &Results, meta: &BTreeMap<String, (u64, u64)>, cores: usize) 
             ));
         }
     }
+    out.push_str(&report_paired(paired));
     println!("\n{out}");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafkafs-bench");
     let _ = std::fs::create_dir_all(&dir);
     let _ = std::fs::write(dir.join("apply.md"), out);
+}
+
+/// The thread-scaling table: medians of the paired replays and the speed
+/// of N threads as a multiple of one thread's (above 1: faster).
+fn report_paired(paired: &Paired) -> String {
+    if paired.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nThread scaling, {PAIRS} pairs of replays alternating which goes first \
+         (median time; speed of N threads ÷ speed of 1 thread, and its range over the pairs)\n\n\
+         | mix | ordering | partitions | 1 thread | N threads | N ÷ 1 | range over pairs |\n\
+         |-----|----------|------------|----------|-----------|-------|------------------|\n"
+    );
+    for ((mix, ordering, n), (one, many)) in paired {
+        let ratios: Vec<f64> = one
+            .iter()
+            .zip(many)
+            .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+            .collect();
+        let lo = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().cloned().fold(0.0, f64::max);
+        let (m1, mn) = (median(one), median(many));
+        out.push_str(&format!(
+            "| {mix} | {ordering} | {n} | {:.3} s | {:.3} s (t{n}) | {:.2} | {lo:.2}–{hi:.2} |\n",
+            m1.as_secs_f64(),
+            mn.as_secs_f64(),
+            m1.as_secs_f64() / mn.as_secs_f64(),
+        ));
+    }
+    out
 }
