@@ -404,7 +404,13 @@ fn paired_scaling(
     threads: usize,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let (mut one, mut many) = (Vec::new(), Vec::new());
-    for pair in 0..PAIRS {
+    // `cargo test --benches` (no `--bench`) is a smoke run: one pair.
+    let pairs = if std::env::args().any(|a| a == "--bench") {
+        PAIRS
+    } else {
+        1
+    };
+    for pair in 0..pairs {
         let order = if pair % 2 == 0 {
             [1, threads]
         } else {
@@ -613,8 +619,9 @@ fn report_paired(paired: &Paired) -> String {
     if paired.is_empty() {
         return String::new();
     }
+    let pairs = paired.values().next().map_or(0, |(one, _)| one.len());
     let mut out = format!(
-        "\nThread scaling, {PAIRS} pairs of replays alternating which goes first \
+        "\nThread scaling, {pairs} pairs of replays alternating which goes first \
          (median time; speed of N threads ÷ speed of 1 thread, and its range over the pairs)\n\n\
          | mix | ordering | partitions | 1 thread | N threads | N ÷ 1 | range over pairs |\n\
          |-----|----------|------------|----------|-----------|-------|------------------|\n"

@@ -27,12 +27,10 @@ struct State<T, E> {
     paused: bool,
     error: Option<E>,
     applied: u64,
-    /// Workers waiting for a record, the most recently idle on top, and
-    /// how many were woken and have not run yet: another is woken only
-    /// when none is on its way (waking a crowd for one record costs more
-    /// than it gains), and it is the one that went to sleep last (its
-    /// caches are warm; the longest sleeper's are not).
-    idle: Vec<usize>,
+    /// Workers waiting for a record, and how many of them were woken and
+    /// have not run yet: another is woken only when none is on its way
+    /// (waking a crowd for one record costs more than it gains).
+    sleeping: usize,
     waking: usize,
     /// Threads waiting in `Feeder::wait_until` (completions notify them).
     watchers: usize,
@@ -41,37 +39,22 @@ struct State<T, E> {
 }
 
 impl<T, E> State<T, E> {
-    /// The worker to wake for a ready record, if one should be (counted
-    /// as on its way).
-    fn wake_one(&mut self) -> Option<usize> {
-        if self.waking > 0 {
-            return None;
+    /// Should a worker be woken for a ready record? (Counts it.)
+    fn wake_one(&mut self) -> bool {
+        let wake = self.sleeping > self.waking && self.waking == 0;
+        if wake {
+            self.waking += 1;
         }
-        let worker = self.idle.pop()?;
-        self.waking += 1;
-        Some(worker)
-    }
-
-    /// Worker `me` woke up: it was picked (no longer idle) or woken with
-    /// everyone (it takes itself off the idle stack).
-    fn woke(&mut self, me: usize) {
-        self.wakeups += 1;
-        match self.idle.iter().position(|&w| w == me) {
-            Some(i) => {
-                self.idle.remove(i);
-            }
-            None => self.waking = self.waking.saturating_sub(1),
-        }
+        wake
     }
 }
 
 struct Shared<T, E> {
     state: Mutex<State<T, E>>,
-    /// Idle workers wait here for a ready record, each on its own, so the
-    /// one woken can be chosen. Woken one at a time: a worker that takes a
-    /// record while more are ready wakes the next one (a cascade as wide
-    /// as the work, not a herd of every thread).
-    work: Vec<Condvar>,
+    /// Idle workers wait here for a ready record. Woken one at a time: a
+    /// worker that takes a record while more are ready wakes the next one
+    /// (a cascade as wide as the work, not a herd of every thread).
+    work: Condvar,
     /// `pause` waits here for the records in flight to finish.
     idle: Condvar,
     /// `Feeder::wait_until` waits here for completions.
@@ -81,23 +64,9 @@ struct Shared<T, E> {
 }
 
 impl<T, E> Shared<T, E> {
-    /// Wakes worker `w` (picked by `State::wake_one`).
-    fn wake(&self, w: Option<usize>) {
-        if let Some(w) = w {
-            self.work[w].notify_one();
-        }
-    }
-
-    /// Every worker re-reads the state.
-    fn wake_workers(&self) {
-        for cv in &self.work {
-            cv.notify_all();
-        }
-    }
-
     /// Everyone re-reads the state (stop, close, pause, resume, errors).
     fn wake_all(&self) {
-        self.wake_workers();
+        self.work.notify_all();
         self.idle.notify_all();
         self.progress.notify_all();
     }
@@ -131,20 +100,20 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
                 paused: false,
                 error: None,
                 applied: 0,
-                idle: Vec::with_capacity(threads.max(1)),
+                sleeping: 0,
                 waking: 0,
                 watchers: 0,
                 wakeups: 0,
             }),
-            work: (0..threads.max(1)).map(|_| Condvar::new()).collect(),
+            work: Condvar::new(),
             idle: Condvar::new(),
             progress: Condvar::new(),
             apply: Arc::new(work),
         });
         let workers = (0..threads.max(1))
-            .map(|me| {
+            .map(|_| {
                 let shared = shared.clone();
-                thread::spawn(move || worker(&shared, me))
+                thread::spawn(move || worker(&shared))
             })
             .collect();
         Pool { shared, workers }
@@ -281,11 +250,11 @@ impl<T, E> Feeder<T, E> {
         let mut st = self.shared.state.lock();
         st.sched.push(partition, item);
         // One record makes at most one more ready: one worker will do.
-        let wake = (st.sched.has_ready() && !st.paused)
-            .then(|| st.wake_one())
-            .flatten();
+        let ready = st.sched.has_ready() && !st.paused && st.wake_one();
         drop(st);
-        self.shared.wake(wake);
+        if ready {
+            self.shared.work.notify_one();
+        }
     }
 }
 
@@ -324,22 +293,24 @@ fn apply_one<T, E>(
             shared.idle.notify_all();
         }
         if st.closing {
-            shared.wake_workers();
+            shared.work.notify_all();
         }
     }
     st
 }
 
-fn worker<T, E>(shared: &Shared<T, E>, me: usize) {
+fn worker<T, E>(shared: &Shared<T, E>) {
     let mut st = shared.state.lock();
     loop {
         if st.stopping {
             break;
         }
         if let Some((p, item)) = (!st.paused).then(|| st.sched.take()).flatten() {
-            let more = st.sched.has_ready().then(|| st.wake_one()).flatten();
+            let more = st.sched.has_ready() && st.wake_one();
             drop(st);
-            shared.wake(more);
+            if more {
+                shared.work.notify_one();
+            }
             st = apply_one(shared, p, item);
             // Records this one unblocked: this worker takes one at once,
             // and wakes another if more are ready (above).
@@ -350,9 +321,11 @@ fn worker<T, E>(shared: &Shared<T, E>, me: usize) {
             // become ready without new input.
             break;
         }
-        st.idle.push(me);
-        st = shared.work[me].wait(st);
-        st.woke(me);
+        st.sleeping += 1;
+        st = shared.work.wait(st);
+        st.wakeups += 1;
+        st.sleeping -= 1;
+        st.waking = st.waking.saturating_sub(1);
     }
     drop(st);
     shared.wake_all();
@@ -480,48 +453,6 @@ mod tests {
         assert!(
             wakeups <= 2 * records,
             "{wakeups} wake-ups for {records} records pushed one at a time"
-        );
-    }
-
-    /// A record pushed into an idle pool wakes the worker that went to
-    /// sleep last (warm caches), so a chain of records pushed one at a time
-    /// runs on one thread as it would with `--threads 1`, not round-robin
-    /// over every worker.
-    #[test]
-    fn a_push_wakes_the_most_recently_idle_worker() {
-        let threads = 4;
-        let ran = Arc::new(StdMutex::new(Vec::new()));
-        let r2 = ran.clone();
-        let work: Box<WorkFn<u64, String>> = Box::new(move |_p, _item: &mut Item<u64>| {
-            r2.lock().unwrap().push(std::thread::current().id());
-            Ok(())
-        });
-        let pool = Pool::start(threads, Scheduler::new(&[0]), work);
-        let all_idle = || {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while pool.lock().idle.len() < threads {
-                assert!(Instant::now() < deadline, "workers never went idle");
-                std::thread::sleep(Duration::from_micros(100));
-            }
-            // Every worker is in its wait, not on its way to it.
-            std::thread::sleep(Duration::from_millis(2));
-        };
-        for seq in 1..=20u64 {
-            all_idle();
-            pool.push(
-                0,
-                Item {
-                    seq,
-                    deps: vec![],
-                    payload: seq,
-                },
-            );
-        }
-        assert_eq!(pool.close().applied, 20);
-        let ran = ran.lock().unwrap();
-        assert!(
-            ran[1..].iter().all(|t| *t == ran[1]),
-            "records after the first ran on several threads: {ran:?}"
         );
     }
 
