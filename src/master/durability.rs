@@ -35,9 +35,9 @@ impl Durability {
     /// How long a record may wait in the producer for others to share its
     /// Kafka request. `journal`: none (every call waits for its own round
     /// trip). `fsync`: 2 ms: calls do not wait for Kafka, so requests carry
-    /// many records (a tenth of the broker's and the producer's CPU per
-    /// record, which the calls on the same cores get instead), and an
-    /// `fsync` waits at most that much longer. `-X linger.ms` overrides it.
+    /// many records (the machine's user CPU during an untar fell by about
+    /// 45%, which the calls on the same cores get instead), and an `fsync`
+    /// waits at most that much longer. `-X linger.ms` overrides it.
     pub fn linger(self) -> Duration {
         match self {
             Durability::Journal => Duration::ZERO,
