@@ -356,12 +356,40 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        // A filesystem the test mounted at the data-root (a small tmpfs, an
+        // ext4 image) is thawed first (a failed test may leave it frozen,
+        // and the master's shutdown writes to it) and unmounted last, before
+        // the temporary directory, which can then be removed whole (its
+        // guard is dropped after this one).
+        let own_fs = self.data_on_own_fs();
+        if own_fs {
+            let _ = std::process::Command::new("fsfreeze")
+                .arg("--unfreeze")
+                .arg(&self.data)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         if let Some(s) = self.session.take() {
             let _ = s.unmount();
         }
         if let Some(m) = self.master.take() {
             let _ = m.shutdown();
         }
+        if own_fs {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.data)
+                .status();
+        }
+    }
+}
+
+impl Mounted {
+    /// Is the data-root a filesystem of its own (mounted by the test)?
+    fn data_on_own_fs(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        dev(&self.data).is_some() && dev(&self.data) != dev(self.dir.path())
     }
 }
 
