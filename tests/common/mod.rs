@@ -363,11 +363,7 @@ impl Drop for Mounted {
         // guard is dropped after this one).
         let own_fs = self.data_on_own_fs();
         if own_fs {
-            let _ = std::process::Command::new("fsfreeze")
-                .arg("--unfreeze")
-                .arg(&self.data)
-                .stderr(std::process::Stdio::null())
-                .status();
+            thaw(&self.data);
         }
         if let Some(s) = self.session.take() {
             let _ = s.unmount();
@@ -376,10 +372,7 @@ impl Drop for Mounted {
             let _ = m.shutdown();
         }
         if own_fs {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.data)
-                .status();
+            lazy_unmount(&self.data);
         }
     }
 }
@@ -568,25 +561,32 @@ impl Drop for Frozen {
 
 impl Drop for Ext4 {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("fsfreeze")
-            .arg("--unfreeze")
-            .arg(&self.path)
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
+        thaw(&self.path);
+        lazy_unmount(&self.path);
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
+        lazy_unmount(&self.path);
     }
+}
+
+/// Thaws a filesystem frozen with `fsfreeze` (nothing if it is not).
+fn thaw(path: &Path) {
+    let _ = std::process::Command::new("fsfreeze")
+        .arg("--unfreeze")
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Detaches the filesystem mounted at `path` (nothing if none is).
+fn lazy_unmount(path: &Path) {
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .status();
 }
 
 /// A private broker instance controlled by one test (its own port and
