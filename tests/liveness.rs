@@ -428,20 +428,24 @@ fn a_stalled_data_root_answers_within_the_timeout_in_fsync_mode() {
         fs::create_dir(m.path(&format!("d{i}"))).unwrap();
     }
     let frozen = ext4.freeze();
-    let callers: Vec<_> = (0..8)
-        .map(|i| {
-            let path = m.path(&format!("d{i}/during"));
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let r = fs::create_dir(&path);
-                (r.map_err(|e| errno_of(&e)), t.elapsed())
-            })
-        })
-        .collect();
+    let (answers, answered) = std::sync::mpsc::channel();
+    for i in 0..8 {
+        let path = m.path(&format!("d{i}/during"));
+        let answers = answers.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = fs::create_dir(&path);
+            let _ = answers.send((r.map_err(|e| errno_of(&e)), t.elapsed()));
+        });
+    }
     // mkdir(2) is two requests (a lookup of the new name, then the
-    // mkdir), each answered within the timeout.
-    for c in callers {
-        let (r, took) = c.join().unwrap();
+    // mkdir), each answered within the timeout. (Waited for with a bound:
+    // a caller never answered fails the test, whose guards then thaw the
+    // data-root, rather than hanging it.)
+    for _ in 0..8 {
+        let (r, took) = answered
+            .recv_timeout(timeout * 4)
+            .expect("a caller got no answer while the data-root was frozen");
         assert_eq!(r, Err(libc::EIO));
         assert!(took < timeout * 3, "a caller was answered after {took:?}");
     }

@@ -19,9 +19,10 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::master::fs::{Attr, MasterFs, SetAttr, SetTime};
+use crate::master::pipeline::{since, AnswerEio};
 use crate::op::Timestamp;
 use crate::record::Caller;
-use crate::sync::channel;
+use crate::sync::{channel, Mutex};
 
 /// How long the kernel may cache attributes and entries. kafkafs is the
 /// only writer of its data-root, every mutation replies with fresh
@@ -59,16 +60,54 @@ impl FuseAdapter {
         FuseAdapter { fs, jobs: tx }
     }
 
-    /// Runs a mutation on a dispatcher thread.
-    fn dispatch(&self, f: impl FnOnce(&MasterFs) + Send + 'static) {
+    /// Runs a mutation (`call`) on a dispatcher thread and gives its
+    /// result to `answer`. The reply waits in a slot that the pipeline's
+    /// deadline timer may empty first (answering EIO) if the dispatcher is
+    /// stuck at the call's deadline, so the caller is answered once, by
+    /// whichever comes first.
+    fn dispatch<R: ErrorReply, T>(
+        &self,
+        reply: R,
+        call: impl FnOnce(&MasterFs) -> T + Send + 'static,
+        answer: impl FnOnce(R, T) + Send + 'static,
+    ) {
         let fs = self.fs.clone();
         let arrived = std::time::Instant::now();
-        let job = move || crate::master::pipeline::since(arrived, || f(&fs));
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        let job = move || {
+            let timer_slot = slot.clone();
+            let answer_eio: AnswerEio = Arc::new(move || {
+                if let Some(reply) = timer_slot.lock().take() {
+                    reply.error(FErrno::EIO);
+                }
+            });
+            let result = since(arrived, Some(answer_eio), || call(&fs));
+            if let Some(reply) = slot.lock().take() {
+                answer(reply, result);
+            }
+        };
         if self.jobs.send(Box::new(job)).is_err() {
             tracing::error!("dispatcher threads are gone");
         }
     }
 }
+
+/// A reply that can fail the call (what the deadline timer answers).
+trait ErrorReply: Send + 'static {
+    fn error(self, errno: FErrno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {$(
+        impl ErrorReply for $t {
+            fn error(self, errno: FErrno) {
+                <$t>::error(self, errno)
+            }
+        }
+    )*};
+}
+
+error_reply!(ReplyAttr, ReplyEntry, ReplyEmpty, ReplyWrite, ReplyCreate);
 
 fn errno(e: &FsError) -> FErrno {
     if e.is_journal_failure() {
@@ -351,7 +390,7 @@ impl Filesystem for FuseAdapter {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        self.dispatch(move |fs| reply_attr(reply, fs.setattr(c, ino.0, attr)));
+        self.dispatch(reply, move |fs| fs.setattr(c, ino.0, attr), reply_attr);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -372,12 +411,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(move |fs| {
-            reply_entry(
-                reply,
-                fs.mknod(c, parent.0, &name, mode, umask, rdev as u64),
-            )
-        });
+        self.dispatch(
+            reply,
+            move |fs| fs.mknod(c, parent.0, &name, mode, umask, rdev as u64),
+            reply_entry,
+        );
     }
 
     fn mkdir(
@@ -390,17 +428,21 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(move |fs| reply_entry(reply, fs.mkdir(c, parent.0, &name, mode, umask)));
+        self.dispatch(
+            reply,
+            move |fs| fs.mkdir(c, parent.0, &name, mode, umask),
+            reply_entry,
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(move |fs| reply_empty(reply, fs.unlink(c, parent.0, &name)));
+        self.dispatch(reply, move |fs| fs.unlink(c, parent.0, &name), reply_empty);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(move |fs| reply_empty(reply, fs.rmdir(c, parent.0, &name)));
+        self.dispatch(reply, move |fs| fs.rmdir(c, parent.0, &name), reply_empty);
     }
 
     fn symlink(
@@ -412,7 +454,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (c, name, target) = (caller(req), bytes(link_name), bytes(target.as_os_str()));
-        self.dispatch(move |fs| reply_entry(reply, fs.symlink(c, parent.0, &name, &target)));
+        self.dispatch(
+            reply,
+            move |fs| fs.symlink(c, parent.0, &name, &target),
+            reply_entry,
+        );
     }
 
     fn rename(
@@ -426,12 +472,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (c, name, newname) = (caller(req), bytes(name), bytes(newname));
-        self.dispatch(move |fs| {
-            reply_empty(
-                reply,
-                fs.rename(c, parent.0, &name, newparent.0, &newname, flags.bits()),
-            )
-        });
+        self.dispatch(
+            reply,
+            move |fs| fs.rename(c, parent.0, &name, newparent.0, &newname, flags.bits()),
+            reply_empty,
+        );
     }
 
     fn link(
@@ -443,7 +488,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (c, newname) = (caller(req), bytes(newname));
-        self.dispatch(move |fs| reply_entry(reply, fs.link(c, ino.0, newparent.0, &newname)));
+        self.dispatch(
+            reply,
+            move |fs| fs.link(c, ino.0, newparent.0, &newname),
+            reply_entry,
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -483,10 +532,14 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let (c, data) = (caller(req), data.to_vec());
-        self.dispatch(move |fs| match fs.write(c, ino.0, fh.0, offset, &data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.dispatch(
+            reply,
+            move |fs| fs.write(c, ino.0, fh.0, offset, &data),
+            |reply, r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn flush(
@@ -523,7 +576,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let c = caller(req);
-        self.dispatch(move |fs| reply_empty(reply, fs.fsync(c, ino.0, datasync)));
+        self.dispatch(reply, move |fs| fs.fsync(c, ino.0, datasync), reply_empty);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -581,7 +634,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let c = caller(req);
-        self.dispatch(move |fs| reply_empty(reply, fs.fsync(c, ino.0, datasync)));
+        self.dispatch(reply, move |fs| fs.fsync(c, ino.0, datasync), reply_empty);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -611,7 +664,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (c, name, value) = (caller(req), bytes(name), value.to_vec());
-        self.dispatch(move |fs| reply_empty(reply, fs.setxattr(c, ino.0, &name, &value, flags)));
+        self.dispatch(
+            reply,
+            move |fs| fs.setxattr(c, ino.0, &name, &value, flags),
+            reply_empty,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -624,7 +681,11 @@ impl Filesystem for FuseAdapter {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(move |fs| reply_empty(reply, fs.removexattr(c, ino.0, &name)));
+        self.dispatch(
+            reply,
+            move |fs| fs.removexattr(c, ino.0, &name),
+            reply_empty,
+        );
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -644,7 +705,9 @@ impl Filesystem for FuseAdapter {
     ) {
         let (c, name) = (caller(req), bytes(name));
         self.dispatch(
-            move |fs| match fs.create(c, parent.0, &name, mode, umask, flags) {
+            reply,
+            move |fs| fs.create(c, parent.0, &name, mode, umask, flags),
+            |reply, r| match r {
                 Ok((attr, fh)) => reply.created(
                     &TTL,
                     &file_attr(&attr),
@@ -668,7 +731,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let c = caller(req);
-        self.dispatch(move |fs| reply_empty(reply, fs.fallocate(c, ino.0, offset, length, mode)));
+        self.dispatch(
+            reply,
+            move |fs| fs.fallocate(c, ino.0, offset, length, mode),
+            reply_empty,
+        );
     }
 
     /// No ioctl is supported: terminals probe every file with TCGETS, so

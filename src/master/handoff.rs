@@ -132,6 +132,87 @@ impl<K> Waiter<K> {
     }
 }
 
+/// The caller's side while the caller's own thread is busy with its record
+/// (writing its write-ahead frame, applying it: a claim), guarded by a
+/// deadline timer: that thread may be stuck in a syscall on a failing
+/// data-root when the deadline passes, and the timer then gives up in its
+/// place (`expire`) and the caller is answered EIO without it. The thread
+/// comes back with `resume` and learns which side answers. Exactly one side
+/// answers the caller, and the keys are dropped once (loom model below).
+pub(crate) struct Standby<K> {
+    waiter: Waiter<K>,
+    phase: Mutex<Phase<K>>,
+}
+
+enum Phase<K> {
+    /// The thread is busy; the keys wait here.
+    Busy(K),
+    /// The thread came back (the timer does nothing any more).
+    Back,
+    /// The timer gave up: the caller got EIO; the keys went to the record.
+    GaveUp,
+    /// The timer found the record applied: the thread answers with this.
+    Applied(Outcome, Option<K>),
+}
+
+/// What the caller's thread finds when it comes back.
+pub(crate) enum Resumed<K> {
+    /// Nothing happened meanwhile: it waits for the outcome as usual, with
+    /// the keys.
+    Waiting(K),
+    /// The deadline passed and the caller was answered EIO.
+    GaveUp,
+    /// The deadline passed after the record was applied: the thread
+    /// answers with this outcome.
+    Applied(Outcome, Option<K>),
+}
+
+impl<K> Standby<K> {
+    /// The caller's side, with its keys, while its thread is busy.
+    pub(crate) fn new(waiter: Waiter<K>, keys: K) -> Self {
+        Standby {
+            waiter,
+            phase: Mutex::new(Phase::Busy(keys)),
+        }
+    }
+
+    /// The deadline passed: if the thread is still busy, give up in its
+    /// place. True if the caller must now be answered EIO (by the timer).
+    pub(crate) fn expire(&self) -> bool {
+        let mut phase = self.phase.lock();
+        match std::mem::replace(&mut *phase, Phase::Back) {
+            Phase::Busy(keys) => match self.waiter.give_up(keys) {
+                GaveUp::Pending => {
+                    *phase = Phase::GaveUp;
+                    true
+                }
+                GaveUp::Applied(outcome, keys) => {
+                    *phase = Phase::Applied(outcome, keys);
+                    false
+                }
+            },
+            other => {
+                *phase = other;
+                false
+            }
+        }
+    }
+
+    /// The thread is back: what happened meanwhile.
+    pub(crate) fn resume(&self) -> Resumed<K> {
+        match std::mem::replace(&mut *self.phase.lock(), Phase::Back) {
+            Phase::Busy(keys) => Resumed::Waiting(keys),
+            Phase::Back | Phase::GaveUp => Resumed::GaveUp,
+            Phase::Applied(outcome, keys) => Resumed::Applied(outcome, keys),
+        }
+    }
+
+    /// The caller's side of the hand-off (after `resume` said `Waiting`).
+    pub(crate) fn waiter(&self) -> &Waiter<K> {
+        &self.waiter
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_tests {
     //! The hand-off under every interleaving, alone and on the master's
@@ -245,6 +326,52 @@ mod loom_tests {
             }
             applier.join().unwrap();
             assert_eq!(released.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    /// A caller's thread applies its own record (delivered, then applied:
+    /// the completion takes keys a give-up left) and comes back, while the
+    /// deadline timer expires at any point: the caller is answered exactly
+    /// once (EIO by the timer, or the outcome by its thread), and the keys
+    /// are released exactly once, never before the apply if the timer gave
+    /// up.
+    #[test]
+    fn loom_a_deadline_takes_over_a_busy_caller() {
+        loom::model(|| {
+            let released = Arc::new(AtomicUsize::new(0));
+            let answers = Arc::new(AtomicUsize::new(0));
+            let applied = Arc::new(AtomicUsize::new(0));
+            let (notifier, waiter) = handoff::<Keys>();
+            let standby = Arc::new(Standby::new(waiter, Keys(released.clone())));
+            let timer = {
+                let (standby, answers) = (standby.clone(), answers.clone());
+                thread::spawn(move || {
+                    if standby.expire() {
+                        answers.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            };
+            notifier.delivered();
+            applied.fetch_add(1, Ordering::SeqCst);
+            if let Some(late) = notifier.applied(Ok(())) {
+                assert_eq!(released.load(Ordering::SeqCst), 0);
+                drop(late);
+            }
+            match standby.resume() {
+                Resumed::Waiting(keys) => {
+                    let answer = caller(standby.waiter(), keys, true);
+                    assert!(answer.is_some());
+                    answers.fetch_add(1, Ordering::SeqCst);
+                }
+                Resumed::Applied(_, keys) => {
+                    answers.fetch_add(1, Ordering::SeqCst);
+                    drop(keys);
+                }
+                Resumed::GaveUp => {}
+            }
+            timer.join().unwrap();
+            assert_eq!(answers.load(Ordering::SeqCst), 1, "answered once");
+            assert_eq!(released.load(Ordering::SeqCst), 1, "keys released once");
         });
     }
 

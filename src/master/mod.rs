@@ -8,6 +8,7 @@
 //! checkpointer; on a new topic, journal the root's attributes first. Then
 //! the caller mounts `fuse::FuseAdapter` over `fs::MasterFs`.
 
+pub mod deadline;
 pub mod durability;
 pub mod fs;
 pub mod fuse;
@@ -405,7 +406,7 @@ fn fsync_start(config: &MasterConfig) -> Result<Option<FsyncStart>, MasterError>
     let dir = wal::dir_of(&config.data);
     let segment = (config.window.bytes / 4).clamp(1 << 20, 64 << 20);
     let wal = wal::Wal::create(&dir, segment)
-        .and_then(wal::WalWriter::start)
+        .map(wal::WalWriter::new)
         .map_err(io(&dir))?;
     tracing::info!(
         "durability fsync: calls are answered before Kafka acknowledges them (at most {} \
@@ -414,10 +415,12 @@ fn fsync_start(config: &MasterConfig) -> Result<Option<FsyncStart>, MasterError>
         config.window.bytes >> 20,
         config.window.age
     );
+    let deadlines = deadline::Deadlines::start().map_err(io(&dir))?;
     Ok(Some(FsyncStart {
         limits: config.window,
         wal,
         wal_dir: dir,
+        deadlines,
     }))
 }
 

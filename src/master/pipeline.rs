@@ -40,7 +40,7 @@ use crate::record::{Caller, Record, Writer, DEFAULT_MAX_RECORD_BYTES, HEADER_OP,
 use crate::replica::apply::Outcome;
 use crate::replica::checkpoint::{Fence, Position};
 use crate::replica::entry::{Entry, WorkError};
-use crate::replica::pool::Feeder;
+use crate::replica::pool::{Claim, Feeder};
 use crate::replica::reader::RecordReader;
 use crate::sync::channel::RecvTimeoutError;
 use crate::sync::{thread, Condvar, Mutex, MutexGuard};
@@ -53,25 +53,50 @@ use std::sync::Arc;
 pub use unacked::FsyncStart;
 use unacked::Unacknowledged;
 
+/// Answers the call a dispatcher serves with EIO, if it was not answered
+/// yet (see `since`).
+pub type AnswerEio = Arc<dyn Fn() + Send + Sync>;
+
+/// The call a thread serves.
+struct Call {
+    arrived: Instant,
+    answer_eio: Option<AnswerEio>,
+}
+
 thread_local! {
-    /// When the call this thread serves arrived (see `since`).
-    static CALL_ARRIVED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    /// The call this thread serves (see `since`).
+    static CALL: std::cell::RefCell<Option<Call>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f` (one filesystem call) with its journal deadline counted from
 /// `arrived`, when the call reached the master, rather than from when a
 /// thread took it up: a call that waited for a dispatcher still gets its
-/// answer within the journal timeout of its arrival.
-pub fn since<R>(arrived: Instant, f: impl FnOnce() -> R) -> R {
-    CALL_ARRIVED.with(|a| a.set(Some(arrived)));
+/// answer within the journal timeout of its arrival. With `answer_eio`
+/// the caller can be answered without this thread: in `fsync` mode the
+/// thread then writes its record's frame and applies it itself, and a
+/// deadline timer answers EIO if that work outlasts the deadline.
+pub fn since<R>(arrived: Instant, answer_eio: Option<AnswerEio>, f: impl FnOnce() -> R) -> R {
+    CALL.with(|c| {
+        *c.borrow_mut() = Some(Call {
+            arrived,
+            answer_eio,
+        })
+    });
     let r = f();
-    CALL_ARRIVED.with(|a| a.set(None));
+    CALL.with(|c| *c.borrow_mut() = None);
     r
 }
 
 /// The journal deadline of the call this thread serves (see `since`).
 fn call_deadline(timeout: Duration) -> Instant {
-    CALL_ARRIVED.with(|a| a.get()).unwrap_or_else(Instant::now) + timeout
+    CALL.with(|c| c.borrow().as_ref().map(|c| c.arrived))
+        .unwrap_or_else(Instant::now)
+        + timeout
+}
+
+/// How the call this thread serves is answered without it, if it can be.
+fn call_answer() -> Option<AnswerEio> {
+    CALL.with(|c| c.borrow().as_ref().and_then(|c| c.answer_eio.clone()))
 }
 
 /// What a record is ordered after on slaves.
@@ -303,6 +328,16 @@ pub struct Applied {
 /// `Some(errno)` refuses the call with the errno a local filesystem gives.
 pub type PreCheck = Arc<dyn Fn(&Op) -> Option<Errno> + Send + Sync>;
 
+/// A call's record, claimed to be applied on the call's own thread.
+type RecordClaim = Claim<Entry, WorkError>;
+
+/// A record handed to the journal, for the rest of its call.
+struct Sent {
+    seq: u64,
+    deadline: Instant,
+    sent: Instant,
+}
+
 struct KeyGuard {
     shared: Arc<Shared>,
     keys: KeySet,
@@ -469,8 +504,20 @@ impl Pipeline {
             self.shared.stats.queued.record(a.elapsed());
         }
         let (notifier, waiter) = handoff::<KeyGuard>();
-        let (guard, seq) = self.sequence_and_send(st, planned, caller, notifier)?;
+        // In `fsync` mode a dispatcher whose caller can be answered
+        // without it does the rest itself (`finish_guarded`).
+        let answer = call_answer().filter(|_| self.shared.unacked.is_some());
+        let (guard, seq, claim) =
+            self.sequence_and_send(st, planned, caller, notifier, answer.is_some())?;
         let sent = Instant::now();
+        if let Some(answer) = answer {
+            let call = Sent {
+                seq,
+                deadline,
+                sent,
+            };
+            return self.finish_guarded(waiter, guard, call, claim, answer);
+        }
         let applied = self.await_outcome(&waiter, guard, deadline, sent)?;
         self.written(seq, deadline)?;
         Ok(applied)
@@ -630,7 +677,8 @@ impl Pipeline {
         planned: Planned,
         caller: Caller,
         notifier: Notifier<KeyGuard>,
-    ) -> Result<(KeyGuard, u64), FsError> {
+        may_claim: bool,
+    ) -> Result<(KeyGuard, u64, Option<RecordClaim>), FsError> {
         let shared = &self.shared;
         st.seq.acquire(&planned.keys);
         let guard = KeyGuard {
@@ -648,19 +696,22 @@ impl Pipeline {
         let record = st.seq.number(op, time, caller, &planned.keys, &applied);
         let (partition, seq) = (record.partition, record.seq);
         let sent = match &shared.unacked {
-            Some(u) => self.send_unacked(&st, u, record, notifier),
+            Some(u) => self.send_unacked(&st, u, record, notifier, may_claim),
             None => self
                 .send(&st, record, notifier)
+                .map(|()| None)
                 .map_err(|e| FsError::Journal(Box::new(e))),
         };
-        if let Err(e) = sent {
-            // Nothing was queued: its numbers are free again.
-            st.seq.unnumber(partition);
-            drop(st);
-            self.enter_recovery(&format!("send failed: {e}"));
-            return Err(e);
+        match sent {
+            Ok(claim) => Ok((guard, seq, claim)),
+            Err(e) => {
+                // Nothing was queued: its numbers are free again.
+                st.seq.unnumber(partition);
+                drop(st);
+                self.enter_recovery(&format!("send failed: {e}"));
+                Err(e)
+            }
         }
-        Ok((guard, seq))
     }
 
     /// Each partition's applied sequence number (for causal ordering:

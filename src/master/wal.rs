@@ -289,25 +289,37 @@ impl Wal {
     }
 }
 
-/// The write-ahead file, written by a thread of its own: appending under
-/// the sequencing lock would let a stalled data-root (a frozen or failing
-/// filesystem) hold every call — lookups included — past its deadline.
-/// Frames are queued in sequence order (under the sequencing lock) and
-/// written in that order; a caller is answered only once its frame is
-/// written (`wait_written`, bounded by its deadline).
+/// The write-ahead file, written by the callers waiting for their frames:
+/// frames are queued in sequence order (under the sequencing lock, which
+/// must never wait for the data-root: a stalled one would hold every call,
+/// lookups included, past its deadline) and written, in that order, by
+/// whichever waiting caller finds nobody writing — with every frame queued
+/// so far, so one `write` per frame and no thread hand-off. A caller is
+/// answered only once its frame is written (`wait_written`): waiting is
+/// bounded by its deadline; the caller that writes may be stuck in the
+/// syscall, and its call's deadline timer answers for it
+/// (`master::deadline`).
 pub struct WalWriter {
-    tx: crate::sync::Mutex<Option<crate::sync::channel::Sender<(Unacked, u64)>>>,
-    written: std::sync::Arc<(crate::sync::Mutex<Written>, crate::sync::Condvar)>,
-    thread: crate::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    queue: crate::sync::Mutex<Queue>,
+    /// Notified when a writer finishes a batch.
+    written: crate::sync::Condvar,
+    /// Touched only by the caller that set `Queue::writing`.
+    wal: crate::sync::Mutex<Wal>,
 }
 
-/// How far the writer got.
+/// Frames waiting to be written, and how far writing got.
 #[derive(Default)]
-struct Written {
+struct Queue {
+    /// In sequence order, each with its acknowledged watermark.
+    pending: Vec<(Unacked, u64)>,
+    /// A caller is writing a batch now.
+    writing: bool,
     /// Every frame numbered up to this is written.
     through: u64,
     /// The file failed: nothing more is written (why).
     failed: Option<String>,
+    /// `finish` ran: nothing more is queued.
+    finished: bool,
 }
 
 /// Why `WalWriter::wait_written` returned before the frame was written.
@@ -320,84 +332,106 @@ pub enum NotWritten {
 }
 
 impl WalWriter {
-    /// Starts writing `wal` from a thread of its own.
-    pub fn start(mut wal: Wal) -> std::io::Result<WalWriter> {
-        let (tx, rx) = crate::sync::channel::unbounded::<(Unacked, u64)>();
-        let written = std::sync::Arc::new((
-            crate::sync::Mutex::new(Written::default()),
-            crate::sync::Condvar::new(),
-        ));
-        let w = written.clone();
-        let thread = std::thread::Builder::new()
-            .name("kafkafs-wal".into())
-            .spawn(move || {
-                while let Ok((u, watermark)) = rx.recv() {
-                    if w.0.lock().failed.is_some() {
-                        continue;
-                    }
-                    let result = wal.trim(watermark).and_then(|()| wal.append(&u).map(drop));
-                    let mut st = w.0.lock();
-                    match result {
-                        Ok(()) => st.through = u.seq,
-                        Err(e) => {
-                            tracing::error!(
-                                "the write-ahead file failed: {e}; mutating calls fail with EIO \
-                                 until the master is restarted (what Kafka acknowledged is safe; \
-                                 the restart rolls the data-root back to the journal)"
-                            );
-                            st.failed = Some(e.to_string());
-                        }
-                    }
-                    drop(st);
-                    w.1.notify_all();
-                }
-            })?;
-        Ok(WalWriter {
-            tx: crate::sync::Mutex::new(Some(tx)),
-            written,
-            thread: crate::sync::Mutex::new(Some(thread)),
-        })
+    /// Writes `wal` from the callers of `wait_written`.
+    pub fn new(wal: Wal) -> WalWriter {
+        WalWriter {
+            queue: crate::sync::Mutex::new(Queue::default()),
+            written: crate::sync::Condvar::new(),
+            wal: crate::sync::Mutex::new(wal),
+        }
     }
 
     /// Queues a record's frame (in sequence order); `watermark`: every
     /// record up to it is acknowledged (their segments may go).
     pub fn append(&self, u: Unacked, watermark: u64) {
-        if let Some(tx) = self.tx.lock().as_ref() {
-            let _ = tx.send((u, watermark));
+        let mut q = self.queue.lock();
+        if !q.finished && q.failed.is_none() {
+            q.pending.push((u, watermark));
         }
     }
 
     /// Why the file failed, if it did.
     pub fn failed(&self) -> Option<String> {
-        self.written.0.lock().failed.clone()
+        self.queue.lock().failed.clone()
     }
 
-    /// Waits until the frame of record `seq` is written, or `deadline`.
+    /// Waits until the frame of record `seq` is written — writing what is
+    /// queued if nobody else is — or until `deadline`.
     pub fn wait_written(&self, seq: u64, deadline: std::time::Instant) -> Result<(), NotWritten> {
-        let (lock, cv) = &*self.written;
-        let mut st = lock.lock();
+        let mut q = self.queue.lock();
         loop {
-            if st.through >= seq {
+            if q.through >= seq {
                 return Ok(());
             }
-            if let Some(why) = &st.failed {
+            if let Some(why) = &q.failed {
                 return Err(NotWritten::Failed(why.clone()));
+            }
+            if !q.writing && !q.pending.is_empty() {
+                q = self.write_queued(q);
+                continue;
             }
             let now = std::time::Instant::now();
             if now >= deadline {
                 return Err(NotWritten::Deadline);
             }
-            st = cv.wait_timeout(st, deadline - now);
+            q = self.written.wait_timeout(q, deadline - now);
         }
     }
 
-    /// Writes what is queued and stops the thread.
+    /// Writes the queued frames (without the queue's lock) and says how
+    /// far it got; returns with the lock held again.
+    fn write_queued<'a>(
+        &'a self,
+        mut q: crate::sync::MutexGuard<'a, Queue>,
+    ) -> crate::sync::MutexGuard<'a, Queue> {
+        q.writing = true;
+        let batch = std::mem::take(&mut q.pending);
+        drop(q);
+        let (through, result) = write_batch(&mut self.wal.lock(), &batch);
+        let mut q = self.queue.lock();
+        q.writing = false;
+        q.through = q.through.max(through);
+        if let Err(e) = result {
+            tracing::error!(
+                "the write-ahead file failed: {e}; mutating calls fail with EIO until the master \
+                 is restarted (what Kafka acknowledged is safe; the restart rolls the data-root \
+                 back to the journal)"
+            );
+            q.failed = Some(e.to_string());
+            q.pending.clear();
+        }
+        self.written.notify_all();
+        q
+    }
+
+    /// Writes what is queued (waiting for a writer at work) and takes
+    /// nothing more.
     pub fn finish(&self) {
-        drop(self.tx.lock().take());
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
+        let mut q = self.queue.lock();
+        q.finished = true;
+        loop {
+            if q.writing {
+                q = self.written.wait(q);
+            } else if !q.pending.is_empty() && q.failed.is_none() {
+                q = self.write_queued(q);
+            } else {
+                return;
+            }
         }
     }
+}
+
+/// Writes `batch` in order; the last sequence number written, and the
+/// error that stopped it.
+fn write_batch(wal: &mut Wal, batch: &[(Unacked, u64)]) -> (u64, std::io::Result<()>) {
+    let mut through = 0;
+    for (u, watermark) in batch {
+        if let Err(e) = wal.trim(*watermark).and_then(|()| wal.append(u).map(drop)) {
+            return (through, Err(e));
+        }
+        through = u.seq;
+    }
+    (through, Ok(()))
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -514,10 +548,10 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_thread_writes_in_order_and_says_how_far() {
+    fn waiting_callers_write_in_order_and_say_how_far() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("wal");
-        let w = WalWriter::start(Wal::create(&dir, 1 << 20).unwrap()).unwrap();
+        let w = WalWriter::new(Wal::create(&dir, 1 << 20).unwrap());
         for seq in 1..=50 {
             w.append(unacked(seq, 100), 0);
         }
@@ -530,6 +564,39 @@ mod tests {
         // Nothing more is written after finish; waiting for it times out.
         let soon = std::time::Instant::now() + std::time::Duration::from_millis(50);
         assert_eq!(w.wait_written(51, soon), Err(NotWritten::Deadline));
+    }
+
+    /// Callers queue under their own lock (as under the sequencing lock)
+    /// and wait concurrently: whoever writes writes for the others, every
+    /// frame once, in sequence order.
+    #[test]
+    fn concurrent_callers_write_every_frame_once_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("wal");
+        let w = std::sync::Arc::new(WalWriter::new(Wal::create(&dir, 1 << 20).unwrap()));
+        let sequencing = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let (w, sequencing) = (w.clone(), sequencing.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        let seq = {
+                            let mut last = sequencing.lock().unwrap();
+                            *last += 1;
+                            w.append(unacked(*last, 64), 0);
+                            *last
+                        };
+                        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+                        assert_eq!(w.wait_written(seq, deadline), Ok(()));
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.join().unwrap();
+        }
+        w.finish();
+        assert_eq!(left_seqs(&dir), (1..=800).collect::<Vec<_>>());
     }
 
     #[test]

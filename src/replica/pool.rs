@@ -249,11 +249,77 @@ impl<T, E> Feeder<T, E> {
     pub fn push(&self, partition: u32, item: Item<T>) {
         let mut st = self.shared.state.lock();
         st.sched.push(partition, item);
-        // One record makes at most one more ready: one worker will do.
-        let ready = st.sched.has_ready() && !st.paused && st.wake_one();
+        self.wake_for_ready(st);
+    }
+
+    /// Queues an item of `partition`; if nothing is being applied and it
+    /// is ready at once, hands it back to the caller to apply itself
+    /// (`Claim::run`) instead of waking a worker: one thread's chain of
+    /// calls then costs no hand-off. At most one record is claimed at a
+    /// time (claims run only while nothing else does), so a caller stuck
+    /// in a claim holds no more than one thread.
+    pub fn push_or_claim(&self, partition: u32, item: Item<T>) -> Option<Claim<T, E>> {
+        let mut st = self.shared.state.lock();
+        st.sched.push(partition, item);
+        let may_claim = !(st.paused || st.stopping || st.closing)
+            && st.sched.in_flight() == 0
+            && st.sched.queued_in(partition) == 1;
+        if let Some(item) = may_claim.then(|| st.sched.take_from(partition)).flatten() {
+            return Some(Claim {
+                shared: self.shared.clone(),
+                partition,
+                item: Some(item),
+            });
+        }
+        self.wake_for_ready(st);
+        None
+    }
+
+    /// Wakes a worker if a record is ready and none is on its way (one
+    /// record makes at most one more ready: one worker will do).
+    fn wake_for_ready(&self, mut st: MutexGuard<'_, State<T, E>>) {
+        let ready = !st.paused && !st.stopping && st.sched.has_ready() && st.wake_one();
         drop(st);
         if ready {
             self.shared.work.notify_one();
+        }
+    }
+}
+
+/// A record its pusher took to apply on its own thread
+/// (`Feeder::push_or_claim`). Counted in flight like a worker's; dropped
+/// without running, it goes back to the head of its partition.
+pub struct Claim<T, E> {
+    shared: Arc<Shared<T, E>>,
+    partition: u32,
+    item: Option<Item<T>>,
+}
+
+impl<T, E> Claim<T, E> {
+    /// Applies the record as a worker would and reports it; wakes a
+    /// worker for what it made ready (the caller has its own answer to
+    /// give, so it takes nothing more).
+    pub fn run(mut self) {
+        let Some(item) = self.item.take() else {
+            return;
+        };
+        let st = apply_one(&self.shared, self.partition, item);
+        Feeder {
+            shared: self.shared.clone(),
+        }
+        .wake_for_ready(st);
+    }
+}
+
+impl<T, E> Drop for Claim<T, E> {
+    fn drop(&mut self) {
+        if let Some(item) = self.item.take() {
+            let mut st = self.shared.state.lock();
+            st.sched.give_back(self.partition, item);
+            Feeder {
+                shared: self.shared.clone(),
+            }
+            .wake_for_ready(st);
         }
     }
 }
@@ -336,6 +402,17 @@ mod tests {
     use super::*;
     use crate::record::Dep;
     use std::sync::Mutex as StdMutex;
+
+    fn item(seq: u64, deps: &[(u32, u64)]) -> Item<u64> {
+        Item {
+            seq,
+            deps: deps
+                .iter()
+                .map(|&(partition, seq)| Dep { partition, seq })
+                .collect(),
+            payload: seq,
+        }
+    }
 
     #[test]
     fn pool_applies_everything_respecting_dependencies() {
@@ -454,6 +531,54 @@ mod tests {
             wakeups <= 2 * records,
             "{wakeups} wake-ups for {records} records pushed one at a time"
         );
+    }
+
+    /// A record pushed while nothing runs is handed to its pusher, which
+    /// applies it on its own thread; one pushed while another is being
+    /// applied, or behind one, or during a pause, goes to the workers.
+    #[test]
+    fn an_idle_pool_lets_the_pusher_apply_its_record() {
+        let ran_on = Arc::new(StdMutex::new(Vec::new()));
+        let log = ran_on.clone();
+        let work: Box<WorkFn<u64, String>> = Box::new(move |_p, item: &mut Item<u64>| {
+            log.lock()
+                .unwrap()
+                .push((item.seq, std::thread::current().id()));
+            Ok(())
+        });
+        let pool = Pool::start(2, Scheduler::new(&[0, 0]), work);
+        let feeder = pool.feeder();
+        let me = std::thread::current().id();
+        let claim = feeder
+            .push_or_claim(0, item(1, &[]))
+            .expect("idle: claimed");
+        // Claimed and not run yet: the record is in flight, so nothing
+        // else is claimed, and its dependant waits for it.
+        assert!(feeder.push_or_claim(1, item(2, &[])).is_none());
+        assert!(feeder.push_or_claim(0, item(3, &[])).is_none());
+        claim.run();
+        assert!(feeder.wait_until(Duration::from_secs(10), |s| s.is_idle()));
+        // Behind a queued record of its partition: not claimed.
+        pool.pause();
+        assert!(feeder.push_or_claim(1, item(4, &[])).is_none(), "paused");
+        pool.resume();
+        assert!(feeder.wait_until(Duration::from_secs(10), |s| s.is_idle()));
+        // Not ready (a dependency not applied): not claimed, not lost.
+        assert!(feeder.push_or_claim(1, item(6, &[(0, 5)])).is_none());
+        let claim = feeder.push_or_claim(0, item(5, &[])).expect("idle again");
+        drop(claim); // dropped unrun: back to the workers
+        let end = pool.close();
+        assert_eq!(end.applied, 6);
+        let ran = ran_on.lock().unwrap().clone();
+        let seqs: Vec<u64> = ran.iter().map(|(s, _)| *s).collect();
+        let pos = |x| seqs.iter().position(|&s| s == x).unwrap();
+        for (a, b) in [(1, 3), (5, 6)] {
+            assert!(pos(a) < pos(b), "{b} ran before {a}: {seqs:?}");
+        }
+        for (seq, thread) in &ran {
+            // Only the claim that ran ran on the pusher's thread.
+            assert_eq!(*thread == me, *seq == 1, "{ran:?}");
+        }
     }
 
     #[test]
@@ -636,6 +761,38 @@ mod loom_tests {
             pool.resume();
             let end = pool.close();
             assert_eq!(end.applied, 3);
+        });
+    }
+
+    /// A pusher's claim runs while a worker applies what the claim
+    /// unblocks and another thread pushes: everything is applied once, in
+    /// dependency order.
+    #[test]
+    fn loom_a_claim_races_a_worker_and_a_push() {
+        model(|| {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let l2 = log.clone();
+            let work: Box<WorkFn<u64, ()>> = Box::new(move |_p, item: &mut Item<u64>| {
+                l2.lock().push(item.seq);
+                Ok(())
+            });
+            let pool = Pool::start(1, Scheduler::new(&[0, 0]), work);
+            let feeder = pool.feeder();
+            let other = {
+                let feeder = pool.feeder();
+                thread::spawn(move || {
+                    if let Some(c) = feeder.push_or_claim(1, item(2, &[(0, 1)])) {
+                        c.run();
+                    }
+                })
+            };
+            if let Some(c) = feeder.push_or_claim(0, item(1, &[])) {
+                c.run();
+            }
+            other.join().unwrap();
+            let end = pool.close();
+            assert_eq!(end.applied, 2);
+            assert_eq!(*log.lock(), vec![1, 2]);
         });
     }
 

@@ -128,6 +128,20 @@ impl<T> Scheduler<T> {
         Some((p as u32, item))
     }
 
+    /// Hands out the head of `partition` if it is ready (marking the
+    /// partition busy), whatever other partitions hold: the master's
+    /// dispatcher applies its own record this way when nothing else runs.
+    pub fn take_from(&mut self, partition: u32) -> Option<Item<T>> {
+        if !self.is_ready(partition) {
+            return None;
+        }
+        let part = &mut self.parts[partition as usize];
+        let item = part.queue.pop_front()?;
+        part.in_flight = Some(item.seq);
+        self.queued -= 1;
+        Some(item)
+    }
+
     /// Reports the record handed out for `partition` as applied.
     pub fn complete(&mut self, partition: u32) {
         let part = &mut self.parts[partition as usize];
@@ -228,6 +242,25 @@ mod tests {
         let mut s = Scheduler::new(&[10, 0]);
         s.push(1, item(12, &[(0, 9)]));
         assert!(s.take().is_some());
+    }
+
+    #[test]
+    fn take_from_hands_out_only_a_ready_head_of_that_partition() {
+        let mut s = Scheduler::new(&[0, 0]);
+        s.push(1, item(2, &[(0, 1)]));
+        assert!(s.take_from(1).is_none(), "its dependency is not applied");
+        assert!(s.take_from(0).is_none(), "nothing queued there");
+        s.push(0, item(1, &[]));
+        s.push(0, item(3, &[]));
+        assert_eq!(s.take_from(0).unwrap().seq, 1);
+        assert!(s.take_from(0).is_none(), "partition 0 is busy");
+        assert_eq!(s.in_flight(), 1);
+        s.complete(0);
+        assert_eq!(s.take_from(1).unwrap().seq, 2);
+        assert_eq!(s.take_from(0).unwrap().seq, 3);
+        s.complete(0);
+        s.complete(1);
+        assert!(s.is_idle());
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The `fsync` durability mode of the write path.
 //!
 //! A record is sequenced as in the `journal` mode, then added to the
-//! unacknowledged window, handed to the producer, queued for the
-//! write-ahead file's writer thread, and queued for the data-root's
-//! applier at once, at the offset it will take (this master is the topic's
-//! only writer and its idempotent producer stores a partition's records at
-//! consecutive offsets; a record found elsewhere only moves the log's
-//! offsets further, never before). The caller is answered once it is
-//! applied and its frame written. Its acknowledgement removes it
+//! unacknowledged window, handed to the producer, its frame queued for the
+//! write-ahead file, and queued for the data-root's applier at once, at
+//! the offset it will take (this master is the topic's only writer and its
+//! idempotent producer stores a partition's records at consecutive
+//! offsets; a record found elsewhere only moves the log's offsets further,
+//! never before). The caller is answered once its frame is written and its
+//! record applied — both done by the call's own thread when it can be
+//! answered without it (`finish_guarded`: a deadline timer answers EIO if
+//! that thread is stuck). Its acknowledgement removes it
 //! from the window; `fsync`, `fdatasync`, `fsyncdir` and writes through
 //! `O_SYNC`/`O_DSYNC` handles wait (`Pipeline::barrier`) until every
 //! record numbered before them is acknowledged. While the window is full,
@@ -26,7 +28,8 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Errno, FsError, JournalError};
-use crate::master::handoff::Notifier;
+use crate::master::deadline::Deadlines;
+use crate::master::handoff::{Notifier, Resumed, Standby, Waiter};
 use crate::master::wal::{NotWritten, WalWriter};
 use crate::master::window::{Unacked, Window, WindowLimits};
 use crate::record::{Record, HEADER_OP, HEADER_VERSION};
@@ -34,7 +37,10 @@ use crate::replica::checkpoint::Position;
 use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
 use std::sync::Arc;
 
-use super::{applied_entry, gap_is_void, KeyGuard, Pipeline, ReadBack, SeqState, Shared, Tail};
+use super::{
+    applied_entry, gap_is_void, Applied, KeyGuard, Pipeline, ReadBack, RecordClaim, SeqState,
+    Shared, Tail,
+};
 
 /// What the `fsync` mode starts from.
 pub struct FsyncStart {
@@ -45,6 +51,9 @@ pub struct FsyncStart {
     /// Where the write-ahead file lives (marked diverged if another master
     /// takes over).
     pub wal_dir: std::path::PathBuf,
+    /// Answers callers whose thread is stuck writing or applying at their
+    /// deadline (`Pipeline::finish_guarded`).
+    pub deadlines: Deadlines,
 }
 
 /// The acknowledged end of one partition.
@@ -139,6 +148,7 @@ pub(super) struct Unacknowledged {
     /// written by its own thread.
     wal: WalWriter,
     wal_dir: std::path::PathBuf,
+    deadlines: Deadlines,
     acked: Mutex<Vec<Acked>>,
     /// Failed deliveries so far (recovery's re-send stops waiting at one).
     failures: AtomicU64,
@@ -158,6 +168,7 @@ impl Unacknowledged {
             settlement: Settlement::new(start.limits),
             wal: start.wal,
             wal_dir: start.wal_dir,
+            deadlines: start.deadlines,
             acked: Mutex::new(acked),
             failures: AtomicU64::new(0),
         }
@@ -204,7 +215,8 @@ impl Pipeline {
         u: &Unacknowledged,
         record: Record,
         notifier: Notifier<KeyGuard>,
-    ) -> Result<(), FsError> {
+        may_claim: bool,
+    ) -> Result<Option<RecordClaim>, FsError> {
         let shared = &self.shared;
         let (p, seq, pseq) = (record.partition, record.seq, record.partition_seq);
         let unacked = Unacked {
@@ -239,13 +251,72 @@ impl Pipeline {
         d.pushed[p as usize] = offset + 1;
         d.last[p as usize] = (pseq, seq);
         notifier.delivered();
-        // Applied by the pool's workers, never on the caller's thread: a
-        // stalled data-root must not keep the caller past its deadline.
-        shared.feeder.push(
-            p,
-            applied_entry(shared, offset, record, notifier).into_item(),
+        let entry = applied_entry(shared, offset, record, notifier).into_item();
+        if may_claim {
+            return Ok(shared.feeder.push_or_claim(p, entry));
+        }
+        shared.feeder.push(p, entry);
+        Ok(None)
+    }
+
+    /// `fsync` mode, a call that can be answered without its thread: the
+    /// thread writes the write-ahead file (its frame and what is queued
+    /// before it) and, if it claimed its record, applies it — no hand-off
+    /// to another thread. Either may block on a failing data-root, so a
+    /// deadline timer guards them: at the deadline it gives up in the
+    /// thread's place (the keys go to the record, whose completion
+    /// releases them) and answers the caller EIO. The frame is written
+    /// before the apply, so once the record is applied nothing on this
+    /// thread can block before the answer.
+    pub(super) fn finish_guarded(
+        &self,
+        waiter: Waiter<KeyGuard>,
+        guard: KeyGuard,
+        call: super::Sent,
+        claim: Option<RecordClaim>,
+        answer_eio: super::AnswerEio,
+    ) -> Result<Applied, FsError> {
+        let Some(u) = &self.shared.unacked else {
+            unreachable!("finish_guarded runs in fsync mode only");
+        };
+        let standby = Arc::new(Standby::new(waiter, guard));
+        let expire = standby.clone();
+        let timeout = self.shared.timeout;
+        let timer = u.deadlines.arm(
+            call.deadline,
+            Box::new(move || {
+                if expire.expire() {
+                    tracing::warn!(
+                        "a call was still writing its write-ahead frame or applying its record \
+                         {timeout:?} after its arrival (a stalled data-root?); the caller gets \
+                         EIO, and the record takes effect once the data-root takes it"
+                    );
+                    answer_eio();
+                }
+            }),
         );
-        Ok(())
+        let written = self.written(call.seq, call.deadline);
+        match claim {
+            // Applied by the pool instead (dropping the claim gives it back).
+            Some(claim) if written.is_ok() => claim.run(),
+            _ => {}
+        }
+        timer.disarm();
+        match standby.resume() {
+            Resumed::GaveUp => Err(FsError::NotApplied(self.shared.timeout)),
+            Resumed::Applied(outcome, keys) => written.map(|()| Applied {
+                outcome,
+                _keys: keys,
+            }),
+            Resumed::Waiting(guard) => match written {
+                Ok(()) => self.await_outcome(standby.waiter(), guard, call.deadline, call.sent),
+                Err(e) => {
+                    // The keys stay with the record until it is applied.
+                    drop(standby.waiter().give_up(guard));
+                    Err(e)
+                }
+            },
+        }
     }
 
     /// Waits until every record numbered so far is acknowledged by Kafka
