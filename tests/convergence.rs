@@ -16,13 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use kafkafs::journal::memory::MemoryJournal;
 use kafkafs::journal::{Journal, Source};
 use kafkafs::master::durability::Durability;
 use kafkafs::master::fs::{MasterFs, SetAttr, SetTime};
 use kafkafs::master::inodes::ROOT;
-use kafkafs::master::pipeline::ReplayOrder;
+use kafkafs::master::pipeline::{since, AnswerEio, ReplayOrder};
 use kafkafs::master::{Master, MasterConfig};
 use kafkafs::op::Timestamp;
 use kafkafs::record::{Caller, Record};
@@ -314,11 +315,19 @@ fn run_master(
                     tokens,
                 };
                 for _ in 0..ops {
-                    if wr.rng.random_bool(0.25) {
-                        wr.tokens(t_dir);
-                    } else {
-                        wr.general();
-                    }
+                    // Even writers are served as the mount's dispatchers
+                    // serve a call (one that can be answered without its
+                    // thread): in fsync mode their records are claimed and
+                    // their frames written on their own thread, beside the
+                    // odd writers' records applied by the pool.
+                    let answer: Option<AnswerEio> = (w % 2 == 0).then(|| Arc::new(|| {}) as _);
+                    since(Instant::now(), answer, || {
+                        if wr.rng.random_bool(0.25) {
+                            wr.tokens(t_dir);
+                        } else {
+                            wr.general();
+                        }
+                    });
                 }
             });
         }

@@ -13,8 +13,7 @@
 //! the same journal timeout, so new deadlines are almost always the
 //! latest, and the thread sleeps through them.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::sync::{Arc, Condvar, Mutex};
@@ -22,53 +21,48 @@ use crate::sync::{Arc, Condvar, Mutex};
 /// What a timer does when it expires.
 pub type Action = Box<dyn FnOnce() + Send>;
 
-/// Armed actions by instant (pure: no threads, no clock).
+/// Armed actions by instant (pure: no threads, no clock). Holds only
+/// the timers armed now: a disarmed one is removed at once, so its size is
+/// the number of calls being guarded, not the call rate times the timeout.
 #[derive(Default)]
 pub struct Timers {
-    order: BinaryHeap<Reverse<(Instant, u64)>>,
-    armed: HashMap<u64, Action>,
+    armed: BTreeMap<(Instant, u64), Action>,
     next_id: u64,
 }
 
+/// One armed timer's place in `Timers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerId(Instant, u64);
+
 impl Timers {
-    /// Arms `action` for `at`; returns its id.
-    pub fn arm(&mut self, at: Instant, action: Action) -> u64 {
+    /// Arms `action` for `at`.
+    pub fn arm(&mut self, at: Instant, action: Action) -> TimerId {
         self.next_id += 1;
-        let id = self.next_id;
-        self.order.push(Reverse((at, id)));
-        self.armed.insert(id, action);
-        id
+        self.armed.insert((at, self.next_id), action);
+        TimerId(at, self.next_id)
     }
 
-    /// Disarms timer `id`; false if it already expired (its action was
+    /// Disarms a timer; false if it already expired (its action was
     /// handed out) or was disarmed.
-    pub fn disarm(&mut self, id: u64) -> bool {
-        self.armed.remove(&id).is_some()
+    pub fn disarm(&mut self, id: TimerId) -> bool {
+        self.armed.remove(&(id.0, id.1)).is_some()
     }
 
     /// Hands out the actions due at `now`, earliest first.
     pub fn expire(&mut self, now: Instant) -> Vec<Action> {
         let mut due = Vec::new();
-        while let Some(&Reverse((at, id))) = self.order.peek() {
-            if at > now {
+        while let Some(entry) = self.armed.first_entry() {
+            if entry.key().0 > now {
                 break;
             }
-            self.order.pop();
-            due.extend(self.armed.remove(&id));
+            due.push(entry.remove());
         }
         due
     }
 
-    /// The earliest instant a timer still armed expires at (disarmed
-    /// timers at the front are dropped here).
-    pub fn earliest(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((at, id))) = self.order.peek() {
-            if self.armed.contains_key(&id) {
-                return Some(at);
-            }
-            self.order.pop();
-        }
-        None
+    /// The earliest instant an armed timer expires at.
+    pub fn earliest(&self) -> Option<Instant> {
+        self.armed.keys().next().map(|&(at, _)| at)
     }
 
     /// Timers armed.
@@ -103,7 +97,7 @@ pub struct Deadlines {
 /// An armed timer; `disarm` it when the work it guards is done.
 pub struct Timer {
     inner: Arc<Inner>,
-    id: u64,
+    id: TimerId,
 }
 
 /// How long the thread sleeps with nothing armed (it is woken by the
@@ -209,6 +203,7 @@ mod tests {
         }
         assert!(timers.disarm(second));
         assert!(!timers.disarm(second), "disarmed twice");
+        assert_eq!(timers.len(), 1, "a disarmed timer is gone at once");
         assert_eq!(
             timers.earliest(),
             Some(at(30)),

@@ -684,6 +684,48 @@ impl MasterFs {
         applied.outcome.map_err(FsError::Outcome)
     }
 
+    /// A setattr that changes nothing a replica keeps — no mode, owner,
+    /// size or atime, and an mtime the inode already has (or none) — is
+    /// answered from the data-root and journals nothing: `Some(attributes)`.
+    /// With the writeback cache the kernel sends such calls after a rename
+    /// or a write changed only a file's ctime (which no replica keeps: it
+    /// cannot be set), one per renamed file. The mtime is compared with the
+    /// inode's keys held shared, so no record changing it is in flight;
+    /// the call takes effect at that instant. `None`: it must be journaled.
+    pub fn setattr_unchanged(&self, ino: u64, attr: &SetAttr) -> Option<Result<Attr, FsError>> {
+        let want = match *attr {
+            SetAttr {
+                mode: None,
+                uid: None,
+                gid: None,
+                size: None,
+                atime: None,
+                mtime,
+            } => mtime,
+            _ => return None,
+        };
+        let want = match want {
+            None => return Some(self.stat(ino)),
+            Some(SetTime::At(t)) => t,
+            Some(SetTime::Now) => return None,
+        };
+        let keys = {
+            let inodes = self.inodes.lock();
+            let mut ks = KeySet::new();
+            resolve_keys(&mut ks, &inodes, ino).ok()?;
+            ks.shared(Key::Inode(ino));
+            ks
+        };
+        let read = self.pipeline.reading(&keys, || self.stat(ino));
+        match read {
+            Ok(Ok(a)) if (a.st.st_mtime, a.st.st_mtime_nsec as u32) == (want.sec, want.nsec) => {
+                Some(Ok(a))
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) | Err(e) => Some(Err(e)),
+        }
+    }
+
     /// setattr(2): chown, chmod, truncate, utimens, journaled in that order
     /// (chown clears set-id bits, so the mode comes after it). On an open
     /// file that lost its last name they are applied to the data-root alone.

@@ -390,6 +390,9 @@ impl Filesystem for FuseAdapter {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
+        if let Some(unchanged) = self.fs.setattr_unchanged(ino.0, &attr) {
+            return reply_attr(reply, unchanged);
+        }
         self.dispatch(reply, move |fs| fs.setattr(c, ino.0, attr), reply_attr);
     }
 

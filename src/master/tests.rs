@@ -530,3 +530,66 @@ fn records_whose_delivery_failed_are_sent_again() {
     assert_eq!(f.count("create"), 1, "sent again once, not doubled");
     f.replay_equals_data_root();
 }
+
+/// A setattr with nothing a replica keeps (the writeback cache's flush of a
+/// renamed file's times: its own mtime, and a ctime) is answered from the
+/// data-root and journals nothing; any real change is journaled.
+#[test]
+fn a_setattr_that_changes_nothing_replicated_journals_nothing() {
+    use super::fs::{SetAttr, SetTime};
+    use crate::op::Timestamp;
+    let f = Fixture::new();
+    let fs = f.fs();
+    let (file, fh) = fs.create(me(), ROOT, b"f", 0o644, 0, libc::O_RDWR).unwrap();
+    fs.release(fh);
+    let before = f.records().len();
+    let own = Timestamp::new(file.st.st_mtime, file.st.st_mtime_nsec as u32);
+    let same = SetAttr {
+        mtime: Some(SetTime::At(own)),
+        ..SetAttr::default()
+    };
+    let answered = fs.setattr_unchanged(file.ino, &same).unwrap().unwrap();
+    assert_eq!(answered.st.st_mtime_nsec, file.st.st_mtime_nsec);
+    assert!(fs
+        .setattr_unchanged(file.ino, &SetAttr::default())
+        .is_some());
+    assert_eq!(f.records().len(), before, "nothing journaled");
+    // Changes are not answered here.
+    let later = Timestamp::new(own.sec + 1, own.nsec);
+    for change in [
+        SetAttr {
+            mtime: Some(SetTime::At(later)),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            mtime: Some(SetTime::Now),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            mtime: Some(SetTime::At(own)),
+            atime: Some(SetTime::At(own)),
+            ..SetAttr::default()
+        },
+        SetAttr {
+            mode: Some(0o600),
+            mtime: Some(SetTime::At(own)),
+            ..SetAttr::default()
+        },
+    ] {
+        assert!(
+            fs.setattr_unchanged(file.ino, &change).is_none(),
+            "{change:?}"
+        );
+    }
+    fs.setattr(
+        me(),
+        file.ino,
+        SetAttr {
+            mtime: Some(SetTime::At(later)),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(f.records().len(), before + 1);
+    f.replay_equals_data_root();
+}
