@@ -476,6 +476,12 @@ pub enum FsError {
     /// Another master took over the topic: this one no longer writes.
     #[error("this master was fenced ({0})")]
     Fenced(String),
+    /// A call served on a FUSE thread would have to wait for Kafka (the
+    /// unacknowledged window is full, or the journal is recovering) before
+    /// anything was journaled: it is handed to a dispatcher thread and
+    /// served again there. Never a caller's answer.
+    #[error("the call would wait for the journal on a FUSE thread")]
+    WouldWait,
 }
 
 impl FsError {
@@ -498,6 +504,9 @@ impl FsError {
             FsError::NotApplied(_) => Errno::IO,
             FsError::Unlinked => Errno::NOENT,
             FsError::Fenced(_) => Errno::ROFS,
+            // Served again by a dispatcher; should it ever reach a caller,
+            // EAGAIN says to try again.
+            FsError::WouldWait => Errno::AGAIN,
         }
     }
 

@@ -19,10 +19,11 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::master::fs::{Attr, MasterFs, SetAttr, SetTime};
-use crate::master::pipeline::{since, AnswerEio};
+use crate::master::pipeline::{inline, since, AnswerEio};
 use crate::op::Timestamp;
 use crate::record::Caller;
 use crate::sync::{channel, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// How long the kernel may cache attributes and entries. kafkafs is the
 /// only writer of its data-root, every mutation replies with fresh
@@ -37,10 +38,51 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// FUSE session threads kept for reads.
+const READ_THREADS: usize = 4;
+
+/// In `fsync` mode, mutations served on the FUSE thread that read them (no
+/// hand-off to a dispatcher) at most at once; the session gets this many
+/// more threads, so reads keep `READ_THREADS` even if every inline call
+/// is stuck on a stalled data-root.
+const INLINE_CALLS: usize = 4;
+
 /// The adapter: a `MasterFs` and the dispatcher threads for mutations.
 pub struct FuseAdapter {
     fs: Arc<MasterFs>,
     jobs: channel::Sender<Job>,
+    /// Inline calls running (`fsync` mode only).
+    inline: Option<Arc<AtomicUsize>>,
+}
+
+/// One of the `INLINE_CALLS` slots, held while a call runs on a FUSE thread.
+struct InlineSlot(Arc<AtomicUsize>);
+
+impl Drop for InlineSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The reply of a call, answered once: by the call's thread, or by the
+/// pipeline's deadline timer (EIO) if that thread is stuck at the deadline.
+type ReplySlot<R> = Arc<Mutex<Option<R>>>;
+
+/// What the deadline timer does with a call's reply slot.
+fn eio_answer<R: ErrorReply>(slot: &ReplySlot<R>) -> AnswerEio {
+    let slot = slot.clone();
+    Arc::new(move || {
+        if let Some(reply) = slot.lock().take() {
+            reply.error(FErrno::EIO);
+        }
+    })
+}
+
+/// Answers the call unless the deadline timer already did.
+fn give_answer<R, T>(slot: &ReplySlot<R>, result: T, answer: impl FnOnce(R, T)) {
+    if let Some(reply) = slot.lock().take() {
+        answer(reply, result);
+    }
 }
 
 impl FuseAdapter {
@@ -57,7 +99,54 @@ impl FuseAdapter {
                     }
                 });
         }
-        FuseAdapter { fs, jobs: tx }
+        let inline = fs
+            .pipeline()
+            .answers_before_ack()
+            .then(|| Arc::new(AtomicUsize::new(0)));
+        FuseAdapter {
+            fs,
+            jobs: tx,
+            inline,
+        }
+    }
+
+    /// FUSE session threads: reads', and the inline calls'.
+    fn session_threads(&self) -> usize {
+        READ_THREADS + self.inline.as_ref().map_or(0, |_| INLINE_CALLS)
+    }
+
+    /// A slot to serve a call on this FUSE thread, if the mode allows it
+    /// and one is free.
+    fn inline_slot(&self) -> Option<InlineSlot> {
+        let running = self.inline.as_ref()?;
+        running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < INLINE_CALLS).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InlineSlot(running.clone()))
+    }
+
+    /// Serves a mutation: in `fsync` mode on this FUSE thread if an inline
+    /// slot is free (the call then costs no hand-off; its pipeline hands it
+    /// to a dispatcher instead, having journaled nothing, if it would wait
+    /// for Kafka), else on a dispatcher thread (`dispatch`).
+    fn serve<R: ErrorReply, T: Send + 'static>(
+        &self,
+        reply: R,
+        call: impl Fn(&MasterFs) -> Result<T, FsError> + Send + 'static,
+        answer: impl FnOnce(R, Result<T, FsError>) + Send + 'static,
+    ) {
+        let arrived = std::time::Instant::now();
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        if let Some(inline_slot) = self.inline_slot() {
+            let result = inline(arrived, eio_answer(&slot), || call(&self.fs));
+            drop(inline_slot);
+            if !matches!(result, Err(FsError::WouldWait)) {
+                return give_answer(&slot, result, answer);
+            }
+        }
+        self.dispatch_from(arrived, slot, call, answer);
     }
 
     /// Runs a mutation (`call`) on a dispatcher thread and gives its
@@ -71,20 +160,21 @@ impl FuseAdapter {
         call: impl FnOnce(&MasterFs) -> T + Send + 'static,
         answer: impl FnOnce(R, T) + Send + 'static,
     ) {
-        let fs = self.fs.clone();
-        let arrived = std::time::Instant::now();
         let slot = Arc::new(Mutex::new(Some(reply)));
+        self.dispatch_from(std::time::Instant::now(), slot, call, answer);
+    }
+
+    fn dispatch_from<R: ErrorReply, T>(
+        &self,
+        arrived: std::time::Instant,
+        slot: ReplySlot<R>,
+        call: impl FnOnce(&MasterFs) -> T + Send + 'static,
+        answer: impl FnOnce(R, T) + Send + 'static,
+    ) {
+        let fs = self.fs.clone();
         let job = move || {
-            let timer_slot = slot.clone();
-            let answer_eio: AnswerEio = Arc::new(move || {
-                if let Some(reply) = timer_slot.lock().take() {
-                    reply.error(FErrno::EIO);
-                }
-            });
-            let result = since(arrived, Some(answer_eio), || call(&fs));
-            if let Some(reply) = slot.lock().take() {
-                answer(reply, result);
-            }
+            let result = since(arrived, Some(eio_answer(&slot)), || call(&fs));
+            give_answer(&slot, result, answer);
         };
         if self.jobs.send(Box::new(job)).is_err() {
             tracing::error!("dispatcher threads are gone");
@@ -309,7 +399,7 @@ impl Mount {
             fuser::MountOption::RW,
         ];
         config.acl = fuser::SessionACL::All;
-        config.n_threads = Some(4);
+        config.n_threads = Some(adapter.session_threads());
         config.clone_fd = true;
         let fs = adapter.fs.clone();
         let session = fuser::spawn_mount(adapter, mountpoint, &config)?;
@@ -393,7 +483,7 @@ impl Filesystem for FuseAdapter {
         if let Some(unchanged) = self.fs.setattr_unchanged(ino.0, &attr) {
             return reply_attr(reply, unchanged);
         }
-        self.dispatch(reply, move |fs| fs.setattr(c, ino.0, attr), reply_attr);
+        self.serve(reply, move |fs| fs.setattr(c, ino.0, attr), reply_attr);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -414,7 +504,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.mknod(c, parent.0, &name, mode, umask, rdev as u64),
             reply_entry,
@@ -431,7 +521,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.mkdir(c, parent.0, &name, mode, umask),
             reply_entry,
@@ -440,12 +530,12 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(reply, move |fs| fs.unlink(c, parent.0, &name), reply_empty);
+        self.serve(reply, move |fs| fs.unlink(c, parent.0, &name), reply_empty);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(reply, move |fs| fs.rmdir(c, parent.0, &name), reply_empty);
+        self.serve(reply, move |fs| fs.rmdir(c, parent.0, &name), reply_empty);
     }
 
     fn symlink(
@@ -457,7 +547,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (c, name, target) = (caller(req), bytes(link_name), bytes(target.as_os_str()));
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.symlink(c, parent.0, &name, &target),
             reply_entry,
@@ -475,7 +565,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (c, name, newname) = (caller(req), bytes(name), bytes(newname));
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.rename(c, parent.0, &name, newparent.0, &newname, flags.bits()),
             reply_empty,
@@ -491,7 +581,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let (c, newname) = (caller(req), bytes(newname));
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.link(c, ino.0, newparent.0, &newname),
             reply_entry,
@@ -535,7 +625,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let (c, data) = (caller(req), data.to_vec());
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.write(c, ino.0, fh.0, offset, &data),
             |reply, r| match r {
@@ -667,7 +757,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let (c, name, value) = (caller(req), bytes(name), value.to_vec());
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.setxattr(c, ino.0, &name, &value, flags),
             reply_empty,
@@ -684,7 +774,7 @@ impl Filesystem for FuseAdapter {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.removexattr(c, ino.0, &name),
             reply_empty,
@@ -707,7 +797,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (c, name) = (caller(req), bytes(name));
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.create(c, parent.0, &name, mode, umask, flags),
             |reply, r| match r {
@@ -734,7 +824,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let c = caller(req);
-        self.dispatch(
+        self.serve(
             reply,
             move |fs| fs.fallocate(c, ino.0, offset, length, mode),
             reply_empty,

@@ -61,6 +61,10 @@ pub type AnswerEio = Arc<dyn Fn() + Send + Sync>;
 struct Call {
     arrived: Instant,
     answer_eio: Option<AnswerEio>,
+    /// Served on a FUSE thread: until its first record is sequenced it is
+    /// handed to a dispatcher (`FsError::WouldWait`) rather than wait for
+    /// Kafka.
+    may_defer: bool,
 }
 
 thread_local! {
@@ -76,15 +80,51 @@ thread_local! {
 /// thread then writes its record's frame and applies it itself, and a
 /// deadline timer answers EIO if that work outlasts the deadline.
 pub fn since<R>(arrived: Instant, answer_eio: Option<AnswerEio>, f: impl FnOnce() -> R) -> R {
-    CALL.with(|c| {
-        *c.borrow_mut() = Some(Call {
+    serve(
+        Call {
             arrived,
             answer_eio,
-        })
-    });
+            may_defer: false,
+        },
+        f,
+    )
+}
+
+/// As `since`, for a call served on a FUSE thread (`fsync` mode): if it
+/// would have to wait for Kafka before its first record is sequenced
+/// (window full, journal recovering), it fails with `FsError::WouldWait`
+/// having journaled nothing, to be served again by a dispatcher.
+pub fn inline<R>(arrived: Instant, answer_eio: AnswerEio, f: impl FnOnce() -> R) -> R {
+    serve(
+        Call {
+            arrived,
+            answer_eio: Some(answer_eio),
+            may_defer: true,
+        },
+        f,
+    )
+}
+
+fn serve<R>(call: Call, f: impl FnOnce() -> R) -> R {
+    CALL.with(|c| *c.borrow_mut() = Some(call));
     let r = f();
     CALL.with(|c| *c.borrow_mut() = None);
     r
+}
+
+/// May the call this thread serves still be handed to a dispatcher?
+fn call_may_defer() -> bool {
+    CALL.with(|c| c.borrow().as_ref().is_some_and(|c| c.may_defer))
+}
+
+/// The call's first record is being sequenced: from now on it finishes
+/// where it is.
+fn call_committed() {
+    CALL.with(|c| {
+        if let Some(c) = c.borrow_mut().as_mut() {
+            c.may_defer = false;
+        }
+    });
 }
 
 /// The journal deadline of the call this thread serves (see `since`).
@@ -439,6 +479,11 @@ impl Pipeline {
         self.shared.kernel.set(cache);
     }
 
+    /// Are calls answered before Kafka acknowledges them (`fsync` mode)?
+    pub fn answers_before_ack(&self) -> bool {
+        self.shared.unacked.is_some()
+    }
+
     /// The topic's partition count.
     pub fn partitions(&self) -> u32 {
         self.shared.partitions
@@ -477,6 +522,10 @@ impl Pipeline {
         let deadline = call_deadline(self.shared.timeout);
         let arrived = deadline - self.shared.timeout;
         let answer = self.journal_and_apply(caller, deadline, plan);
+        if let Err(FsError::WouldWait) = answer {
+            // Not a call yet: it is served again by a dispatcher.
+            return answer;
+        }
         let stats = &self.shared.stats;
         stats.calls.record(arrived.elapsed());
         if let Err(
@@ -653,9 +702,14 @@ impl Pipeline {
                     FsError::NotApplied(shared.timeout)
                 });
             }
-            if !shared.recovering.load(Ordering::SeqCst) && !shared.window_full() {
+            let waits_for_kafka = shared.recovering.load(Ordering::SeqCst) || shared.window_full();
+            if waits_for_kafka && call_may_defer() {
+                return Err(FsError::WouldWait);
+            }
+            if !waits_for_kafka {
                 let planned = plan(&mut shared.inodes.lock())?;
                 if st.seq.can_acquire(&planned.keys) {
+                    call_committed();
                     return Ok((st, planned));
                 }
             }

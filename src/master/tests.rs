@@ -511,6 +511,62 @@ fn a_full_window_makes_new_calls_wait() {
     f.replay_equals_data_root();
 }
 
+/// A call served on a FUSE thread (`pipeline::inline`) that would wait for
+/// room in the window is handed back (`WouldWait`) having journaled and
+/// applied nothing, at once; served again as a dispatcher serves it, it
+/// waits. With room, the same call runs where it is, with its answer hook
+/// (its record applied on its own thread).
+#[test]
+fn an_inline_call_that_would_wait_for_kafka_is_handed_back_untouched() {
+    use super::pipeline::{inline, since, AnswerEio};
+    let f = fsync_mode(2, Duration::from_millis(400));
+    let fs = f.fs();
+    let timer_answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = timer_answers.clone();
+    let answered: AnswerEio = Arc::new(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let now = std::time::Instant::now;
+    inline(now(), answered.clone(), || {
+        fs.mkdir(me(), ROOT, b"a", 0o755, 0)
+    })
+    .unwrap();
+    f.journal.hold_acks(true);
+    inline(now(), answered.clone(), || {
+        fs.mkdir(me(), ROOT, b"b", 0o755, 0)
+    })
+    .unwrap();
+    inline(now(), answered.clone(), || {
+        fs.mkdir(me(), ROOT, b"c", 0o755, 0)
+    })
+    .unwrap();
+    let records = f.records().len();
+    let started = now();
+    let e = inline(now(), answered.clone(), || {
+        fs.mkdir(me(), ROOT, b"d", 0o755, 0)
+    });
+    assert!(matches!(e, Err(FsError::WouldWait)), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "it did not wait"
+    );
+    assert_eq!(f.records().len(), records, "nothing journaled");
+    assert!(!f.data.join("d").exists(), "nothing applied");
+    let e = since(now(), Some(answered), || {
+        fs.mkdir(me(), ROOT, b"d", 0o755, 0)
+    })
+    .unwrap_err();
+    assert_eq!(
+        e.errno(),
+        Errno::IO,
+        "a dispatcher waits, EIO at the timeout"
+    );
+    let stuck = timer_answers.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(stuck, 0, "nothing was stuck: no answer came from the timer");
+    f.journal.hold_acks(false);
+    f.replay_equals_data_root();
+}
+
 #[test]
 fn records_whose_delivery_failed_are_sent_again() {
     let f = fsync_mode(1000, Duration::from_secs(10));
