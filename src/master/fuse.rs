@@ -3,6 +3,12 @@
 //! (they only touch the data-root); mutations are handed to dispatcher
 //! threads and answered from there once journaled and applied, so the FUSE
 //! request loop never waits for Kafka and many mutations are in flight.
+//! In `fsync` mode, where no call waits for Kafka, a mutation is served on
+//! the FUSE thread that read it while an inline slot is free (the session
+//! has that many more threads, so reads keep theirs); one that would wait
+//! for Kafka first is handed to a dispatcher. Replies wait in a slot the
+//! pipeline's deadline timer can answer from (EIO) if the call's thread is
+//! stuck on a failing data-root.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
