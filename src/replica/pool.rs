@@ -401,18 +401,8 @@ fn worker<T, E>(shared: &Shared<T, E>) {
 mod tests {
     use super::*;
     use crate::record::Dep;
+    use crate::replica::scheduler::item;
     use std::sync::Mutex as StdMutex;
-
-    fn item(seq: u64, deps: &[(u32, u64)]) -> Item<u64> {
-        Item {
-            seq,
-            deps: deps
-                .iter()
-                .map(|&(partition, seq)| Dep { partition, seq })
-                .collect(),
-            payload: seq,
-        }
-    }
 
     #[test]
     fn pool_applies_everything_respecting_dependencies() {
@@ -641,17 +631,7 @@ mod loom_tests {
     //! Model-checked with `RUSTFLAGS="--cfg loom" cargo test --lib --release loom`.
     use super::*;
     use crate::record::Dep;
-
-    fn item(seq: u64, deps: &[(u32, u64)]) -> Item<u64> {
-        Item {
-            seq,
-            deps: deps
-                .iter()
-                .map(|&(partition, seq)| Dep { partition, seq })
-                .collect(),
-            payload: seq,
-        }
-    }
+    use crate::replica::scheduler::item;
 
     /// Runs `records` (partition, item) through a pool of `threads` workers
     /// with a concurrent feeder, and checks that every record was applied

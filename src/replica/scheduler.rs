@@ -185,20 +185,23 @@ impl<T> Scheduler<T> {
     }
 }
 
+/// A test record: sequence number `seq` (its own payload) with
+/// dependencies `(partition, seq)`.
+#[cfg(test)]
+pub(crate) fn item(seq: u64, deps: &[(u32, u64)]) -> Item<u64> {
+    Item {
+        seq,
+        deps: deps
+            .iter()
+            .map(|&(partition, seq)| Dep { partition, seq })
+            .collect(),
+        payload: seq,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn item(seq: u64, deps: &[(u32, u64)]) -> Item<u64> {
-        Item {
-            seq,
-            deps: deps
-                .iter()
-                .map(|&(partition, seq)| Dep { partition, seq })
-                .collect(),
-            payload: seq,
-        }
-    }
 
     #[test]
     fn partition_order_and_busy() {
