@@ -1,6 +1,7 @@
 //! The master's write path: from a planned operation to an applied record.
 //!
-//! `submit` (called on a dispatcher thread, never on the FUSE loop):
+//! `submit` (called on a dispatcher thread; in `fsync` mode also on a
+//! FUSE thread, where nothing waits for Kafka: see `inline`):
 //!
 //! 1. plans the operation against the inode table (paths, keys) and waits
 //!    until no operation in flight conflicts with it;
@@ -14,6 +15,11 @@
 //! 4. waits until the applier has applied it to the data-root and recorded
 //!    it in the ledger, and returns its outcome with the keys still held;
 //!    the caller updates the inode table, then drops the keys.
+//!
+//! In `fsync` mode steps 3 and 4 differ (`unacked`): the record is queued
+//! for the applier at once, and the call's own thread writes its
+//! write-ahead frame and, when nothing else is being applied, applies the
+//! record itself, under a deadline timer (`finish_guarded`).
 //!
 //! A record that Kafka did not acknowledge in time (or refused) fails its
 //! caller with EIO and puts the master in *recovery*: new operations wait;

@@ -46,7 +46,7 @@ use super::{
 pub struct FsyncStart {
     /// How much may be unacknowledged.
     pub limits: WindowLimits,
-    /// The write-ahead file (empty), and its writer thread.
+    /// The write-ahead file (empty), written by the waiting callers.
     pub wal: WalWriter,
     /// Where the write-ahead file lives (marked diverged if another master
     /// takes over).
@@ -145,7 +145,7 @@ impl Settlement {
 pub(super) struct Unacknowledged {
     settlement: Settlement,
     /// Frames queued under the sequencing lock (so in sequence order),
-    /// written by its own thread.
+    /// written by the callers waiting for them.
     wal: WalWriter,
     wal_dir: std::path::PathBuf,
     deadlines: Deadlines,
