@@ -24,6 +24,31 @@ const INDEX: u32 = 1;
 const MAX_UNACKED: usize = 64 * 1024 * 1024;
 
 /// Called with each (offset, payload) a scan reads; false stops it.
+/// How long a read of the store waits out errors that waiting cures (a
+/// partition without a leader just after the topic was created, or while
+/// leadership moves).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs a read of the store, retrying it for up to `PATIENCE` while it
+/// fails in a way waiting cures.
+fn patiently<T>(
+    what: &str,
+    mut read: impl FnMut() -> Result<T, SnapshotError>,
+) -> Result<T, SnapshotError> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match read() {
+            Err(SnapshotError::Journal(e))
+                if crate::journal::is_transient(&e) && Instant::now() < deadline =>
+            {
+                tracing::debug!("{what}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
 type Visit<'a> = dyn FnMut(i64, &[u8]) -> Result<bool, SnapshotError> + 'a;
 
 /// The companion topic of a journal topic.
@@ -47,6 +72,48 @@ impl KafkaStore {
             Err(JournalError::NoSuchTopic(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// One attempt of `list`.
+    fn list_once(&mut self) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+        let Some(mut source) = self.source()? else {
+            return Ok(Vec::new());
+        };
+        let (parts_low, _) = source.watermarks(PARTS)?;
+        let (low, high) = source.watermarks(INDEX)?;
+        let topic = self.config.topic.clone();
+        let mut out = Vec::new();
+        self.scan(&mut source, INDEX, low, high, &mut |offset, payload| {
+            let ix = match pb::SnapshotIndex::decode(payload) {
+                Ok(ix) => ix,
+                Err(e) => {
+                    tracing::warn!(
+                        "ignoring a snapshot index: {}",
+                        undecodable(&topic, INDEX, offset, e)
+                    );
+                    return Ok(true);
+                }
+            };
+            let (Some(header), Some(end)) = (&ix.header, &ix.end) else {
+                return Ok(true);
+            };
+            // Parts deleted (expired): no longer restorable.
+            if ix.first_offset >= parts_low {
+                out.push(SnapshotInfo::from_parts(
+                    ix.snapshot_id.clone(),
+                    header,
+                    end,
+                    Location::Topic {
+                        first: ix.first_offset,
+                        last: ix.last_offset,
+                        index: offset,
+                    },
+                ));
+            }
+            Ok(true)
+        })?;
+        out.sort_by_key(|s| s.taken);
+        Ok(out)
     }
 
     /// Reads partition `p` from `from` up to (excluding) `to`, handing each
@@ -92,44 +159,7 @@ fn undecodable(topic: &str, p: u32, offset: i64, e: prost::DecodeError) -> Snaps
 
 impl SnapshotStore for KafkaStore {
     fn list(&mut self) -> Result<Vec<SnapshotInfo>, SnapshotError> {
-        let Some(mut source) = self.source()? else {
-            return Ok(Vec::new());
-        };
-        let (parts_low, _) = source.watermarks(PARTS)?;
-        let (low, high) = source.watermarks(INDEX)?;
-        let topic = self.config.topic.clone();
-        let mut out = Vec::new();
-        self.scan(&mut source, INDEX, low, high, &mut |offset, payload| {
-            let ix = match pb::SnapshotIndex::decode(payload) {
-                Ok(ix) => ix,
-                Err(e) => {
-                    tracing::warn!(
-                        "ignoring a snapshot index: {}",
-                        undecodable(&topic, INDEX, offset, e)
-                    );
-                    return Ok(true);
-                }
-            };
-            let (Some(header), Some(end)) = (&ix.header, &ix.end) else {
-                return Ok(true);
-            };
-            // Parts deleted (expired): no longer restorable.
-            if ix.first_offset >= parts_low {
-                out.push(SnapshotInfo::from_parts(
-                    ix.snapshot_id.clone(),
-                    header,
-                    end,
-                    Location::Topic {
-                        first: ix.first_offset,
-                        last: ix.last_offset,
-                        index: offset,
-                    },
-                ));
-            }
-            Ok(true)
-        })?;
-        out.sort_by_key(|s| s.taken);
-        Ok(out)
+        patiently("listing snapshots", || self.list_once())
     }
 
     fn begin(&mut self, id: &[u8]) -> Result<Box<dyn PartWriter + '_>, SnapshotError> {
