@@ -561,17 +561,17 @@ impl Pipeline {
         let (notifier, waiter) = handoff::<KeyGuard>();
         // In `fsync` mode a dispatcher whose caller can be answered
         // without it does the rest itself (`finish_guarded`).
-        let answer = call_answer().filter(|_| self.shared.unacked.is_some());
+        let guarded = self.shared.unacked.as_ref().zip(call_answer());
         let (guard, seq, claim) =
-            self.sequence_and_send(st, planned, caller, notifier, answer.is_some())?;
+            self.sequence_and_send(st, planned, caller, notifier, guarded.is_some())?;
         let sent = Instant::now();
-        if let Some(answer) = answer {
+        if let Some((u, answer)) = guarded {
             let call = Sent {
                 seq,
                 deadline,
                 sent,
             };
-            return self.finish_guarded(waiter, guard, call, claim, answer);
+            return self.finish_guarded(u, waiter, guard, call, claim, answer);
         }
         let applied = self.await_outcome(&waiter, guard, deadline, sent)?;
         self.written(seq, deadline)?;

@@ -270,15 +270,13 @@ impl Pipeline {
     /// thread can block before the answer.
     pub(super) fn finish_guarded(
         &self,
+        u: &Unacknowledged,
         waiter: Waiter<KeyGuard>,
         guard: KeyGuard,
         call: super::Sent,
         claim: Option<RecordClaim>,
         answer_eio: super::AnswerEio,
     ) -> Result<Applied, FsError> {
-        let Some(u) = &self.shared.unacked else {
-            unreachable!("finish_guarded runs in fsync mode only");
-        };
         let standby = Arc::new(Standby::new(waiter, guard));
         let expire = standby.clone();
         let timeout = self.shared.timeout;
