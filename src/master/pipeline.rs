@@ -86,7 +86,7 @@ thread_local! {
 /// thread then writes its record's frame and applies it itself, and a
 /// deadline timer answers EIO if that work outlasts the deadline.
 pub fn since<R>(arrived: Instant, answer_eio: Option<AnswerEio>, f: impl FnOnce() -> R) -> R {
-    serve(
+    serving(
         Call {
             arrived,
             answer_eio,
@@ -101,7 +101,7 @@ pub fn since<R>(arrived: Instant, answer_eio: Option<AnswerEio>, f: impl FnOnce(
 /// (window full, journal recovering), it fails with `FsError::WouldWait`
 /// having journaled nothing, to be served again by a dispatcher.
 pub fn inline<R>(arrived: Instant, answer_eio: AnswerEio, f: impl FnOnce() -> R) -> R {
-    serve(
+    serving(
         Call {
             arrived,
             answer_eio: Some(answer_eio),
@@ -111,7 +111,7 @@ pub fn inline<R>(arrived: Instant, answer_eio: AnswerEio, f: impl FnOnce() -> R)
     )
 }
 
-fn serve<R>(call: Call, f: impl FnOnce() -> R) -> R {
+fn serving<R>(call: Call, f: impl FnOnce() -> R) -> R {
     CALL.with(|c| *c.borrow_mut() = Some(call));
     let r = f();
     CALL.with(|c| *c.borrow_mut() = None);

@@ -64,6 +64,16 @@ struct Shared<T, E> {
 }
 
 impl<T, E> Shared<T, E> {
+    /// Wakes a worker if a record is ready and none is on its way (one
+    /// record makes at most one more ready: one worker will do).
+    fn wake_for_ready(&self, mut st: MutexGuard<'_, State<T, E>>) {
+        let ready = !st.paused && !st.stopping && st.sched.has_ready() && st.wake_one();
+        drop(st);
+        if ready {
+            self.work.notify_one();
+        }
+    }
+
     /// Everyone re-reads the state (stop, close, pause, resume, errors).
     fn wake_all(&self) {
         self.work.notify_all();
@@ -249,7 +259,7 @@ impl<T, E> Feeder<T, E> {
     pub fn push(&self, partition: u32, item: Item<T>) {
         let mut st = self.shared.state.lock();
         st.sched.push(partition, item);
-        self.wake_for_ready(st);
+        self.shared.wake_for_ready(st);
     }
 
     /// Queues an item of `partition`; if nothing is being applied and it
@@ -271,18 +281,8 @@ impl<T, E> Feeder<T, E> {
                 item: Some(item),
             });
         }
-        self.wake_for_ready(st);
+        self.shared.wake_for_ready(st);
         None
-    }
-
-    /// Wakes a worker if a record is ready and none is on its way (one
-    /// record makes at most one more ready: one worker will do).
-    fn wake_for_ready(&self, mut st: MutexGuard<'_, State<T, E>>) {
-        let ready = !st.paused && !st.stopping && st.sched.has_ready() && st.wake_one();
-        drop(st);
-        if ready {
-            self.shared.work.notify_one();
-        }
     }
 }
 
@@ -304,10 +304,7 @@ impl<T, E> Claim<T, E> {
             return;
         };
         let st = apply_one(&self.shared, self.partition, item);
-        Feeder {
-            shared: self.shared.clone(),
-        }
-        .wake_for_ready(st);
+        self.shared.wake_for_ready(st);
     }
 }
 
@@ -316,10 +313,7 @@ impl<T, E> Drop for Claim<T, E> {
         if let Some(item) = self.item.take() {
             let mut st = self.shared.state.lock();
             st.sched.give_back(self.partition, item);
-            Feeder {
-                shared: self.shared.clone(),
-            }
-            .wake_for_ready(st);
+            self.shared.wake_for_ready(st);
         }
     }
 }
