@@ -559,8 +559,8 @@ impl Pipeline {
             self.shared.stats.queued.record(a.elapsed());
         }
         let (notifier, waiter) = handoff::<KeyGuard>();
-        // In `fsync` mode a dispatcher whose caller can be answered
-        // without it does the rest itself (`finish_guarded`).
+        // In `fsync` mode a thread whose caller can be answered without it
+        // (the deadline timer) does the rest itself (`finish_guarded`).
         let guarded = self.shared.unacked.as_ref().zip(call_answer());
         let (guard, seq, claim) =
             self.sequence_and_send(st, planned, caller, notifier, guarded.is_some())?;
