@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafkafs::error::ReplicaError;
-use kafkafs::op::Timestamp;
+use kafkafs::op::{Op, RelPath, Timestamp};
 use kafkafs::record::pb;
 use kafkafs::slave::{self, SlaveConfig};
 use prost::Message as _;
@@ -78,6 +78,71 @@ fn slave_replays_a_mixed_journal_exactly() {
     .unwrap();
     assert_eq!(again.applied, 0);
     common::assert_trees_equal(&reference, &replica, "after an idle restart");
+}
+
+/// Records larger than the reader's per-partition fetch slice (4 MiB)
+/// come whole and in order, next to small records of other partitions.
+#[test]
+fn records_larger_than_a_fetch_slice_replay_exactly() {
+    if common::skip(
+        common::Need::Kafka,
+        "records_larger_than_a_fetch_slice_replay_exactly",
+    ) {
+        return;
+    }
+    const BIG: usize = 6 << 20;
+    let mut cfg = common::kafka_topic_with(
+        "big-records",
+        4,
+        &[("max.message.bytes", &(16 << 20).to_string())],
+    );
+    cfg.properties
+        .push(("message.max.bytes".into(), (16 << 20).to_string()));
+    let mut ops = Vec::new();
+    for f in 0..3u8 {
+        let path = RelPath::new(format!("big-{f}")).unwrap();
+        ops.push(Op::Create {
+            path: path.clone(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+        for chunk in 0..2u64 {
+            let data = vec![f.wrapping_mul(31).wrapping_add(chunk as u8 + 1); BIG];
+            ops.push(Op::Write {
+                path: path.clone(),
+                offset: chunk * BIG as u64,
+                data: data.into(),
+            });
+        }
+        for small in 0..20 {
+            ops.push(Op::Mkdir {
+                path: RelPath::new(format!("dir-{f}-{small}")).unwrap(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+        }
+    }
+    let records = common::records(&ops, 4, START);
+    common::produce(&common::kafka_sink(&cfg), &records);
+
+    let dir = common::tempdir();
+    let reference = common::path_of(&dir, "reference");
+    let replica = common::path_of(&dir, "replica");
+    common::apply_direct(&reference, &records);
+    let report = slave::run(
+        &slave_config(&replica, &cfg.topic),
+        common::kafka_source(&cfg),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .expect("slave run");
+    assert_eq!(report.applied, records.len() as u64);
+    assert_eq!(
+        std::fs::metadata(replica.join("big-2")).unwrap().len(),
+        2 * BIG as u64
+    );
+    common::assert_trees_equal(&reference, &replica, "records over the fetch slice");
 }
 
 /// The slave binary killed with SIGKILL at random instants, restarted each

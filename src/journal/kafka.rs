@@ -129,8 +129,14 @@ impl KafkaConfig {
             .set("auto.offset.reset", "error")
             .set("fetch.wait.max.ms", "50")
             // Many records per round trip: 1 MiB records would otherwise
-            // come one per fetch (the default is 1 MiB per partition).
-            .set("max.partition.fetch.bytes", "16777216")
+            // come one per fetch (the default is 1 MiB per partition). A
+            // slice of 4 MiB, not more, per partition: a response then
+            // covers every partition, so the next record of a chain
+            // across partitions is usually in it (16 MiB slices filled a
+            // 64 MiB response from the first partitions and left the
+            // chain waiting on the next round trip). A larger record still
+            // comes whole: the broker returns a first batch over the limit.
+            .set("max.partition.fetch.bytes", "4194304")
             .set("fetch.max.bytes", "67108864")
             .set("queued.max.messages.kbytes", "262144");
         Ok(self.with_properties(c))

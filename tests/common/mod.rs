@@ -109,7 +109,16 @@ pub fn unique_topic(name: &str) -> String {
 
 /// Creates a fresh topic on the real broker.
 pub fn kafka_topic(name: &str, partitions: u32) -> KafkaConfig {
-    let cfg = KafkaConfig::new(brokers(), unique_topic(name));
+    kafka_topic_with(name, partitions, &[])
+}
+
+/// Creates a fresh topic on the real broker with topic-level settings.
+pub fn kafka_topic_with(name: &str, partitions: u32, settings: &[(&str, &str)]) -> KafkaConfig {
+    let mut cfg = KafkaConfig::new(brokers(), unique_topic(name));
+    cfg.topic_config = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     cfg.ensure_topic(partitions, 1)
         .expect("creating test topic");
     cfg
