@@ -332,10 +332,14 @@ fn a_stalled_data_root_answers_within_the_timeout() {
     let frozen = ext4.freeze();
     // The write under test first (so it is dispatched and journaled before
     // the crowd below queues up), answered on its own thread.
+    // (Its answer is waited for with a bound: a caller never answered —
+    // its record applied on its own thread, stuck on the frozen data-root
+    // — fails the test, whose guards then thaw it, rather than hanging it.)
     let t = Instant::now();
-    let target = std::thread::spawn(move || {
+    let (answer, target) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let r = f.write_at(b"new", 0);
-        (r.map_err(|e| errno_of(&e)), f)
+        let _ = answer.send((r.map_err(|e| errno_of(&e)), f));
     });
     std::thread::sleep(Duration::from_millis(300));
     // More callers than dispatcher threads: each is answered within the
@@ -350,7 +354,9 @@ fn a_stalled_data_root_answers_within_the_timeout() {
             })
         })
         .collect();
-    let (r, f) = target.join().unwrap();
+    let (r, f) = target
+        .recv_timeout(timeout * 4)
+        .expect("the write under test got no answer while the data-root was frozen");
     let took = t.elapsed();
     assert_eq!(r.map(drop), Err(libc::EIO));
     assert!(took < timeout * 2, "answered after {took:?}");

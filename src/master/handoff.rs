@@ -8,6 +8,17 @@
 //! delivery failed), so a conflicting call can never overtake a record
 //! that is still on its way. Exactly one side ends up dropping the keys,
 //! whatever the interleaving; the loom models below check that.
+//!
+//! A caller that takes claims (`handoff(true)`) can also be handed its
+//! record to apply on its own thread (`Offer`, a claim `C` on the applier
+//! pool): the delivery report parks the claim here and wakes the caller,
+//! which takes it (`take_claim`). The claim holds the record's completion,
+//! which holds this hand-off's notifier: a claim parked for a caller that
+//! is gone would keep itself alive and its record in flight for ever. So
+//! the caller closes the hand-off to claims before it stops waiting
+//! (`give_up`, or dropping its side), dropping a claim parked there (its
+//! record goes back to the pool's workers), and a claim offered after that
+//! is refused and goes back too.
 
 use crate::error::JournalError;
 use crate::replica::apply::Outcome;
@@ -18,42 +29,82 @@ use crate::sync::{Arc, Mutex};
 pub(crate) enum Progress {
     /// Kafka acknowledged the record.
     Delivered,
+    /// Kafka acknowledged the record, and it waits in the hand-off for the
+    /// caller to apply it (`Waiter::take_claim`).
+    Claimed,
     /// The data-root applied it, with this outcome, at this instant.
     Applied(Outcome, std::time::Instant),
     /// It was not acknowledged (or not by this writer's turn).
     Failed(JournalError),
 }
 
+/// Where a claim waits for its caller.
+enum Parked<C> {
+    /// The caller takes claims; none offered yet.
+    Open,
+    /// Offered, not taken yet.
+    Claim(C),
+    /// Taken, refused or never wanted: later offers are refused.
+    Closed,
+}
+
+type Slot<C> = Arc<Mutex<Parked<C>>>;
+
 /// The journal's side: delivery report and completion.
-pub(crate) struct Notifier<K> {
+pub(crate) struct Notifier<K, C> {
     tx: channel::Sender<Progress>,
     late: Arc<Mutex<Option<K>>>,
+    parked: Slot<C>,
 }
 
 /// The caller's side.
-pub(crate) struct Waiter<K> {
+pub(crate) struct Waiter<K, C> {
     rx: channel::Receiver<Progress>,
     late: Arc<Mutex<Option<K>>>,
+    parked: Slot<C>,
 }
 
-/// A new hand-off for one record.
-pub(crate) fn handoff<K>() -> (Notifier<K>, Waiter<K>) {
+/// Hands a claim on the record to its caller (`Notifier::offer`).
+pub(crate) struct Offer<C> {
+    tx: channel::Sender<Progress>,
+    parked: Slot<C>,
+}
+
+/// A new hand-off for one record; `claims`: the caller can apply its
+/// record on its own thread.
+pub(crate) fn handoff<K, C>(claims: bool) -> (Notifier<K, C>, Waiter<K, C>) {
     let (tx, rx) = channel::unbounded();
     let late = Arc::new(Mutex::new(None));
+    let parked = Arc::new(Mutex::new(if claims {
+        Parked::Open
+    } else {
+        Parked::Closed
+    }));
     (
         Notifier {
             tx,
             late: late.clone(),
+            parked: parked.clone(),
         },
-        Waiter { rx, late },
+        Waiter { rx, late, parked },
     )
 }
 
-impl<K> Notifier<K> {
+impl<K, C> Notifier<K, C> {
     /// Kafka acknowledged the record (the caller waits on for the apply).
     pub(crate) fn delivered(&self) {
         // A caller that gave up no longer reads: nothing to do then.
         let _ = self.tx.send(Progress::Delivered);
+    }
+
+    /// The way to hand the caller a claim on its record, if it takes
+    /// claims and still waits (taken before the notifier moves into the
+    /// record's completion).
+    pub(crate) fn offer(&self) -> Option<Offer<C>> {
+        matches!(*self.parked.lock(), Parked::Open).then(|| Offer {
+            tx: self.tx.clone(),
+            parked: self.parked.clone(),
+        })
     }
 
     /// The record was applied: the caller gets its outcome; returns the
@@ -86,9 +137,32 @@ impl<K> Notifier<K> {
     /// Closes the channel, then releases keys a caller left behind (the
     /// order `failed` explains).
     fn release_late(self) {
-        let Notifier { tx, late } = self;
+        let Notifier { tx, late, .. } = self;
         drop(tx);
         drop(late.lock().take());
+    }
+}
+
+impl<C> Offer<C> {
+    /// Kafka acknowledged the record, which went to the pool's workers
+    /// (not claimed): as `Notifier::delivered`.
+    pub(crate) fn delivered(self) {
+        let _ = self.tx.send(Progress::Delivered);
+    }
+
+    /// Parks the claim for the caller and wakes it; a caller that stopped
+    /// waiting refuses it (returned: dropping it gives the record back to
+    /// the pool's workers).
+    pub(crate) fn give(self, claim: C) -> Result<(), C> {
+        let mut parked = self.parked.lock();
+        if !matches!(*parked, Parked::Open) {
+            return Err(claim);
+        }
+        *parked = Parked::Claim(claim);
+        drop(parked);
+        // Implies `Delivered`. A caller closing meanwhile took the claim.
+        let _ = self.tx.send(Progress::Claimed);
+        Ok(())
     }
 }
 
@@ -101,7 +175,7 @@ pub(crate) enum GaveUp<K> {
     Pending,
 }
 
-impl<K> Waiter<K> {
+impl<K, C> Waiter<K, C> {
     /// The next report, waiting at most `timeout`.
     pub(crate) fn recv_timeout(
         &self,
@@ -110,15 +184,32 @@ impl<K> Waiter<K> {
         self.rx.recv_timeout(timeout)
     }
 
+    /// The claim the journal's side parked (after `Progress::Claimed`);
+    /// no other is offered afterwards.
+    pub(crate) fn take_claim(&self) -> Option<C> {
+        match std::mem::replace(&mut *self.parked.lock(), Parked::Closed) {
+            Parked::Claim(claim) => Some(claim),
+            Parked::Open | Parked::Closed => None,
+        }
+    }
+
+    /// No claim is taken any more; one parked is dropped (outside the
+    /// lock: its record goes back to the pool, whose lock that takes).
+    fn close_claims(&self) {
+        drop(self.take_claim());
+    }
+
     /// The caller stops waiting: its keys go to the record, unless it was
     /// applied meanwhile (the caller takes them back with the outcome) or
     /// will never be applied from this hand-off (its delivery failed, or
-    /// recovery took it over: the keys are released here).
+    /// recovery took it over: the keys are released here). A claim parked
+    /// for it goes back to the pool's workers.
     pub(crate) fn give_up(&self, keys: K) -> GaveUp<K> {
         *self.late.lock() = Some(keys);
+        self.close_claims();
         loop {
             match self.rx.try_recv() {
-                Ok(Progress::Delivered) => continue,
+                Ok(Progress::Delivered | Progress::Claimed) => continue,
                 Ok(Progress::Applied(outcome, _)) => {
                     return GaveUp::Applied(outcome, self.late.lock().take());
                 }
@@ -132,6 +223,14 @@ impl<K> Waiter<K> {
     }
 }
 
+impl<K, C> Drop for Waiter<K, C> {
+    fn drop(&mut self) {
+        // A claim parked here would hold its own notifier, and so this
+        // hand-off, for ever (module docs).
+        self.close_claims();
+    }
+}
+
 /// The caller's side while the caller's own thread is busy with its record
 /// (writing its write-ahead frame, applying it: a claim), guarded by a
 /// deadline timer: that thread may be stuck in a syscall on a failing
@@ -139,8 +238,8 @@ impl<K> Waiter<K> {
 /// place (`expire`) and the caller is answered EIO without it. The thread
 /// comes back with `resume` and learns which side answers. Exactly one side
 /// answers the caller, and the keys are dropped once (loom model below).
-pub(crate) struct Standby<K> {
-    waiter: Waiter<K>,
+pub(crate) struct Standby<K, C> {
+    waiter: Waiter<K, C>,
     phase: Mutex<Phase<K>>,
 }
 
@@ -167,9 +266,9 @@ pub(crate) enum Resumed<K> {
     Applied(Outcome, Option<K>),
 }
 
-impl<K> Standby<K> {
+impl<K, C> Standby<K, C> {
     /// The caller's side, with its keys, while its thread is busy.
-    pub(crate) fn new(waiter: Waiter<K>, keys: K) -> Self {
+    pub(crate) fn new(waiter: Waiter<K, C>, keys: K) -> Self {
         Standby {
             waiter,
             phase: Mutex::new(Phase::Busy(keys)),
@@ -208,7 +307,7 @@ impl<K> Standby<K> {
     }
 
     /// The caller's side of the hand-off (after `resume` said `Waiting`).
-    pub(crate) fn waiter(&self) -> &Waiter<K> {
+    pub(crate) fn waiter(&self) -> &Waiter<K, C> {
         &self.waiter
     }
 }
@@ -236,7 +335,21 @@ mod loom_tests {
     /// The caller's side of `Pipeline::await_outcome`: wait for the
     /// outcome (patient), or give up at once — loom runs that at every
     /// point of the other side's progress, as a deadline could fire.
-    fn caller(waiter: &Waiter<Keys>, keys: Keys, patient: bool) -> Option<(Outcome, Option<Keys>)> {
+    fn caller<C>(
+        waiter: &Waiter<Keys, C>,
+        keys: Keys,
+        patient: bool,
+    ) -> Option<(Outcome, Option<Keys>)> {
+        caller_claiming(waiter, keys, patient, drop)
+    }
+
+    /// `caller`, applying a claim it is handed with `run`.
+    fn caller_claiming<C>(
+        waiter: &Waiter<Keys, C>,
+        keys: Keys,
+        patient: bool,
+        run: impl Fn(C),
+    ) -> Option<(Outcome, Option<Keys>)> {
         if !patient {
             return match waiter.give_up(keys) {
                 GaveUp::Applied(o, k) => Some((o, k)),
@@ -246,6 +359,11 @@ mod loom_tests {
         loop {
             match waiter.recv_timeout(std::time::Duration::from_secs(1)) {
                 Ok(Progress::Delivered) => continue,
+                Ok(Progress::Claimed) => {
+                    if let Some(claim) = waiter.take_claim() {
+                        run(claim);
+                    }
+                }
                 Ok(Progress::Applied(o, _)) => return Some((o, Some(keys))),
                 Ok(Progress::Failed(_)) | Err(_) => return None,
             }
@@ -256,7 +374,7 @@ mod loom_tests {
     fn loom_give_up_races_the_completion() {
         loom::model(|| {
             let released = Arc::new(AtomicUsize::new(0));
-            let (notifier, waiter) = handoff::<Keys>();
+            let (notifier, waiter) = handoff::<Keys, ()>(false);
             let applier = thread::spawn(move || {
                 notifier.delivered();
                 drop(notifier.applied(Ok(())));
@@ -275,7 +393,7 @@ mod loom_tests {
     fn loom_give_up_races_a_failed_delivery() {
         loom::model(|| {
             let released = Arc::new(AtomicUsize::new(0));
-            let (notifier, waiter) = handoff::<Keys>();
+            let (notifier, waiter) = handoff::<Keys, ()>(false);
             let reporter = thread::spawn(move || {
                 notifier.failed(JournalError::Closed);
             });
@@ -293,7 +411,7 @@ mod loom_tests {
     fn loom_give_up_races_recovery_taking_over() {
         loom::model(|| {
             let released = Arc::new(AtomicUsize::new(0));
-            let (notifier, waiter) = handoff::<Keys>();
+            let (notifier, waiter) = handoff::<Keys, ()>(false);
             let recovery = thread::spawn(move || notifier.abandon());
             let answer = caller(&waiter, Keys(released.clone()), false);
             assert!(answer.is_none());
@@ -309,7 +427,7 @@ mod loom_tests {
         loom::model(|| {
             let released = Arc::new(AtomicUsize::new(0));
             let applied = Arc::new(AtomicUsize::new(0));
-            let (notifier, waiter) = handoff::<Keys>();
+            let (notifier, waiter) = handoff::<Keys, ()>(false);
             let (r, a) = (released.clone(), applied.clone());
             let applier = thread::spawn(move || {
                 a.fetch_add(1, Ordering::SeqCst);
@@ -341,7 +459,7 @@ mod loom_tests {
             let released = Arc::new(AtomicUsize::new(0));
             let answers = Arc::new(AtomicUsize::new(0));
             let applied = Arc::new(AtomicUsize::new(0));
-            let (notifier, waiter) = handoff::<Keys>();
+            let (notifier, waiter) = handoff::<Keys, ()>(false);
             let standby = Arc::new(Standby::new(waiter, Keys(released.clone())));
             let timer = {
                 let (standby, answers) = (standby.clone(), answers.clone());
@@ -383,8 +501,7 @@ mod loom_tests {
         // the unbounded search take minutes for no extra interleaving class.
         crate::sync::bounded_model(move || {
             let released = Arc::new(AtomicUsize::new(0));
-            let (notifier, waiter) = handoff::<Keys>();
-            type Done = Box<dyn FnOnce() + Send>;
+            let (notifier, waiter) = handoff::<Keys, ()>(false);
             let work: Box<WorkFn<Option<Done>, ()>> =
                 Box::new(|_, item: &mut Item<Option<Done>>| {
                     if let Some(done) = item.payload.take() {
@@ -416,6 +533,77 @@ mod loom_tests {
             assert_eq!(end.applied, 1);
             assert_eq!(released.load(Ordering::SeqCst), 1);
         });
+    }
+
+    type Done = Box<dyn FnOnce() + Send>;
+    type DoneClaim = crate::replica::pool::Claim<Option<Done>, ()>;
+
+    /// The `journal` mode's path with claims: the delivery report claims
+    /// the record from the idle pool and parks it for the caller, which
+    /// applies it on its own thread (patient), or gives up at any point
+    /// (then drops its side) — the claim parked for it, or refused, goes
+    /// back to the pool's worker. Either way the record is applied once,
+    /// the keys released once, and the pool ends with nothing in flight.
+    fn delivery_claim_reply(patient: bool) {
+        crate::sync::bounded_model(move || {
+            let released = Arc::new(AtomicUsize::new(0));
+            let (notifier, waiter) = handoff::<Keys, DoneClaim>(true);
+            let work: Box<WorkFn<Option<Done>, ()>> =
+                Box::new(|_, item: &mut Item<Option<Done>>| {
+                    if let Some(done) = item.payload.take() {
+                        done();
+                    }
+                    Ok(())
+                });
+            let pool = Pool::start(1, Scheduler::new(&[0]), work);
+            let feeder = pool.feeder();
+            // As the master's delivery report (`pipeline::deliver`).
+            let reporter = thread::spawn(move || {
+                let offer = notifier.offer();
+                if offer.is_none() {
+                    // The caller stopped waiting already.
+                    notifier.delivered();
+                }
+                let done: Done = Box::new(move || drop(notifier.applied(Ok(()))));
+                let item = Item {
+                    seq: 1,
+                    deps: Vec::new(),
+                    payload: Some(done),
+                };
+                let Some(offer) = offer else {
+                    feeder.push(0, item);
+                    return;
+                };
+                match feeder.push_or_claim(0, item) {
+                    Some(claim) => {
+                        if let Err(refused) = offer.give(claim) {
+                            drop(refused);
+                        }
+                    }
+                    None => offer.delivered(),
+                }
+            });
+            let answer = caller_claiming(&waiter, Keys(released.clone()), patient, |c| c.run());
+            if patient {
+                assert!(answer.is_some(), "a patient caller gets the outcome");
+            }
+            drop(answer);
+            drop(waiter);
+            reporter.join().unwrap();
+            let end = pool.close();
+            assert_eq!(end.applied, 1);
+            assert_eq!(released.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn loom_a_claim_handed_to_a_patient_caller() {
+        delivery_claim_reply(true);
+    }
+
+    #[test]
+    fn loom_a_claim_handed_to_a_caller_giving_up() {
+        delivery_claim_reply(false);
     }
 
     #[test]

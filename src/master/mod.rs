@@ -383,6 +383,7 @@ fn start_fs(
         history_limit: config.history_limit,
         check: pre_check(state.clone(), limits.clone()),
         fsync: fsync_start(config)?,
+        deadlines: deadline::Deadlines::start().map_err(io(data))?,
     })?;
     let fs = Arc::new(MasterFs::new(
         pipeline.clone(),
@@ -415,12 +416,10 @@ fn fsync_start(config: &MasterConfig) -> Result<Option<FsyncStart>, MasterError>
         config.window.bytes >> 20,
         config.window.age
     );
-    let deadlines = deadline::Deadlines::start().map_err(io(&dir))?;
     Ok(Some(FsyncStart {
         limits: config.window,
         wal,
         wal_dir: dir,
-        deadlines,
     }))
 }
 

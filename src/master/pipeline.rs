@@ -14,7 +14,11 @@
 //!    the master's own applier (the same scheduler and workers as a slave);
 //! 4. waits until the applier has applied it to the data-root and recorded
 //!    it in the ledger, and returns its outcome with the keys still held;
-//!    the caller updates the inode table, then drops the keys.
+//!    the caller updates the inode table, then drops the keys. When the
+//!    applier has nothing else to apply, the delivery report hands the
+//!    record to the waiting call's thread instead (a claim, for a call
+//!    that can be answered without its thread), which applies it under
+//!    the deadline timer (`guarded`).
 //!
 //! In `fsync` mode steps 3 and 4 differ (`unacked`): the record is queued
 //! for the applier at once, and the call's own thread writes its
@@ -34,8 +38,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Errno, FsError, JournalError};
 use crate::journal::{Journal, Message, Sink, Source};
+use crate::master::deadline::Deadlines;
 use crate::master::durability::Durability;
-use crate::master::handoff::{handoff, GaveUp, Notifier, Progress, Waiter};
+use crate::master::handoff::{self, handoff, GaveUp, Progress, Resumed, Standby};
 use crate::master::inodes::InodeTable;
 use crate::master::kernel_cache::{CacheSlot, KernelCache};
 use crate::master::keys::KeySet;
@@ -292,6 +297,9 @@ struct Shared {
     /// The kernel's cache of the mount, told about changes no reply
     /// described.
     kernel: CacheSlot,
+    /// Answers callers whose thread is stuck on its record at their
+    /// deadline (`Pipeline::guarded`).
+    deadlines: Deadlines,
 }
 
 impl Shared {
@@ -354,6 +362,8 @@ struct JournalStats {
     acknowledged: AtomicU64,
     /// Calls answered EIO because the journal or the data-root failed them.
     failed: AtomicU64,
+    /// Records applied by their call's own thread (a claim), not a worker.
+    by_caller: AtomicU64,
 }
 
 /// The write path (see module docs). Cheap to clone.
@@ -376,6 +386,20 @@ pub type PreCheck = Arc<dyn Fn(&Op) -> Option<Errno> + Send + Sync>;
 
 /// A call's record, claimed to be applied on the call's own thread.
 type RecordClaim = Claim<Entry, WorkError>;
+
+/// The journal's side of a call's hand-off.
+type Notifier = handoff::Notifier<KeyGuard, RecordClaim>;
+
+/// The call's side of its hand-off.
+type Waiter = handoff::Waiter<KeyGuard, RecordClaim>;
+
+/// What waiting for a record's outcome ended with.
+enum Awaited {
+    /// It was applied (by a worker).
+    Applied(Applied),
+    /// The delivery report handed it to the caller's thread to apply.
+    Claimed(KeyGuard, Box<RecordClaim>),
+}
 
 /// A record handed to the journal, for the rest of its call.
 struct Sent {
@@ -421,6 +445,9 @@ pub struct PipelineStart {
     pub check: PreCheck,
     /// The `fsync` durability mode (`None`: `journal`).
     pub fsync: Option<FsyncStart>,
+    /// Answers callers whose thread is stuck on its record at their
+    /// deadline (`Pipeline::guarded`).
+    pub deadlines: Deadlines,
 }
 
 impl PipelineStart {
@@ -467,6 +494,7 @@ impl Pipeline {
             linger,
             unacked: s.fsync.map(|f| Unacknowledged::new(f, &s.tails)),
             kernel: CacheSlot::default(),
+            deadlines: s.deadlines,
         });
         let pipeline = Pipeline { shared };
         let recovery = pipeline.clone();
@@ -558,24 +586,100 @@ impl Pipeline {
         if let Some(a) = arrived {
             self.shared.stats.queued.record(a.elapsed());
         }
-        let (notifier, waiter) = handoff::<KeyGuard>();
-        // In `fsync` mode a thread whose caller can be answered without it
-        // (the deadline timer) does the rest itself (`finish_guarded`).
-        let guarded = self.shared.unacked.as_ref().zip(call_answer());
+        // A thread whose caller can be answered without it (the deadline
+        // timer) applies its record itself when nothing else is applied:
+        // in `fsync` mode it claims it as it sequences it, in `journal`
+        // mode the delivery report hands it the claim.
+        let answer = call_answer();
+        let fsync = self.shared.unacked.is_some();
+        let (notifier, waiter) = handoff(answer.is_some() && !fsync);
         let (guard, seq, claim) =
-            self.sequence_and_send(st, planned, caller, notifier, guarded.is_some())?;
-        let sent = Instant::now();
-        if let Some((u, answer)) = guarded {
-            let call = Sent {
-                seq,
-                deadline,
-                sent,
-            };
-            return self.finish_guarded(u, waiter, guard, call, claim, answer);
+            self.sequence_and_send(st, planned, caller, notifier, answer.is_some() && fsync)?;
+        let call = Sent {
+            seq,
+            deadline,
+            sent: Instant::now(),
+        };
+        if let (Some(answer), true) = (answer.clone(), fsync) {
+            return self.finish_guarded(waiter, guard, call, claim, answer);
         }
-        let applied = self.await_outcome(&waiter, guard, deadline, sent)?;
-        self.written(seq, deadline)?;
-        Ok(applied)
+        match self.await_outcome(&waiter, guard, deadline, call.sent, false)? {
+            Awaited::Applied(applied) => {
+                self.written(seq, deadline)?;
+                Ok(applied)
+            }
+            Awaited::Claimed(guard, claim) => match answer {
+                Some(answer) => self.guarded(waiter, guard, call, answer, move || {
+                    self.run_claim(*claim);
+                    Ok(())
+                }),
+                // Not offered without a way to answer: the pool applies it.
+                None => {
+                    drop(claim);
+                    self.await_applied(&waiter, guard, deadline, call.sent, true)
+                }
+            },
+        }
+    }
+
+    /// Does `busy` (the call's own work on its record: writing its
+    /// write-ahead frame, applying it) under a deadline timer, then
+    /// answers. The thread may block on a failing data-root past the
+    /// call's deadline: the timer then gives up in its place (the keys go
+    /// to the record, whose completion releases them and makes the kernel
+    /// forget what it changed) and answers the caller EIO without it.
+    /// Whichever comes first answers, once (`handoff::Standby`).
+    fn guarded(
+        &self,
+        waiter: Waiter,
+        guard: KeyGuard,
+        call: Sent,
+        answer_eio: AnswerEio,
+        busy: impl FnOnce() -> Result<(), FsError>,
+    ) -> Result<Applied, FsError> {
+        let standby = Arc::new(Standby::new(waiter, guard));
+        let expire = standby.clone();
+        let timeout = self.shared.timeout;
+        let timer = self.shared.deadlines.arm(
+            call.deadline,
+            Box::new(move || {
+                if expire.expire() {
+                    tracing::warn!(
+                        "a call's own thread was still writing its record ahead or applying it \
+                         {timeout:?} after its arrival (a stalled data-root?); the caller gets \
+                         EIO, and the record takes effect once the data-root takes it"
+                    );
+                    answer_eio();
+                }
+            }),
+        );
+        let done = busy();
+        timer.disarm();
+        match standby.resume() {
+            Resumed::GaveUp => Err(FsError::NotApplied(timeout)),
+            Resumed::Applied(outcome, keys) => done.map(|()| Applied {
+                outcome,
+                _keys: keys,
+            }),
+            Resumed::Waiting(guard) => match done {
+                // (Its record was delivered: to the applier, in `fsync`
+                // mode, or by Kafka to this thread, in `journal` mode.)
+                Ok(()) => {
+                    self.await_applied(standby.waiter(), guard, call.deadline, call.sent, true)
+                }
+                Err(e) => {
+                    // The keys stay with the record until it is applied.
+                    drop(standby.waiter().give_up(guard));
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Applies a claimed record on this thread, as a worker would.
+    fn run_claim(&self, claim: RecordClaim) {
+        claim.run();
+        self.shared.stats.by_caller.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Prometheus text for the write path: journal acknowledgement latency,
@@ -622,11 +726,14 @@ impl Pipeline {
              # HELP kafkafs_journal_failed_calls_total Calls answered EIO because the journal (or the data-root) did not take their record in time.\n\
              # TYPE kafkafs_journal_failed_calls_total counter\nkafkafs_journal_failed_calls_total {}\n\
              # HELP kafkafs_journal_recovering 1 while the journal is unavailable.\n\
-             # TYPE kafkafs_journal_recovering gauge\nkafkafs_journal_recovering {}\n",
+             # TYPE kafkafs_journal_recovering gauge\nkafkafs_journal_recovering {}\n\
+             # HELP kafkafs_call_applied_by_caller_total Records applied by their call's own thread (the applier pool was idle), not by an applier worker.\n\
+             # TYPE kafkafs_call_applied_by_caller_total counter\nkafkafs_call_applied_by_caller_total {}\n",
             s.in_flight.load(Ordering::SeqCst),
             stats.acknowledged.load(Relaxed),
             stats.failed.load(Relaxed),
-            u8::from(self.recovering())
+            u8::from(self.recovering()),
+            stats.by_caller.load(Relaxed)
         );
         if let Some((records, bytes)) = self.unacknowledged() {
             out += &format!(
@@ -736,7 +843,7 @@ impl Pipeline {
         mut st: MutexGuard<'_, SeqState>,
         planned: Planned,
         caller: Caller,
-        notifier: Notifier<KeyGuard>,
+        notifier: Notifier,
         may_claim: bool,
     ) -> Result<(KeyGuard, u64, Option<RecordClaim>), FsError> {
         let shared = &self.shared;
@@ -785,12 +892,7 @@ impl Pipeline {
             .inspect(|s| (0..s.partitions()).map(|q| s.applied_seq(q)).collect())
     }
 
-    fn send(
-        &self,
-        st: &SeqState,
-        record: Record,
-        notifier: Notifier<KeyGuard>,
-    ) -> Result<(), JournalError> {
+    fn send(&self, st: &SeqState, record: Record, notifier: Notifier) -> Result<(), JournalError> {
         let shared = &self.shared;
         let payload = record.encode();
         let key = record.op.target().as_bytes().to_vec();
@@ -820,40 +922,72 @@ impl Pipeline {
         sent
     }
 
-    /// Waits for the acknowledgement and then the outcome, until `deadline`.
-    fn await_outcome(
+    /// Waits for the outcome, after the acknowledgement unless the
+    /// record was `delivered` already, until `deadline`; a claim handed
+    /// over on the way is given back (`await_outcome`).
+    fn await_applied(
         &self,
-        waiter: &Waiter<KeyGuard>,
+        waiter: &Waiter,
         guard: KeyGuard,
         deadline: Instant,
         sent: Instant,
+        delivered: bool,
     ) -> Result<Applied, FsError> {
+        let (mut guard, mut delivered) = (guard, delivered);
+        loop {
+            match self.await_outcome(waiter, guard, deadline, sent, delivered)? {
+                Awaited::Applied(applied) => return Ok(applied),
+                Awaited::Claimed(keys, claim) => {
+                    // Back to the pool's workers (a hand-off takes one
+                    // claim at most, so this happens once).
+                    drop(claim);
+                    (guard, delivered) = (keys, true);
+                }
+            }
+        }
+    }
+
+    /// Waits for the acknowledgement and then the outcome, until
+    /// `deadline`, or for the record handed over to be applied here.
+    fn await_outcome(
+        &self,
+        waiter: &Waiter,
+        guard: KeyGuard,
+        deadline: Instant,
+        sent: Instant,
+        mut delivered: bool,
+    ) -> Result<Awaited, FsError> {
         let timeout = self.shared.timeout;
-        let mut delivered = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match waiter.recv_timeout(left.max(Duration::from_millis(1))) {
                 Ok(Progress::Delivered) => delivered = true,
+                Ok(Progress::Claimed) => {
+                    delivered = true;
+                    if let Some(claim) = waiter.take_claim() {
+                        return Ok(Awaited::Claimed(guard, Box::new(claim)));
+                    }
+                }
                 Ok(Progress::Applied(outcome, at)) => {
                     self.shared.stats.replying.record(at.elapsed());
-                    return Ok(Applied {
+                    return Ok(Awaited::Applied(Applied {
                         outcome,
                         _keys: Some(guard),
-                    });
+                    }));
                 }
                 Ok(Progress::Failed(e)) => {
                     self.enter_recovery(&format!("record not acknowledged: {e}"));
                     return Err(FsError::Journal(Box::new(e)));
                 }
                 Err(RecvTimeoutError::Timeout) if delivered => {
-                    return self.stop_waiting(waiter, guard);
+                    return self.stop_waiting(waiter, guard).map(Awaited::Applied);
                 }
                 Err(RecvTimeoutError::Timeout) if sent.elapsed() < timeout / 2 => {
                     // The call spent most of its time before it was sent:
                     // its deadline passed, not the journal's patience. The
                     // record goes on; its delivery applies it (or fails and
                     // starts recovery).
-                    return self.stop_waiting(waiter, guard);
+                    return self.stop_waiting(waiter, guard).map(Awaited::Applied);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.enter_recovery(&format!("no acknowledgement within {timeout:?}"));
@@ -868,7 +1002,7 @@ impl Pipeline {
     /// data-root is failing, or the call waited long before it was sent):
     /// the caller gets EIO, and the record keeps its keys until it is
     /// applied (or its delivery fails).
-    fn stop_waiting(&self, waiter: &Waiter<KeyGuard>, guard: KeyGuard) -> Result<Applied, FsError> {
+    fn stop_waiting(&self, waiter: &Waiter, guard: KeyGuard) -> Result<Applied, FsError> {
         // It may have been applied meanwhile.
         if let GaveUp::Applied(outcome, keys) = waiter.give_up(guard) {
             return Ok(Applied {
@@ -1118,7 +1252,7 @@ fn deliver(
     shared: &Arc<Shared>,
     generation: u64,
     record: Record,
-    notifier: Notifier<KeyGuard>,
+    notifier: Notifier,
     res: Result<i64, JournalError>,
 ) {
     if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -1167,22 +1301,32 @@ fn deliver(
     }
     d.pushed[p as usize] = offset + 1;
     d.last[p as usize] = (record.partition_seq, record.seq);
-    notifier.delivered();
     // Under the delivery lock: entries reach the applier in offset order.
-    shared.feeder.push(
-        p,
-        applied_entry(shared, offset, record, notifier).into_item(),
-    );
+    let Some(offer) = notifier.offer() else {
+        notifier.delivered();
+        shared.feeder.push(
+            p,
+            applied_entry(shared, offset, record, notifier).into_item(),
+        );
+        return;
+    };
+    // The caller takes claims: when nothing else is applied it applies
+    // its record itself (no worker to wake, nothing to hand back).
+    let entry = applied_entry(shared, offset, record, notifier).into_item();
+    match shared.feeder.push_or_claim(p, entry) {
+        Some(claim) => {
+            if let Err(refused) = offer.give(claim) {
+                // It stopped waiting: the pool's workers apply it.
+                drop(refused);
+            }
+        }
+        None => offer.delivered(),
+    }
 }
 
 /// The entry that applies an acknowledged record to the data-root and
 /// answers its caller (or, if the caller gave up, releases its keys).
-fn applied_entry(
-    shared: &Arc<Shared>,
-    offset: i64,
-    record: Record,
-    notifier: Notifier<KeyGuard>,
-) -> Entry {
+fn applied_entry(shared: &Arc<Shared>, offset: i64, record: Record, notifier: Notifier) -> Entry {
     let mut entry = Entry::apply(offset, record);
     let acked = Instant::now();
     let stats = shared.clone();

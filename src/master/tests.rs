@@ -567,6 +567,54 @@ fn an_inline_call_that_would_wait_for_kafka_is_handed_back_untouched() {
     f.replay_equals_data_root();
 }
 
+/// The counter of records applied by their call's own thread.
+fn applied_by_callers(f: &Fixture) -> u64 {
+    let metrics = f.master.as_ref().unwrap().pipeline().render_metrics();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kafkafs_call_applied_by_caller_total "))
+        .expect("the counter is rendered")
+        .parse()
+        .unwrap()
+}
+
+/// In `journal` mode a call that can be answered without its thread (a
+/// dispatcher's call, with its answer hook) applies its own record when
+/// the applier pool is idle: the delivery report hands it the claim. A
+/// call that cannot be answered without its thread leaves it to the
+/// pool's workers. Either way the answer and the replay are the same.
+#[test]
+fn a_journal_mode_call_applies_its_own_record_when_the_pool_is_idle() {
+    use super::pipeline::{since, AnswerEio};
+    let f = Fixture::new();
+    let fs = f.fs();
+    let timer_answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = timer_answers.clone();
+    let answered: AnswerEio = Arc::new(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let now = std::time::Instant::now;
+    fs.mkdir(me(), ROOT, b"by-a-worker", 0o755, 0).unwrap();
+    assert_eq!(applied_by_callers(&f), 0);
+    for (i, name) in [&b"one"[..], b"two", b"three"].into_iter().enumerate() {
+        since(now(), Some(answered.clone()), || {
+            fs.mkdir(me(), ROOT, name, 0o755, 0)
+        })
+        .unwrap();
+        assert_eq!(applied_by_callers(&f), i as u64 + 1);
+    }
+    let e = since(now(), Some(answered.clone()), || {
+        fs.mkdir(me(), ROOT, b"one", 0o755, 0)
+    })
+    .unwrap_err();
+    assert_eq!(e.errno(), Errno::EXIST, "a replicated errno outcome");
+    assert_eq!(applied_by_callers(&f), 4);
+    assert!(f.data.join("three").is_dir());
+    let stuck = timer_answers.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(stuck, 0, "nothing was stuck: no answer came from the timer");
+    f.replay_equals_data_root();
+}
+
 #[test]
 fn records_whose_delivery_failed_are_sent_again() {
     let f = fsync_mode(1000, Duration::from_secs(10));

@@ -28,8 +28,6 @@
 use std::time::{Duration, Instant};
 
 use crate::error::{Errno, FsError, JournalError};
-use crate::master::deadline::Deadlines;
-use crate::master::handoff::{Notifier, Resumed, Standby, Waiter};
 use crate::master::wal::{NotWritten, WalWriter};
 use crate::master::window::{Unacked, Window, WindowLimits};
 use crate::record::{Record, HEADER_OP, HEADER_VERSION};
@@ -38,8 +36,8 @@ use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
 use std::sync::Arc;
 
 use super::{
-    applied_entry, gap_is_void, Applied, KeyGuard, Pipeline, ReadBack, RecordClaim, SeqState,
-    Shared, Tail,
+    applied_entry, gap_is_void, Applied, KeyGuard, Notifier, Pipeline, ReadBack, RecordClaim,
+    SeqState, Shared, Tail, Waiter,
 };
 
 /// What the `fsync` mode starts from.
@@ -51,9 +49,6 @@ pub struct FsyncStart {
     /// Where the write-ahead file lives (marked diverged if another master
     /// takes over).
     pub wal_dir: std::path::PathBuf,
-    /// Answers callers whose thread is stuck writing or applying at their
-    /// deadline (`Pipeline::finish_guarded`).
-    pub deadlines: Deadlines,
 }
 
 /// The acknowledged end of one partition.
@@ -148,7 +143,6 @@ pub(super) struct Unacknowledged {
     /// written by the callers waiting for them.
     wal: WalWriter,
     wal_dir: std::path::PathBuf,
-    deadlines: Deadlines,
     acked: Mutex<Vec<Acked>>,
     /// Failed deliveries so far (recovery's re-send stops waiting at one).
     failures: AtomicU64,
@@ -168,7 +162,6 @@ impl Unacknowledged {
             settlement: Settlement::new(start.limits),
             wal: start.wal,
             wal_dir: start.wal_dir,
-            deadlines: start.deadlines,
             acked: Mutex::new(acked),
             failures: AtomicU64::new(0),
         }
@@ -214,7 +207,7 @@ impl Pipeline {
         st: &SeqState,
         u: &Unacknowledged,
         record: Record,
-        notifier: Notifier<KeyGuard>,
+        notifier: Notifier,
         may_claim: bool,
     ) -> Result<Option<RecordClaim>, FsError> {
         let shared = &self.shared;
@@ -262,59 +255,27 @@ impl Pipeline {
     /// `fsync` mode, a call that can be answered without its thread: the
     /// thread writes the write-ahead file (its frame and what is queued
     /// before it) and, if it claimed its record, applies it — no hand-off
-    /// to another thread. Either may block on a failing data-root, so a
-    /// deadline timer guards them: at the deadline it gives up in the
-    /// thread's place (the keys go to the record, whose completion
-    /// releases them) and answers the caller EIO. The frame is written
-    /// before the apply, so once the record is applied nothing on this
-    /// thread can block before the answer.
+    /// to another thread — under a deadline timer (`Pipeline::guarded`).
+    /// The frame is written before the apply, so once the record is
+    /// applied nothing on this thread can block before the answer.
     pub(super) fn finish_guarded(
         &self,
-        u: &Unacknowledged,
-        waiter: Waiter<KeyGuard>,
+        waiter: Waiter,
         guard: KeyGuard,
         call: super::Sent,
         claim: Option<RecordClaim>,
         answer_eio: super::AnswerEio,
     ) -> Result<Applied, FsError> {
-        let standby = Arc::new(Standby::new(waiter, guard));
-        let expire = standby.clone();
-        let timeout = self.shared.timeout;
-        let timer = u.deadlines.arm(
-            call.deadline,
-            Box::new(move || {
-                if expire.expire() {
-                    tracing::warn!(
-                        "a call was still writing its write-ahead frame or applying its record \
-                         {timeout:?} after its arrival (a stalled data-root?); the caller gets \
-                         EIO, and the record takes effect once the data-root takes it"
-                    );
-                    answer_eio();
-                }
-            }),
-        );
-        let written = self.written(call.seq, call.deadline);
-        match claim {
-            // Applied by the pool instead (dropping the claim gives it back).
-            Some(claim) if written.is_ok() => claim.run(),
-            _ => {}
-        }
-        timer.disarm();
-        match standby.resume() {
-            Resumed::GaveUp => Err(FsError::NotApplied(self.shared.timeout)),
-            Resumed::Applied(outcome, keys) => written.map(|()| Applied {
-                outcome,
-                _keys: keys,
-            }),
-            Resumed::Waiting(guard) => match written {
-                Ok(()) => self.await_outcome(standby.waiter(), guard, call.deadline, call.sent),
-                Err(e) => {
-                    // The keys stay with the record until it is applied.
-                    drop(standby.waiter().give_up(guard));
-                    Err(e)
-                }
-            },
-        }
+        let (seq, deadline) = (call.seq, call.deadline);
+        self.guarded(waiter, guard, call, answer_eio, move || {
+            let written = self.written(seq, deadline);
+            match claim {
+                // Applied by the pool instead (dropping the claim gives it back).
+                Some(claim) if written.is_ok() => self.run_claim(claim),
+                _ => {}
+            }
+            written
+        })
     }
 
     /// Waits until every record numbered so far is acknowledged by Kafka
