@@ -30,6 +30,34 @@ fn slave_config(root: &std::path::Path, topic: &str) -> SlaveConfig {
     c
 }
 
+/// Produces `records` to the topic, applies them directly to a reference
+/// directory and replays the topic into a replica with the slave, which
+/// must apply every record; returns (their directory, reference, replica,
+/// the slave's report).
+fn produce_and_replay(
+    cfg: &kafkafs::journal::kafka::KafkaConfig,
+    records: &[kafkafs::record::Record],
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    slave::SlaveReport,
+) {
+    common::produce(&common::kafka_sink(cfg), records);
+    let dir = common::tempdir();
+    let reference = common::path_of(&dir, "reference");
+    let replica = common::path_of(&dir, "replica");
+    common::apply_direct(&reference, records);
+    let report = slave::run(
+        &slave_config(&replica, &cfg.topic),
+        common::kafka_source(cfg),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .expect("slave run");
+    assert_eq!(report.applied, records.len() as u64);
+    (dir, reference, replica, report)
+}
+
 #[test]
 fn slave_replays_a_mixed_journal_exactly() {
     if common::skip(common::Need::Kafka, "slave_replays_a_mixed_journal_exactly") {
@@ -39,20 +67,7 @@ fn slave_replays_a_mixed_journal_exactly() {
     let ops = Workload::new(seed).ops(3000);
     let records = common::records(&ops, 1, START);
     let cfg = common::kafka_topic("replay", 1);
-    common::produce(&common::kafka_sink(&cfg), &records);
-
-    let dir = common::tempdir();
-    let reference = common::path_of(&dir, "reference");
-    let replica = common::path_of(&dir, "replica");
-    common::apply_direct(&reference, &records);
-
-    let report = slave::run(
-        &slave_config(&replica, &cfg.topic),
-        common::kafka_source(&cfg),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .expect("slave run");
-    assert_eq!(report.applied, records.len() as u64);
+    let (_dir, reference, replica, report) = produce_and_replay(&cfg, &records);
     assert!(
         report.errno_outcomes > 0,
         "the workload includes failing ops"
@@ -125,19 +140,7 @@ fn records_larger_than_a_fetch_slice_replay_exactly() {
         }
     }
     let records = common::records(&ops, 4, START);
-    common::produce(&common::kafka_sink(&cfg), &records);
-
-    let dir = common::tempdir();
-    let reference = common::path_of(&dir, "reference");
-    let replica = common::path_of(&dir, "replica");
-    common::apply_direct(&reference, &records);
-    let report = slave::run(
-        &slave_config(&replica, &cfg.topic),
-        common::kafka_source(&cfg),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .expect("slave run");
-    assert_eq!(report.applied, records.len() as u64);
+    let (_dir, reference, replica, _) = produce_and_replay(&cfg, &records);
     assert_eq!(
         std::fs::metadata(replica.join("big-2")).unwrap().len(),
         2 * BIG as u64

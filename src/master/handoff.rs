@@ -493,6 +493,22 @@ mod loom_tests {
         });
     }
 
+    /// A record's completion (the master's applied entry runs its
+    /// caller's side of the hand-off).
+    type Done = Box<dyn FnOnce() + Send>;
+    type DoneClaim = crate::replica::pool::Claim<Option<Done>, ()>;
+
+    /// A one-worker pool on one partition whose work runs the completion.
+    fn completing_pool() -> Pool<Option<Done>, ()> {
+        let work: Box<WorkFn<Option<Done>, ()>> = Box::new(|_, item: &mut Item<Option<Done>>| {
+            if let Some(done) = item.payload.take() {
+                done();
+            }
+            Ok(())
+        });
+        Pool::start(1, Scheduler::new(&[0]), work)
+    }
+
     /// The master's path: the delivery report pushes the entry to the
     /// applier pool, a worker applies it and runs the completion, the
     /// caller waits (patiently or not).
@@ -502,14 +518,7 @@ mod loom_tests {
         crate::sync::bounded_model(move || {
             let released = Arc::new(AtomicUsize::new(0));
             let (notifier, waiter) = handoff::<Keys, ()>(false);
-            let work: Box<WorkFn<Option<Done>, ()>> =
-                Box::new(|_, item: &mut Item<Option<Done>>| {
-                    if let Some(done) = item.payload.take() {
-                        done();
-                    }
-                    Ok(())
-                });
-            let pool = Pool::start(1, Scheduler::new(&[0]), work);
+            let pool = completing_pool();
             let feeder = pool.feeder();
             let reporter = thread::spawn(move || {
                 notifier.delivered();
@@ -535,9 +544,6 @@ mod loom_tests {
         });
     }
 
-    type Done = Box<dyn FnOnce() + Send>;
-    type DoneClaim = crate::replica::pool::Claim<Option<Done>, ()>;
-
     /// The `journal` mode's path with claims: the delivery report claims
     /// the record from the idle pool and parks it for the caller, which
     /// applies it on its own thread (patient), or gives up at any point
@@ -548,14 +554,7 @@ mod loom_tests {
         crate::sync::bounded_model(move || {
             let released = Arc::new(AtomicUsize::new(0));
             let (notifier, waiter) = handoff::<Keys, DoneClaim>(true);
-            let work: Box<WorkFn<Option<Done>, ()>> =
-                Box::new(|_, item: &mut Item<Option<Done>>| {
-                    if let Some(done) = item.payload.take() {
-                        done();
-                    }
-                    Ok(())
-                });
-            let pool = Pool::start(1, Scheduler::new(&[0]), work);
+            let pool = completing_pool();
             let feeder = pool.feeder();
             // As the master's delivery report (`pipeline::deliver`).
             let reporter = thread::spawn(move || {

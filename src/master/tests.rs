@@ -511,6 +511,20 @@ fn a_full_window_makes_new_calls_wait() {
     f.replay_equals_data_root();
 }
 
+/// An answer hook as the FUSE adapter's (the deadline timer answers a
+/// stuck call through it), counting how often it answered.
+fn counting_answer_hook() -> (
+    super::pipeline::AnswerEio,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = answers.clone();
+    let hook: super::pipeline::AnswerEio = Arc::new(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    (hook, answers)
+}
+
 /// A call served on a FUSE thread (`pipeline::inline`) that would wait for
 /// room in the window is handed back (`WouldWait`) having journaled and
 /// applied nothing, at once; served again as a dispatcher serves it, it
@@ -518,14 +532,10 @@ fn a_full_window_makes_new_calls_wait() {
 /// (its record applied on its own thread).
 #[test]
 fn an_inline_call_that_would_wait_for_kafka_is_handed_back_untouched() {
-    use super::pipeline::{inline, since, AnswerEio};
+    use super::pipeline::{inline, since};
     let f = fsync_mode(2, Duration::from_millis(400));
     let fs = f.fs();
-    let timer_answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = timer_answers.clone();
-    let answered: AnswerEio = Arc::new(move || {
-        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    });
+    let (answered, timer_answers) = counting_answer_hook();
     let now = std::time::Instant::now;
     inline(now(), answered.clone(), || {
         fs.mkdir(me(), ROOT, b"a", 0o755, 0)
@@ -585,14 +595,10 @@ fn applied_by_callers(f: &Fixture) -> u64 {
 /// pool's workers. Either way the answer and the replay are the same.
 #[test]
 fn a_journal_mode_call_applies_its_own_record_when_the_pool_is_idle() {
-    use super::pipeline::{since, AnswerEio};
+    use super::pipeline::since;
     let f = Fixture::new();
     let fs = f.fs();
-    let timer_answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = timer_answers.clone();
-    let answered: AnswerEio = Arc::new(move || {
-        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    });
+    let (answered, timer_answers) = counting_answer_hook();
     let now = std::time::Instant::now;
     fs.mkdir(me(), ROOT, b"by-a-worker", 0o755, 0).unwrap();
     assert_eq!(applied_by_callers(&f), 0);
