@@ -23,6 +23,8 @@ struct State {
     /// until `land_parked` (a produce request still on the wire).
     park_sends: u64,
     parked: Vec<(u32, Vec<u8>, Vec<u8>, DeliveryCallback)>,
+    /// Writers handed out (`Journal::sink`).
+    sinks_made: u64,
 }
 
 /// A topic held in memory. Cloning gives another handle to the same topic.
@@ -61,6 +63,18 @@ impl MemoryJournal {
         let mut s = self.source();
         s.limits = Some(limits);
         s
+    }
+
+    /// How many writers were handed out (`Journal::sink`): each stands for
+    /// a producer, which Kafka makes wait for its id before its first
+    /// delivery.
+    pub fn sinks_made(&self) -> u64 {
+        self.inner.0.lock().sinks_made
+    }
+
+    /// Counts a writer handed out.
+    pub(crate) fn note_sink(&self) {
+        self.inner.0.lock().sinks_made += 1;
     }
 
     /// Makes the next `n` sends fail (delivery callback gets an error).

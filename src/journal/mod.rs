@@ -104,6 +104,7 @@ pub trait Journal: Send + Sync {
 #[cfg(any(test, feature = "test-util"))]
 impl Journal for memory::MemoryJournal {
     fn sink(&self, _linger: std::time::Duration) -> Result<std::sync::Arc<dyn Sink>, JournalError> {
+        self.note_sink();
         Ok(std::sync::Arc::new(self.clone()))
     }
     fn source(&self) -> Result<Box<dyn Source>, JournalError> {

@@ -35,7 +35,7 @@ use std::time::Duration;
 use rustix::fs::{Mode, OFlags};
 
 use crate::error::{CheckpointError, Errno, FsError, JournalError, ReplicaError};
-use crate::journal::Journal;
+use crate::journal::{Journal, Sink};
 use crate::limits::{Limits, LimitsProfile};
 use crate::master::fs::MasterFs;
 use crate::master::inodes::{InodeTable, ROOT};
@@ -290,14 +290,24 @@ fn import_root(
         .map_err(MasterError::Import)
 }
 
-/// Writes this writer's fences (epoch one above the last writer's) and
-/// returns the writer.
+/// This master's writer, and the producer that wrote its fences.
+struct Fenced {
+    writer: Writer,
+    /// Writes the calls' records too: a new idempotent producer delivers
+    /// nothing until it has its producer id, which librdkafka asks for up
+    /// to half a second after the producer is made; the fences paid that
+    /// wait during the start, so the first calls do not.
+    sink: Arc<dyn Sink>,
+}
+
+/// Writes this writer's fences (epoch one above the last writer's) with
+/// the producer the calls will use, and returns both.
 fn fence(
     config: &MasterConfig,
     journal: &dyn Journal,
     statedir: &StateDir,
     last: &[Option<(i64, Record)>],
-) -> Result<Writer, MasterError> {
+) -> Result<Fenced, MasterError> {
     let id = writer_id(statedir)?;
     let epoch = last
         .iter()
@@ -307,14 +317,14 @@ fn fence(
         .unwrap_or(0)
         + 1;
     let writer = Writer { id, epoch };
-    let sink = journal.sink(Duration::ZERO)?;
+    let sink = journal.sink(config.durability.linger())?;
     write_fences(
         sink.as_ref(),
         &writer,
         config.take_over,
         config.journal_timeout,
     )?;
-    Ok(writer)
+    Ok(Fenced { writer, sink })
 }
 
 fn open_replica(
@@ -355,7 +365,7 @@ fn start_fs(
     state: &Arc<ReplicaState>,
     pool: &Pool<Entry, WorkError>,
     tails: Vec<Tail>,
-    writer: Writer,
+    fenced: Fenced,
     last_time: Option<Timestamp>,
 ) -> Result<Started, MasterError> {
     let data = &config.data;
@@ -378,7 +388,8 @@ fn start_fs(
         feeder: pool.feeder(),
         tails,
         last_time: last_time.unwrap_or_default(),
-        writer,
+        writer: fenced.writer,
+        sink: fenced.sink,
         timeout: config.journal_timeout,
         history_limit: config.history_limit,
         check: pre_check(state.clone(), limits.clone()),
@@ -607,10 +618,10 @@ impl Master {
             import::stage(data, root).map_err(MasterError::Import)?;
         }
         // 1. Fence the topic: from here on only this writer is valid.
-        let writer = fence(config, journal.as_ref(), &statedir, &last)?;
+        let fenced = fence(config, journal.as_ref(), &statedir, &last)?;
         // 2. Catch up with the journal, through the fences.
         let report = catch_up(config, journal.as_ref(), &stop)?;
-        check_fenced_to(&report, &writer, &topic)?;
+        check_fenced_to(&report, &fenced.writer, &topic)?;
         if let Some(aside) = &discarded {
             durability::list_discarded(data, aside)?;
         }
@@ -621,7 +632,7 @@ impl Master {
         let pool = crate::replica::start_pool(config.threads, &state);
         // 4. Inodes, pipeline, filesystem.
         let last_time = last.iter().flatten().map(|(_, r)| r.time).max();
-        let started = start_fs(config, journal, &state, &pool, tails, writer, last_time)?;
+        let started = start_fs(config, journal, &state, &pool, tails, fenced, last_time)?;
         serve_metrics(config, &state, &started.pipeline)?;
         // 5. A new journal starts with the root's attributes; an import
         //    follows.

@@ -437,6 +437,10 @@ pub struct PipelineStart {
     pub last_time: Timestamp,
     /// This master's writer identity and epoch.
     pub writer: Writer,
+    /// The producer that wrote this writer's fences, lingering as the
+    /// durability mode wants (`Durability::linger`): a new one delivers
+    /// nothing until librdkafka has its producer id.
+    pub sink: Arc<dyn Sink>,
     /// How long a call waits for the journal.
     pub timeout: Duration,
     /// Conflict history kept before it is folded into a barrier.
@@ -463,8 +467,7 @@ impl Pipeline {
     /// Starts the write path (and its recovery thread).
     pub fn start(s: PipelineStart) -> Result<Pipeline, JournalError> {
         let partitions = s.tails.len() as u32;
-        let linger = s.durability().linger();
-        let sink = s.journal.sink(linger)?;
+        let (linger, sink) = (s.durability().linger(), s.sink);
         let fence = Fence::of(&s.writer);
         let seq = Sequencer::new(&s.tails, s.last_time, s.writer, s.ordering, s.history_limit);
         let shared = Arc::new(Shared {
