@@ -161,6 +161,27 @@ pub fn send_and_wait(
     }
 }
 
+/// Runs `f`, retrying every 200 ms for up to `patience` while it fails in
+/// a way waiting cures (`cured_by_waiting`: a new topic's leaders being
+/// elected, a broker restarting); `what` names it in the debug log.
+pub fn patiently<T, E: std::fmt::Display>(
+    patience: std::time::Duration,
+    what: &str,
+    cured_by_waiting: impl Fn(&E) -> bool,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match f() {
+            Err(e) if cured_by_waiting(&e) && std::time::Instant::now() < deadline => {
+                tracing::debug!("{what}: {e}; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Does waiting cure this journal error (broker away, topic not created
 /// yet, a request that timed out)?
 pub fn is_transient(e: &JournalError) -> bool {

@@ -815,22 +815,19 @@ fn check_writer(
     }
 }
 
-/// Runs `f`, retrying for up to `patience` while it fails in a way waiting
-/// cures (a new topic's leaders being elected, a broker restarting).
+/// Runs a read of the journal, retrying for up to `patience` while it
+/// fails in a way waiting cures (a new topic's leaders being elected, a
+/// broker restarting).
 fn with_retries<T>(
     patience: Duration,
-    mut f: impl FnMut() -> Result<T, JournalError>,
+    f: impl FnMut() -> Result<T, JournalError>,
 ) -> Result<T, JournalError> {
-    let deadline = std::time::Instant::now() + patience;
-    loop {
-        match f() {
-            Err(e) if crate::journal::is_transient(&e) && std::time::Instant::now() < deadline => {
-                tracing::debug!("reading the journal: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            other => return other,
-        }
-    }
+    crate::journal::patiently(
+        patience,
+        "reading the journal",
+        crate::journal::is_transient,
+        f,
+    )
 }
 
 /// After the catch-up, this master's fence must be in force in every

@@ -23,7 +23,6 @@ const INDEX: u32 = 1;
 /// Unacknowledged bytes a snapshot writer allows itself (memory bound).
 const MAX_UNACKED: usize = 64 * 1024 * 1024;
 
-/// Called with each (offset, payload) a scan reads; false stops it.
 /// How long a read of the store waits out errors that waiting cures (a
 /// partition without a leader just after the topic was created, or while
 /// leadership moves).
@@ -33,22 +32,17 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// fails in a way waiting cures.
 fn patiently<T>(
     what: &str,
-    mut read: impl FnMut() -> Result<T, SnapshotError>,
+    read: impl FnMut() -> Result<T, SnapshotError>,
 ) -> Result<T, SnapshotError> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match read() {
-            Err(SnapshotError::Journal(e))
-                if crate::journal::is_transient(&e) && Instant::now() < deadline =>
-            {
-                tracing::debug!("{what}: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            result => return result,
-        }
-    }
+    crate::journal::patiently(
+        PATIENCE,
+        what,
+        |e| matches!(e, SnapshotError::Journal(j) if crate::journal::is_transient(j)),
+        read,
+    )
 }
 
+/// Called with each (offset, payload) a scan reads; false stops it.
 type Visit<'a> = dyn FnMut(i64, &[u8]) -> Result<bool, SnapshotError> + 'a;
 
 /// The companion topic of a journal topic.
