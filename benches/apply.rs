@@ -46,14 +46,15 @@ fn scale() -> f64 {
 
 /// `KAFKAFS_BENCH_ONLY=<mix>[,<ordering>[,<partitions>]]` limits a run to
 /// some configurations (pre-filling only their topics), e.g.
-/// `large-1MiB,conflicts,1`.
+/// `large-1MiB,conflicts,1`; `*` matches any (`*,*,8`: every mix and
+/// ordering on 8 partitions).
 fn selected(mix: &str, ordering: Option<Ordering>, partitions: Option<u32>) -> bool {
     let Ok(only) = std::env::var("KAFKAFS_BENCH_ONLY") else {
         return true;
     };
     let mut it = only.split(',');
     let matches = |want: Option<&str>, have: Option<String>| match (want, have) {
-        (Some(w), Some(h)) => w == h,
+        (Some(w), Some(h)) => w == "*" || w == h,
         _ => true,
     };
     matches(it.next(), Some(mix.to_string()))

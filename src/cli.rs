@@ -222,7 +222,8 @@ pub struct MasterArgs {
     #[command(flatten)]
     pub properties: PropertyArgs,
 
-    /// Threads applying the journal to DATA (default: number of partitions, at least 2).
+    /// Threads applying the journal to DATA at most, started as records
+    /// need them (default: number of partitions, at least 2).
     #[arg(long)]
     pub threads: Option<usize>,
 
@@ -491,9 +492,10 @@ pub struct SlaveArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
-    /// Applier threads (records of one partition are applied in order;
-    /// records of different partitions in parallel, respecting their
-    /// dependencies).
+    /// Applier threads at most (records of one partition are applied in
+    /// order; records of different partitions in parallel, respecting
+    /// their dependencies; a thread is started only when a record is ready
+    /// and no other is idle to take it).
     #[arg(long, env = "KAFKAFS_THREADS", default_value_t = 1)]
     pub threads: usize,
 

@@ -7,6 +7,11 @@
 //! ready head, so no worker ever sleeps while a record it could run is
 //! ready, and with N threads over P partitions up to min(N, P) records are
 //! applied at once.
+//!
+//! The pool starts one worker and starts another (up to N) only when a
+//! record is ready and no worker is idle to take it: work that never has
+//! two records ready at once (one writer's chain) runs on one thread
+//! whatever N is, exactly as with N = 1.
 
 use crate::replica::scheduler::{Item, Scheduler};
 use std::time::{Duration, Instant};
@@ -36,16 +41,49 @@ struct State<T, E> {
     watchers: usize,
     /// Times a worker woke from waiting for a record.
     wakeups: u64,
+    /// Workers started, and how many may be.
+    started: usize,
+    limit: usize,
+}
+
+/// How a ready record gets a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// A worker is already on its way (it takes it, or wakes the next),
+    /// or every worker is busy and none may be added: the first to finish
+    /// takes it.
+    Nobody,
+    /// Wake a sleeping worker.
+    Sleeper,
+    /// Start a worker: none is idle and the limit allows one more.
+    Start,
 }
 
 impl<T, E> State<T, E> {
-    /// Should a worker be woken for a ready record? (Counts it.)
-    fn wake_one(&mut self) -> bool {
-        let wake = self.sleeping > self.waking && self.waking == 0;
-        if wake {
-            self.waking += 1;
+    /// Would `wake_one` call anyone?
+    fn may_call(&self) -> bool {
+        self.waking == 0 && (self.sleeping > 0 || (self.started < self.limit && !self.stopping))
+    }
+
+    /// Who takes a ready record? (Counts the worker on its way.) One at a
+    /// time: the one woken or started takes a record and, if more are
+    /// ready, calls for the next.
+    fn wake_one(&mut self) -> Wake {
+        if self.waking > 0 {
+            return Wake::Nobody;
         }
-        wake
+        if self.sleeping > 0 {
+            self.waking += 1;
+            return Wake::Sleeper;
+        }
+        // A closing pool still drains what is queued with every worker it
+        // may have (`finish` joins those started meanwhile).
+        if self.started < self.limit && !self.stopping {
+            self.started += 1;
+            self.waking += 1;
+            return Wake::Start;
+        }
+        Wake::Nobody
     }
 }
 
@@ -61,19 +99,83 @@ struct Shared<T, E> {
     progress: Condvar,
     /// What applying a record means.
     apply: Arc<Box<WorkFn<T, E>>>,
+    /// The started workers, joined when the pool ends.
+    workers: Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+/// Where a record may have become ready.
+#[derive(Clone, Copy)]
+enum Changed {
+    /// A push to this partition: only its head can have become ready
+    /// (every record ready before had its worker called already).
+    Partition(u32),
+    /// A completion or a give-back: any partition's head.
+    Any,
+}
+
+/// Calls a worker if a record is ready and none is on its way (one
+/// record makes at most one more ready: one worker will do). Whether
+/// anyone could be called is asked first: it is cheaper than looking for
+/// a ready record, which a busy pool's every push would otherwise do.
+fn wake_for_ready<T: Send + 'static, E: Send + 'static>(
+    shared: &Arc<Shared<T, E>>,
+    mut st: MutexGuard<'_, State<T, E>>,
+    changed: Changed,
+) {
+    let ready = |st: &State<T, E>| match changed {
+        // With no worker at all (none started yet, or starting one
+        // failed), a record ready before may have nobody: look at all.
+        Changed::Partition(p) if st.started > 0 => st.sched.is_ready(p),
+        _ => st.sched.has_ready(),
+    };
+    let wake = if !st.paused && st.may_call() && ready(&st) {
+        st.wake_one()
+    } else {
+        Wake::Nobody
+    };
+    call(shared, wake, st);
+}
+
+/// Acts on `wake_one`'s answer, releasing the lock. A worker is started
+/// with the lock held, so a worker it starts is registered before the
+/// starter can exit, and `finish` joins it.
+fn call<T: Send + 'static, E: Send + 'static>(
+    shared: &Arc<Shared<T, E>>,
+    wake: Wake,
+    mut st: MutexGuard<'_, State<T, E>>,
+) {
+    if wake == Wake::Start && !start_worker(shared) {
+        // No thread to be had (a process limit): the busy workers take
+        // the record when they finish.
+        st.started -= 1;
+        st.waking -= 1;
+    }
+    drop(st);
+    if wake == Wake::Sleeper {
+        shared.work.notify_one();
+    }
+}
+
+/// Starts a worker thread (counted by the caller); false if the system
+/// refused one.
+fn start_worker<T: Send + 'static, E: Send + 'static>(shared: &Arc<Shared<T, E>>) -> bool {
+    let worker_shared = shared.clone();
+    let spawned = thread::Builder::new()
+        .name("kafkafs-apply".into())
+        .spawn(move || worker(&worker_shared));
+    match spawned {
+        Ok(handle) => {
+            shared.workers.lock().push(handle);
+            true
+        }
+        Err(e) => {
+            tracing::warn!("starting an applier thread: {e}; going on with fewer");
+            false
+        }
+    }
 }
 
 impl<T, E> Shared<T, E> {
-    /// Wakes a worker if a record is ready and none is on its way (one
-    /// record makes at most one more ready: one worker will do).
-    fn wake_for_ready(&self, mut st: MutexGuard<'_, State<T, E>>) {
-        let ready = !st.paused && !st.stopping && st.sched.has_ready() && st.wake_one();
-        drop(st);
-        if ready {
-            self.work.notify_one();
-        }
-    }
-
     /// Everyone re-reads the state (stop, close, pause, resume, errors).
     fn wake_all(&self) {
         self.work.notify_all();
@@ -85,7 +187,6 @@ impl<T, E> Shared<T, E> {
 /// A pool of applier threads over one scheduler.
 pub struct Pool<T, E> {
     shared: Arc<Shared<T, E>>,
-    workers: Vec<thread::JoinHandle<()>>,
 }
 
 /// How a pool ended.
@@ -100,7 +201,9 @@ pub struct PoolEnd<T, E> {
 }
 
 impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
-    /// Starts `threads` workers applying what `sched` makes ready with `work`.
+    /// A pool of up to `threads` workers applying what `sched` makes ready
+    /// with `work`, each started when a record is ready and no worker is
+    /// idle to take it.
     pub fn start(threads: usize, sched: Scheduler<T>, work: Box<WorkFn<T, E>>) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -114,19 +217,16 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
                 waking: 0,
                 watchers: 0,
                 wakeups: 0,
+                started: 0,
+                limit: threads.max(1),
             }),
             work: Condvar::new(),
             idle: Condvar::new(),
             progress: Condvar::new(),
             apply: Arc::new(work),
+            workers: Mutex::new(Vec::new()),
         });
-        let workers = (0..threads.max(1))
-            .map(|_| {
-                let shared = shared.clone();
-                thread::spawn(move || worker(&shared))
-            })
-            .collect();
-        Pool { shared, workers }
+        Pool { shared }
     }
 
     /// A handle that queues records, usable from another thread.
@@ -166,6 +266,11 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
         self.lock().wakeups
     }
 
+    /// Worker threads started so far (never more than the limit).
+    pub fn started(&self) -> usize {
+        self.lock().started
+    }
+
     /// Stops taking records and waits until none is being applied: what is
     /// applied then is a cut closed under dependencies (every record was
     /// taken only once its dependencies were applied). Records keep being
@@ -178,9 +283,13 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
         }
     }
 
-    /// Takes records again after `pause`.
+    /// Takes records again after `pause`: the sleepers look again, and
+    /// what was queued meanwhile gets a worker if none sleeps (none may
+    /// have been started yet).
     pub fn resume(&self) {
-        self.lock().paused = false;
+        let mut st = self.lock();
+        st.paused = false;
+        wake_for_ready(&self.shared, st, Changed::Any);
         self.shared.wake_all();
     }
 
@@ -189,7 +298,7 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
         let mut st = self.lock();
         st.closing = true;
         st.paused = false;
-        drop(st);
+        wake_for_ready(&self.shared, st, Changed::Any);
         self.finish()
     }
 
@@ -199,12 +308,20 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
         self.finish()
     }
 
-    fn finish(mut self) -> PoolEnd<T, E> {
+    fn finish(self) -> PoolEnd<T, E> {
         self.shared.wake_all();
-        for w in self.workers.drain(..) {
-            // A worker that panicked has already released the lock; the
-            // records it held stay unapplied and are reported below.
-            let _ = w.join();
+        // A worker may start another until it sees the pool closing: join
+        // until no new one was registered.
+        loop {
+            let started = std::mem::take(&mut *self.shared.workers.lock());
+            if started.is_empty() {
+                break;
+            }
+            for w in started {
+                // A worker that panicked has already released the lock;
+                // the records it held stay unapplied and are reported below.
+                let _ = w.join();
+            }
         }
         let mut st = self.shared.state.lock();
         let sched = std::mem::replace(&mut st.sched, Scheduler::new(&[]));
@@ -229,7 +346,7 @@ impl<T, E> Clone for Feeder<T, E> {
     }
 }
 
-impl<T, E> Feeder<T, E> {
+impl<T: Send + 'static, E: Send + 'static> Feeder<T, E> {
     /// Looks at the scheduler under the lock.
     pub fn inspect<R>(&self, f: impl FnOnce(&Scheduler<T>) -> R) -> R {
         f(&self.shared.state.lock().sched)
@@ -259,7 +376,7 @@ impl<T, E> Feeder<T, E> {
     pub fn push(&self, partition: u32, item: Item<T>) {
         let mut st = self.shared.state.lock();
         st.sched.push(partition, item);
-        self.shared.wake_for_ready(st);
+        wake_for_ready(&self.shared, st, Changed::Partition(partition));
     }
 
     /// Queues an item of `partition`; if nothing is being applied and it
@@ -281,7 +398,7 @@ impl<T, E> Feeder<T, E> {
                 item: Some(item),
             });
         }
-        self.shared.wake_for_ready(st);
+        wake_for_ready(&self.shared, st, Changed::Partition(partition));
         None
     }
 }
@@ -289,13 +406,13 @@ impl<T, E> Feeder<T, E> {
 /// A record its pusher took to apply on its own thread
 /// (`Feeder::push_or_claim`). Counted in flight like a worker's; dropped
 /// without running, it goes back to the head of its partition.
-pub struct Claim<T, E> {
+pub struct Claim<T: Send + 'static, E: Send + 'static> {
     shared: Arc<Shared<T, E>>,
     partition: u32,
     item: Option<Item<T>>,
 }
 
-impl<T, E> Claim<T, E> {
+impl<T: Send + 'static, E: Send + 'static> Claim<T, E> {
     /// Applies the record as a worker would and reports it; wakes a
     /// worker for what it made ready (the caller has its own answer to
     /// give, so it takes nothing more).
@@ -304,16 +421,16 @@ impl<T, E> Claim<T, E> {
             return;
         };
         let st = apply_one(&self.shared, self.partition, item);
-        self.shared.wake_for_ready(st);
+        wake_for_ready(&self.shared, st, Changed::Any);
     }
 }
 
-impl<T, E> Drop for Claim<T, E> {
+impl<T: Send + 'static, E: Send + 'static> Drop for Claim<T, E> {
     fn drop(&mut self) {
         if let Some(item) = self.item.take() {
             let mut st = self.shared.state.lock();
             st.sched.give_back(self.partition, item);
-            self.shared.wake_for_ready(st);
+            wake_for_ready(&self.shared, st, Changed::Any);
         }
     }
 }
@@ -359,18 +476,21 @@ fn apply_one<T, E>(
     st
 }
 
-fn worker<T, E>(shared: &Shared<T, E>) {
+fn worker<T: Send + 'static, E: Send + 'static>(shared: &Arc<Shared<T, E>>) {
     let mut st = shared.state.lock();
+    // Started for a ready record, like a woken worker: arrived.
+    st.waking = st.waking.saturating_sub(1);
     loop {
         if st.stopping {
             break;
         }
         if let Some((p, item)) = (!st.paused).then(|| st.sched.take()).flatten() {
-            let more = st.sched.has_ready() && st.wake_one();
-            drop(st);
-            if more {
-                shared.work.notify_one();
-            }
+            let wake = if st.may_call() && st.sched.has_ready() {
+                st.wake_one()
+            } else {
+                Wake::Nobody
+            };
+            call(shared, wake, st);
             st = apply_one(shared, p, item);
             // Records this one unblocked: this worker takes one at once,
             // and wakes another if more are ready (above).
@@ -517,6 +637,62 @@ mod tests {
         );
     }
 
+    /// One writer's chain never has two records ready at once: it runs on
+    /// one worker whatever the limit, as with `--threads 1` (the pool used
+    /// to start every thread up front, and a chain then moved between
+    /// them, each hand-off a wake-up).
+    #[test]
+    fn a_chain_runs_on_one_worker_whatever_the_limit() {
+        let threads = Arc::new(StdMutex::new(std::collections::HashSet::new()));
+        let seen = threads.clone();
+        let work: Box<WorkFn<u64, String>> = Box::new(move |_p, _item: &mut Item<u64>| {
+            seen.lock().unwrap().insert(std::thread::current().id());
+            Ok(())
+        });
+        let pool = Pool::start(8, Scheduler::new(&[0, 0, 0]), work);
+        for seq in 1..=300u64 {
+            let deps = (seq > 1).then(|| (((seq - 1) % 3) as u32, seq - 1));
+            pool.push((seq % 3) as u32, item(seq, deps.as_slice()));
+            if seq % 50 == 0 {
+                // Let the worker catch up and sleep, so pushes wake it.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let started = pool.started();
+        assert_eq!(pool.close().applied, 300);
+        assert_eq!(started, 1, "a chain started {started} workers");
+        assert_eq!(threads.lock().unwrap().len(), 1);
+    }
+
+    /// Records ready together start workers up to the limit, and no more.
+    #[test]
+    fn ready_records_start_workers_up_to_the_limit() {
+        let limit = 4;
+        let running = Arc::new((StdMutex::new((0usize, 0usize)), std::sync::Condvar::new()));
+        let r2 = running.clone();
+        let work: Box<WorkFn<u64, String>> = Box::new(move |_p, _item: &mut Item<u64>| {
+            let (lock, cv) = &*r2;
+            let mut g = lock.lock().unwrap();
+            g.0 += 1;
+            g.1 = g.1.max(g.0);
+            cv.notify_all();
+            // Hold the record until `limit` run at once (or give up).
+            let (mut g, _) = cv
+                .wait_timeout_while(g, Duration::from_secs(10), |g| g.1 < limit)
+                .unwrap();
+            g.0 -= 1;
+            Ok(())
+        });
+        let pool = Pool::start(limit, Scheduler::new(&[0; 8]), work);
+        for seq in 1..=16u64 {
+            pool.push((seq % 8) as u32, item(seq, &[]));
+        }
+        let end = pool.close();
+        assert_eq!(end.applied, 16);
+        let most_at_once = running.0.lock().unwrap().1;
+        assert_eq!(most_at_once, limit, "records applied at once");
+    }
+
     /// A record pushed while nothing runs is handed to its pusher, which
     /// applies it on its own thread; one pushed while another is being
     /// applied, or behind one, or during a pause, goes to the workers.
@@ -562,6 +738,30 @@ mod tests {
         for (seq, thread) in &ran {
             // Only the claim that ran ran on the pusher's thread.
             assert_eq!(*thread == me, *seq == 1, "{ran:?}");
+        }
+    }
+
+    /// Records queued while paused, before any worker was started, are
+    /// applied after the resume, and by a close without a resume.
+    #[test]
+    fn records_queued_before_any_worker_are_applied_after_a_pause() {
+        for resume in [true, false] {
+            let work: Box<WorkFn<u64, String>> = Box::new(|_p, _item: &mut Item<u64>| Ok(()));
+            let pool = Pool::start(4, Scheduler::new(&[0, 0]), work);
+            pool.pause();
+            for seq in 1..=10u64 {
+                pool.push((seq % 2) as u32, item(seq, &[]));
+            }
+            assert_eq!(pool.started(), 0, "paused: nothing to take yet");
+            if resume {
+                pool.resume();
+                let feeder = pool.feeder();
+                assert!(
+                    feeder.wait_until(Duration::from_secs(10), |s| s.is_idle()),
+                    "queued records stranded after the resume"
+                );
+            }
+            assert_eq!(pool.close().applied, 10, "resume: {resume}");
         }
     }
 
@@ -768,6 +968,13 @@ mod loom_tests {
             assert_eq!(end.applied, 2);
             assert_eq!(*log.lock(), vec![1, 2]);
         });
+    }
+
+    /// Two independent records: the second finds the first worker busy
+    /// and starts another, racing the close (which starts no more).
+    #[test]
+    fn loom_a_busy_worker_makes_the_pool_start_another() {
+        model(|| check(2, 2, vec![(0, item(1, &[])), (1, item(2, &[]))]));
     }
 
     #[test]
