@@ -46,6 +46,7 @@ fn bench(c: &mut Criterion) {
                     s.push(
                         *part,
                         Item {
+                            blocks: false,
                             seq: *seq,
                             deps: deps.clone(),
                             payload: (),
@@ -70,6 +71,7 @@ fn bench(c: &mut Criterion) {
                             pool.push(
                                 *part,
                                 Item {
+                                    blocks: false,
                                     seq: *seq,
                                     deps: deps.clone(),
                                     payload: (),

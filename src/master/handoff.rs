@@ -526,6 +526,7 @@ mod loom_tests {
                 feeder.push(
                     0,
                     Item {
+                        blocks: false,
                         seq: 1,
                         deps: Vec::new(),
                         payload: Some(done),
@@ -565,6 +566,7 @@ mod loom_tests {
                 }
                 let done: Done = Box::new(move || drop(notifier.applied(Ok(()))));
                 let item = Item {
+                    blocks: false,
                     seq: 1,
                     deps: Vec::new(),
                     payload: Some(done),

@@ -80,11 +80,14 @@ impl Entry {
     pub fn into_item(self) -> Item<Entry> {
         match &self.kind {
             EntryKind::Apply(r) => Item {
+                // An fsync waits on the disk: it holds no core.
+                blocks: matches!(r.op, crate::op::Op::Fsync { .. }),
                 seq: r.seq,
                 deps: r.deps.clone(),
                 payload: self,
             },
             EntryKind::Skip | EntryKind::Fence(_) => Item {
+                blocks: false,
                 seq: 0,
                 deps: Vec::new(),
                 payload: self,

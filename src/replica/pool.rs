@@ -8,13 +8,65 @@
 //! ready, and with N threads over P partitions up to min(N, P) records are
 //! applied at once.
 //!
-//! The pool starts one worker and starts another (up to N) only when a
-//! record is ready and no worker is idle to take it: work that never has
+//! The pool starts no worker up front, and starts one (up to N) only when
+//! a record is ready and no worker is idle to take it: work that never has
 //! two records ready at once (one writer's chain) runs on one thread
 //! whatever N is, exactly as with N = 1.
+//!
+//! Threads beyond the cores only cost switches for work that uses a core
+//! (the apply of small files is system calls on cached pages): at most
+//! `cores` records that hold a core are applied at once (by default one
+//! fewer than the machine has, leaving one to the reader). Records that
+//! wait instead (an fsync, `Item::blocks`), and records applied for longer
+//! than `STALLED_AFTER` (their thread waits on the disk), do not count,
+//! so the threads up to N overlap waits.
 
 use crate::replica::scheduler::{Item, Scheduler};
 use std::time::{Duration, Instant};
+
+/// A record applied for this long is taken to wait on the disk (a
+/// journal commit, writeback) rather than to use a core.
+const STALLED_AFTER: Duration = Duration::from_millis(1);
+
+/// The records being applied, by partition, with when they started to
+/// hold a core (`None`: one that blocks).
+#[derive(Default)]
+struct Running(Vec<(u32, Option<Instant>)>);
+
+impl Running {
+    fn begin(&mut self, partition: u32, blocks: bool) {
+        self.0.push((partition, (!blocks).then(Instant::now)));
+    }
+
+    fn end(&mut self, partition: u32) {
+        if let Some(i) = self.0.iter().position(|(p, _)| *p == partition) {
+            self.0.swap_remove(i);
+        }
+    }
+
+    /// Records using a core now: not known to block, and not at it so
+    /// long that their thread must be waiting.
+    fn on_cores(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|(_, since)| since.is_some_and(|t| !stalled(t)))
+            .count()
+    }
+}
+
+fn stalled(since: Instant) -> bool {
+    // Time is not part of loom's model: there, nothing stalls.
+    cfg!(not(loom)) && since.elapsed() >= STALLED_AFTER
+}
+
+/// Records that hold a core applied at once by default: one fewer than
+/// the machine's cores (the reader has one), at least one.
+fn default_cores() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
+}
 
 use crate::sync::{thread, Arc, Condvar, Mutex, MutexGuard};
 
@@ -44,6 +96,9 @@ struct State<T, E> {
     /// Workers started, and how many may be.
     started: usize,
     limit: usize,
+    /// What is being applied, and how many records that use a core may be.
+    running: Running,
+    cores: usize,
 }
 
 /// How a ready record gets a worker.
@@ -60,30 +115,51 @@ enum Wake {
 }
 
 impl<T, E> State<T, E> {
-    /// Would `wake_one` call anyone?
+    /// Would `wake_one` call anyone? Nobody while a called worker is on
+    /// its way (it takes a record, and calls the next if more are ready),
+    /// nor while the cores are taken (a busy worker takes the record when
+    /// it finishes). A closing pool still drains what is queued with
+    /// every worker it may have (`finish` joins those started meanwhile).
     fn may_call(&self) -> bool {
-        self.waking == 0 && (self.sleeping > 0 || (self.started < self.limit && !self.stopping))
+        self.waking == 0
+            && (self.sleeping > 0 || (self.started < self.limit && !self.stopping))
+            && self.cores_free()
+    }
+
+    fn cores_free(&self) -> bool {
+        self.running.on_cores() < self.cores
     }
 
     /// Who takes a ready record? (Counts the worker on its way.) One at a
     /// time: the one woken or started takes a record and, if more are
     /// ready, calls for the next.
     fn wake_one(&mut self) -> Wake {
-        if self.waking > 0 {
+        if !self.may_call() {
             return Wake::Nobody;
         }
+        self.waking += 1;
         if self.sleeping > 0 {
-            self.waking += 1;
             return Wake::Sleeper;
         }
-        // A closing pool still drains what is queued with every worker it
-        // may have (`finish` joins those started meanwhile).
-        if self.started < self.limit && !self.stopping {
-            self.started += 1;
-            self.waking += 1;
-            return Wake::Start;
+        self.started += 1;
+        Wake::Start
+    }
+
+    /// The ready record with the smallest sequence number a worker may
+    /// apply now: only one that blocks while the cores are taken.
+    fn take(&mut self) -> Option<(u32, Item<T>)> {
+        if self.paused {
+            return None;
         }
-        Wake::Nobody
+        let taken = if self.cores_free() {
+            self.sched.take()
+        } else {
+            self.sched.take_if(|item| item.blocks)
+        };
+        if let Some((p, item)) = &taken {
+            self.running.begin(*p, item.blocks);
+        }
+        taken
     }
 }
 
@@ -203,8 +279,20 @@ pub struct PoolEnd<T, E> {
 impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
     /// A pool of up to `threads` workers applying what `sched` makes ready
     /// with `work`, each started when a record is ready and no worker is
-    /// idle to take it.
+    /// idle to take it; records that use a core run on at most one fewer
+    /// thread than the machine has.
     pub fn start(threads: usize, sched: Scheduler<T>, work: Box<WorkFn<T, E>>) -> Self {
+        Self::start_on(threads, default_cores(), sched, work)
+    }
+
+    /// `start`, with at most `cores` records that use a core applied at
+    /// once.
+    pub fn start_on(
+        threads: usize,
+        cores: usize,
+        sched: Scheduler<T>,
+        work: Box<WorkFn<T, E>>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 sched,
@@ -219,6 +307,8 @@ impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
                 wakeups: 0,
                 started: 0,
                 limit: threads.max(1),
+                running: Running::default(),
+                cores: cores.max(1),
             }),
             work: Condvar::new(),
             idle: Condvar::new(),
@@ -392,6 +482,7 @@ impl<T: Send + 'static, E: Send + 'static> Feeder<T, E> {
             && st.sched.in_flight() == 0
             && st.sched.queued_in(partition) == 1;
         if let Some(item) = may_claim.then(|| st.sched.take_from(partition)).flatten() {
+            st.running.begin(partition, item.blocks);
             return Some(Claim {
                 shared: self.shared.clone(),
                 partition,
@@ -429,6 +520,7 @@ impl<T: Send + 'static, E: Send + 'static> Drop for Claim<T, E> {
     fn drop(&mut self) {
         if let Some(item) = self.item.take() {
             let mut st = self.shared.state.lock();
+            st.running.end(self.partition);
             st.sched.give_back(self.partition, item);
             wake_for_ready(&self.shared, st, Changed::Any);
         }
@@ -444,6 +536,7 @@ fn apply_one<T, E>(
 ) -> MutexGuard<'_, State<T, E>> {
     let result = (shared.apply)(p, &mut item);
     let mut st = shared.state.lock();
+    st.running.end(p);
     match result {
         Ok(()) => {
             st.sched.complete(p);
@@ -484,7 +577,7 @@ fn worker<T: Send + 'static, E: Send + 'static>(shared: &Arc<Shared<T, E>>) {
         if st.stopping {
             break;
         }
-        if let Some((p, item)) = (!st.paused).then(|| st.sched.take()).flatten() {
+        if let Some((p, item)) = st.take() {
             let wake = if st.may_call() && st.sched.has_ready() {
                 st.wake_one()
             } else {
@@ -518,6 +611,14 @@ mod tests {
     use crate::replica::scheduler::item;
     use std::sync::Mutex as StdMutex;
 
+    /// `item`, marked as one that blocks (an fsync).
+    fn blocking(item: Item<u64>) -> Item<u64> {
+        Item {
+            blocks: true,
+            ..item
+        }
+    }
+
     #[test]
     fn pool_applies_everything_respecting_dependencies() {
         for threads in [1, 2, 4, 8] {
@@ -543,6 +644,7 @@ mod tests {
                 pool.push(
                     p,
                     Item {
+                        blocks: false,
                         seq,
                         deps,
                         payload: seq,
@@ -587,6 +689,7 @@ mod tests {
                 pool.push(
                     p,
                     Item {
+                        blocks: false,
                         seq,
                         deps,
                         payload: seq,
@@ -622,6 +725,7 @@ mod tests {
             pool.push(
                 0,
                 Item {
+                    blocks: false,
                     seq,
                     deps: vec![],
                     payload: seq,
@@ -664,7 +768,8 @@ mod tests {
         assert_eq!(threads.lock().unwrap().len(), 1);
     }
 
-    /// Records ready together start workers up to the limit, and no more.
+    /// Records ready together that block (fsyncs) start workers up to
+    /// the limit, and no more, whatever the cores.
     #[test]
     fn ready_records_start_workers_up_to_the_limit() {
         let limit = 4;
@@ -683,14 +788,65 @@ mod tests {
             g.0 -= 1;
             Ok(())
         });
-        let pool = Pool::start(limit, Scheduler::new(&[0; 8]), work);
+        let pool = Pool::start_on(limit, 1, Scheduler::new(&[0; 8]), work);
         for seq in 1..=16u64 {
-            pool.push((seq % 8) as u32, item(seq, &[]));
+            pool.push((seq % 8) as u32, blocking(item(seq, &[])));
         }
         let end = pool.close();
         assert_eq!(end.applied, 16);
         let most_at_once = running.0.lock().unwrap().1;
         assert_eq!(most_at_once, limit, "records applied at once");
+    }
+
+    /// Records that use a core run on no more threads than the cores
+    /// allow, however many are ready and however many threads may be
+    /// started (8 threads on 2 cores lost to one on small files).
+    #[test]
+    fn records_that_use_a_core_run_on_at_most_the_cores() {
+        let running = Arc::new(StdMutex::new((0usize, 0usize)));
+        let r2 = running.clone();
+        let work: Box<WorkFn<u64, String>> = Box::new(move |_p, _item: &mut Item<u64>| {
+            {
+                let mut g = r2.lock().unwrap();
+                g.0 += 1;
+                g.1 = g.1.max(g.0);
+            }
+            // Busy for a while, well under the stall time.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(200) {
+                std::hint::spin_loop();
+            }
+            r2.lock().unwrap().0 -= 1;
+            Ok(())
+        });
+        let pool = Pool::start_on(8, 1, Scheduler::new(&[0; 8]), work);
+        for seq in 1..=200u64 {
+            pool.push((seq % 8) as u32, item(seq, &[]));
+        }
+        assert_eq!(pool.close().applied, 200);
+        assert_eq!(running.lock().unwrap().1, 1, "records using a core at once");
+    }
+
+    /// A record applied past the stall time no longer counts as using a
+    /// core: a record pushed meanwhile gets another worker and finishes
+    /// first.
+    #[test]
+    fn a_stalled_record_lets_another_run() {
+        let done = Arc::new(StdMutex::new(Vec::new()));
+        let d2 = done.clone();
+        let work: Box<WorkFn<u64, String>> = Box::new(move |_p, item: &mut Item<u64>| {
+            if item.seq == 1 {
+                std::thread::sleep(STALLED_AFTER * 50);
+            }
+            d2.lock().unwrap().push(item.seq);
+            Ok(())
+        });
+        let pool = Pool::start_on(2, 1, Scheduler::new(&[0, 0]), work);
+        pool.push(0, item(1, &[]));
+        std::thread::sleep(STALLED_AFTER * 5);
+        pool.push(1, item(2, &[]));
+        assert_eq!(pool.close().applied, 2);
+        assert_eq!(*done.lock().unwrap(), vec![2, 1]);
     }
 
     /// A record pushed while nothing runs is handed to its pusher, which
@@ -776,6 +932,7 @@ mod tests {
             pool.push(
                 (seq % 2) as u32,
                 Item {
+                    blocks: false,
                     seq,
                     deps: vec![],
                     payload: seq,
@@ -806,6 +963,7 @@ mod tests {
             pool.push(
                 0,
                 Item {
+                    blocks: false,
                     seq,
                     deps: vec![],
                     payload: seq,
@@ -842,8 +1000,9 @@ mod loom_tests {
             l2.lock().push((p, item.seq));
             Ok(())
         });
-        // The test thread feeds while the workers run.
-        let pool = Pool::start(threads, Scheduler::new(&vec![0; partitions]), work);
+        // The test thread feeds while the workers run; every worker may
+        // use a core.
+        let pool = Pool::start_on(threads, threads, Scheduler::new(&vec![0; partitions]), work);
         for (p, it) in records {
             pool.push(p, it);
         }
@@ -975,6 +1134,33 @@ mod loom_tests {
     #[test]
     fn loom_a_busy_worker_makes_the_pool_start_another() {
         model(|| check(2, 2, vec![(0, item(1, &[])), (1, item(2, &[]))]));
+    }
+
+    /// One core for two threads: a record that blocks runs beside one
+    /// that uses the core, the dependant of both runs after them.
+    #[test]
+    fn loom_a_blocking_record_runs_beside_the_cores_share() {
+        model(|| {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let l2 = log.clone();
+            let work: Box<WorkFn<u64, ()>> = Box::new(move |_p, item: &mut Item<u64>| {
+                l2.lock().push(item.seq);
+                Ok(())
+            });
+            let pool = Pool::start_on(2, 1, Scheduler::new(&[0, 0, 0]), work);
+            pool.push(0, item(1, &[]));
+            pool.push(
+                1,
+                Item {
+                    blocks: true,
+                    ..item(2, &[])
+                },
+            );
+            pool.push(2, item(3, &[(0, 1), (1, 2)]));
+            let end = pool.close();
+            assert_eq!(end.applied, 3);
+            assert_eq!(log.lock().last(), Some(&3));
+        });
     }
 
     #[test]

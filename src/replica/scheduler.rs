@@ -26,6 +26,9 @@ use crate::record::Dep;
 /// One queued record (its payload is opaque to the scheduler).
 #[derive(Debug)]
 pub struct Item<T> {
+    /// Applying it mostly waits (an fsync) instead of using a core: the
+    /// pool runs it on a thread beyond the cores' share.
+    pub blocks: bool,
     /// Global sequence number; 0 for an entry without one (a record being
     /// skipped), which carries no dependencies and satisfies none.
     pub seq: u64,
@@ -103,6 +106,11 @@ impl<T> Scheduler<T> {
     /// Hands out the ready record with the smallest sequence number and
     /// marks its partition busy, or `None` if nothing is ready.
     pub fn take(&mut self) -> Option<(u32, Item<T>)> {
+        self.take_if(|_| true)
+    }
+
+    /// `take`, among the ready records `want` accepts.
+    pub fn take_if(&mut self, want: impl Fn(&Item<T>) -> bool) -> Option<(u32, Item<T>)> {
         let mut best: Option<(usize, u64)> = None;
         for (p, part) in self.parts.iter().enumerate() {
             if part.in_flight.is_some() {
@@ -111,7 +119,7 @@ impl<T> Scheduler<T> {
             let Some(head) = part.queue.front() else {
                 continue;
             };
-            if !self.satisfied(p, head) {
+            if !want(head) || !self.satisfied(p, head) {
                 continue;
             }
             // Entries without a sequence number go first: they wait for nothing.
@@ -190,6 +198,7 @@ impl<T> Scheduler<T> {
 #[cfg(test)]
 pub(crate) fn item(seq: u64, deps: &[(u32, u64)]) -> Item<u64> {
     Item {
+        blocks: false,
         seq,
         deps: deps
             .iter()
@@ -248,6 +257,30 @@ mod tests {
     }
 
     #[test]
+    fn take_if_hands_out_the_first_ready_record_it_accepts() {
+        let mut s = Scheduler::new(&[0, 0, 0]);
+        s.push(0, item(1, &[]));
+        s.push(
+            1,
+            Item {
+                blocks: true,
+                ..item(2, &[])
+            },
+        );
+        s.push(
+            2,
+            Item {
+                blocks: true,
+                ..item(3, &[(0, 1)])
+            },
+        );
+        let (p, i) = s.take_if(|i| i.blocks).unwrap();
+        assert_eq!((p, i.seq), (1, 2), "1 is not accepted, 3 is not ready");
+        assert!(s.take_if(|i| i.blocks).is_none());
+        assert_eq!(s.take().unwrap().1.seq, 1);
+    }
+
+    #[test]
     fn take_from_hands_out_only_a_ready_head_of_that_partition() {
         let mut s = Scheduler::new(&[0, 0]);
         s.push(1, item(2, &[(0, 1)]));
@@ -300,6 +333,7 @@ mod tests {
                 }
                 where_.push(p);
                 per_part[p as usize].push(Item {
+                    blocks: false,
                     seq,
                     deps,
                     payload: seq,
