@@ -15,8 +15,8 @@
 //!
 //! Threads beyond the cores only cost switches for work that uses a core
 //! (the apply of small files is system calls on cached pages): at most
-//! `cores` records that hold a core are applied at once (by default one
-//! fewer than the machine has, leaving one to the reader). Records that
+//! `cores` records that hold a core are applied at once (by default as
+//! many as the machine has cores). Records that
 //! wait instead (an fsync, `Item::blocks`), and records applied for longer
 //! than `STALLED_AFTER` (their thread waits on the disk), do not count,
 //! so the threads up to N overlap waits.
@@ -59,13 +59,10 @@ fn stalled(since: Instant) -> bool {
     cfg!(not(loom)) && since.elapsed() >= STALLED_AFTER
 }
 
-/// Records that hold a core applied at once by default: one fewer than
-/// the machine's cores (the reader has one), at least one.
+/// Records that hold a core applied at once by default: the machine's
+/// cores.
 fn default_cores() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_sub(1)
-        .max(1)
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 use crate::sync::{thread, Arc, Condvar, Mutex, MutexGuard};
@@ -279,8 +276,8 @@ pub struct PoolEnd<T, E> {
 impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
     /// A pool of up to `threads` workers applying what `sched` makes ready
     /// with `work`, each started when a record is ready and no worker is
-    /// idle to take it; records that use a core run on at most one fewer
-    /// thread than the machine has.
+    /// idle to take it; records that use a core run on at most as many
+    /// threads as the machine has cores.
     pub fn start(threads: usize, sched: Scheduler<T>, work: Box<WorkFn<T, E>>) -> Self {
         Self::start_on(threads, default_cores(), sched, work)
     }
