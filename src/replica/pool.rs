@@ -15,8 +15,9 @@
 //!
 //! Threads beyond the cores only cost switches for work that uses a core
 //! (the apply of small files is system calls on cached pages): at most
-//! `cores` records that hold a core are applied at once (by default as
-//! many as the machine has cores). Records that
+//! `cores` records that hold a core are applied at once (by default one
+//! fewer than the machine has, leaving one to the thread feeding the
+//! pool). Records that
 //! wait instead (an fsync, `Item::blocks`), and records applied for longer
 //! than `STALLED_AFTER` (their thread waits on the disk), do not count,
 //! so the threads up to N overlap waits.
@@ -59,10 +60,14 @@ fn stalled(since: Instant) -> bool {
     cfg!(not(loom)) && since.elapsed() >= STALLED_AFTER
 }
 
-/// Records that hold a core applied at once by default: the machine's
-/// cores.
+/// Records that hold a core applied at once by default: one fewer than
+/// the machine's cores (the thread feeding the pool keeps one), at least
+/// one.
 fn default_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
 }
 
 use crate::sync::{thread, Arc, Condvar, Mutex, MutexGuard};
@@ -276,8 +281,8 @@ pub struct PoolEnd<T, E> {
 impl<T: Send + 'static, E: Send + 'static> Pool<T, E> {
     /// A pool of up to `threads` workers applying what `sched` makes ready
     /// with `work`, each started when a record is ready and no worker is
-    /// idle to take it; records that use a core run on at most as many
-    /// threads as the machine has cores.
+    /// idle to take it; records that use a core run on at most one fewer
+    /// thread than the machine has cores.
     pub fn start(threads: usize, sched: Scheduler<T>, work: Box<WorkFn<T, E>>) -> Self {
         Self::start_on(threads, default_cores(), sched, work)
     }
@@ -1026,6 +1031,17 @@ mod loom_tests {
 
     use crate::sync::bounded_model as model;
 
+    /// Work that logs the sequence numbers it applies, and the log.
+    fn logging_work() -> (Arc<Mutex<Vec<u64>>>, Box<WorkFn<u64, ()>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l2 = log.clone();
+        let work: Box<WorkFn<u64, ()>> = Box::new(move |_p, item: &mut Item<u64>| {
+            l2.lock().push(item.seq);
+            Ok(())
+        });
+        (log, work)
+    }
+
     #[test]
     fn loom_barrier_across_two_partitions() {
         // seq 3 in partition 1 is a barrier after seq 1 (p0) and seq 2 (p1);
@@ -1100,12 +1116,7 @@ mod loom_tests {
     #[test]
     fn loom_a_claim_races_a_worker_and_a_push() {
         model(|| {
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let l2 = log.clone();
-            let work: Box<WorkFn<u64, ()>> = Box::new(move |_p, item: &mut Item<u64>| {
-                l2.lock().push(item.seq);
-                Ok(())
-            });
+            let (log, work) = logging_work();
             let pool = Pool::start(1, Scheduler::new(&[0, 0]), work);
             let feeder = pool.feeder();
             let other = {
@@ -1127,7 +1138,7 @@ mod loom_tests {
     }
 
     /// Two independent records: the second finds the first worker busy
-    /// and starts another, racing the close (which starts no more).
+    /// and starts another, racing the close (whose drain may start it).
     #[test]
     fn loom_a_busy_worker_makes_the_pool_start_another() {
         model(|| check(2, 2, vec![(0, item(1, &[])), (1, item(2, &[]))]));
@@ -1138,12 +1149,7 @@ mod loom_tests {
     #[test]
     fn loom_a_blocking_record_runs_beside_the_cores_share() {
         model(|| {
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let l2 = log.clone();
-            let work: Box<WorkFn<u64, ()>> = Box::new(move |_p, item: &mut Item<u64>| {
-                l2.lock().push(item.seq);
-                Ok(())
-            });
+            let (log, work) = logging_work();
             let pool = Pool::start_on(2, 1, Scheduler::new(&[0, 0, 0]), work);
             pool.push(0, item(1, &[]));
             pool.push(
