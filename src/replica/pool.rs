@@ -17,10 +17,9 @@
 //! (the apply of small files is system calls on cached pages): at most
 //! `cores` records that hold a core are applied at once (by default one
 //! fewer than the machine has, leaving one to the thread feeding the
-//! pool). Records that
-//! wait instead (an fsync, `Item::blocks`), and records applied for longer
-//! than `STALLED_AFTER` (their thread waits on the disk), do not count,
-//! so the threads up to N overlap waits.
+//! pool). Records that wait instead (an fsync, `Item::blocks`), and
+//! records applied for longer than `STALLED_AFTER` (their thread waits on
+//! the disk), do not count, so the threads up to N overlap waits.
 
 use crate::replica::scheduler::{Item, Scheduler};
 use std::time::{Duration, Instant};
