@@ -116,7 +116,7 @@ enum Wake {
 }
 
 impl<T, E> State<T, E> {
-    /// Would `wake_one` call anyone? Nobody while a called worker is on
+    /// Would `call_one` call anyone? Nobody while a called worker is on
     /// its way (it takes a record, and calls the next if more are ready),
     /// nor while the cores are taken (a busy worker takes the record when
     /// it finishes). A closing pool still drains what is queued with
@@ -131,13 +131,11 @@ impl<T, E> State<T, E> {
         self.running.on_cores() < self.cores
     }
 
-    /// Who takes a ready record? (Counts the worker on its way.) One at a
-    /// time: the one woken or started takes a record and, if more are
-    /// ready, calls for the next.
-    fn wake_one(&mut self) -> Wake {
-        if !self.may_call() {
-            return Wake::Nobody;
-        }
+    /// Who takes a ready record, once `may_call` said someone may (the
+    /// callers ask it first, before looking for a ready record)? Counts
+    /// the worker on its way. One at a time: the one woken or started
+    /// takes a record and, if more are ready, calls for the next.
+    fn call_one(&mut self) -> Wake {
         self.waking += 1;
         if self.sleeping > 0 {
             return Wake::Sleeper;
@@ -206,14 +204,14 @@ fn wake_for_ready<T: Send + 'static, E: Send + 'static>(
         _ => st.sched.has_ready(),
     };
     let wake = if !st.paused && st.may_call() && ready(&st) {
-        st.wake_one()
+        st.call_one()
     } else {
         Wake::Nobody
     };
     call(shared, wake, st);
 }
 
-/// Acts on `wake_one`'s answer, releasing the lock. A worker is started
+/// Acts on `call_one`'s answer, releasing the lock. A worker is started
 /// with the lock held, so a worker it starts is registered before the
 /// starter can exit, and `finish` joins it.
 fn call<T: Send + 'static, E: Send + 'static>(
@@ -580,7 +578,7 @@ fn worker<T: Send + 'static, E: Send + 'static>(shared: &Arc<Shared<T, E>>) {
         }
         if let Some((p, item)) = st.take() {
             let wake = if st.may_call() && st.sched.has_ready() {
-                st.wake_one()
+                st.call_one()
             } else {
                 Wake::Nobody
             };
