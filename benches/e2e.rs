@@ -365,6 +365,40 @@ fn fmt_d(d: Option<Duration>) -> String {
     }
 }
 
+/// Mean time of each stage of a mutating call during workload `w`, one
+/// column per kafkafs configuration.
+fn stage_table(rows: &BTreeMap<(String, String), Row>, w: &str) -> String {
+    let systems = ["kafkafs-1p", "kafkafs-8p", "kafkafs-1p-fsync"];
+    let mut out = format!(
+        "\nRequest to reply: mean time of each stage of a mutating call on the master \
+         ({w}; default ordering causal; in fsync mode the acknowledgement is off the \
+         call's path)\n\n| stage | {} |\n|-------|{}\n",
+        systems.join(" | "),
+        "---|".repeat(systems.len())
+    );
+    let none = Vec::new();
+    let profiles: Vec<&Vec<(&str, f64)>> = systems
+        .iter()
+        .map(|sys| {
+            rows.get(&(w.to_string(), sys.to_string()))
+                .map_or(&none, |r| &r.profile)
+        })
+        .collect();
+    for (what, _) in STAGES {
+        let means: Vec<String> = profiles
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .find(|(stage, _)| *stage == what)
+                    .map(|(_, m)| format!("{:.3} ms", m * 1e3))
+                    .unwrap_or_else(|| "-".into())
+            })
+            .collect();
+        out.push_str(&format!("| {what} | {} |\n", means.join(" | ")));
+    }
+    out
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // useful: the harness always runs at the configured sizes.
@@ -459,36 +493,10 @@ fn main() {
             ));
         }
     }
-    out.push_str(
-        "\nRequest to reply: mean time of each stage of a mutating call on the master \
-         (untar; default ordering causal; in fsync mode the acknowledgement is off the \
-         call's path)\n\n\
-         | stage | kafkafs-1p | kafkafs-8p | kafkafs-1p-fsync |\n\
-         |-------|-----------|-----------|------------------|\n",
-    );
-    let none = Vec::new();
-    let profile_of = |sys: &str| {
-        rows.get(&("untar".to_string(), sys.to_string()))
-            .map_or(&none, |r| &r.profile)
-    };
-    let (p1, p8, pf) = (
-        profile_of("kafkafs-1p"),
-        profile_of("kafkafs-8p"),
-        profile_of("kafkafs-1p-fsync"),
-    );
-    for (what, _) in STAGES {
-        let mean = |p: &Vec<(&str, f64)>| {
-            p.iter()
-                .find(|(w, _)| *w == what)
-                .map(|(_, m)| format!("{:.3} ms", m * 1e3))
-                .unwrap_or_else(|| "-".into())
-        };
-        out.push_str(&format!(
-            "| {what} | {} | {} | {} |\n",
-            mean(p1),
-            mean(p8),
-            mean(pf)
-        ));
+    for w in ["untar", "rename-storm"] {
+        if selected(w, None) {
+            out.push_str(&stage_table(&rows, w));
+        }
     }
     println!("\n{out}");
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafkafs-bench");

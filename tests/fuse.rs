@@ -567,3 +567,98 @@ fn new_inodes_belong_to_the_caller() {
     );
     m.assert_converged("ownership");
 }
+
+/// Records in the topic so far (every partition's end).
+fn journaled(m: &Mounted) -> i64 {
+    let source = m.journal.source().unwrap();
+    (0..m.partitions)
+        .map(|p| source.watermarks(p).unwrap().1)
+        .sum()
+}
+
+/// `tar x` as root chowns every entry to the owner it was created with:
+/// a chown or chmod that changes nothing is answered without a record; one
+/// that clears set-id bits or a file capability (Linux does on any chown)
+/// is journaled, and the slave loses them as the master does.
+#[test]
+fn owner_and_mode_calls_that_change_nothing_journal_nothing() {
+    if common::skip(
+        common::Need::Kafka,
+        "owner_and_mode_calls_that_change_nothing_journal_nothing",
+    ) {
+        return;
+    }
+    let m = Mounted::kafka("unchanged", 1);
+    fs::write(m.path("f"), b"x").unwrap();
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    let before = journaled(&m);
+    std::os::unix::fs::chown(m.path("f"), Some(0), Some(0)).unwrap();
+    std::os::unix::fs::chown(m.path("d"), Some(0), Some(0)).unwrap();
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    let (untar_src, untar) = (m.dir.path().join("t"), m.dir.path().join("t.tar"));
+    fs::create_dir_all(untar_src.join("sub")).unwrap();
+    fs::write(untar_src.join("sub/file"), b"tar").unwrap();
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&untar_src)
+        .arg("-cf")
+        .arg(&untar)
+        .arg("."));
+    let after_calls = journaled(&m);
+    assert_eq!(
+        after_calls, before,
+        "no record for chown/chmod to what is there"
+    );
+    fs::create_dir(m.path("untar")).unwrap();
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(m.path("untar"))
+        .arg("-xf")
+        .arg(&untar));
+    let untarred = journaled(&m) - after_calls;
+    // mkdir untar; mkdir sub, create, write, times, mode (tar creates
+    // with 0600); times and mode of sub and of the top directory: no
+    // chown among them.
+    let names: Vec<&str> = common::topic_records(&*m.journal)
+        .iter()
+        .map(|r| r.op.name())
+        .collect();
+    let chowns = names[after_calls as usize..]
+        .iter()
+        .filter(|n| **n == "chown")
+        .count();
+    assert_eq!(
+        chowns, 0,
+        "{untarred} records for the untar, chowns among them"
+    );
+
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::chown(m.path("f"), Some(0), Some(0)).unwrap();
+    let mode = fs::metadata(m.path("f")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "chown cleared set-user-ID");
+    assert_eq!(
+        fs::metadata(m.data.join("f")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    // The kernel removes a file capability through the mount before the
+    // chown (journaled as a removexattr), so the chown itself changes
+    // nothing further.
+    let mut cap = [0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+    rustix::fs::setxattr(
+        m.path("f"),
+        "security.capability",
+        &cap,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(m.path("f"), Some(0), Some(0)).unwrap();
+    for path in [m.path("f"), m.data.join("f")] {
+        let mut buf = [0u8; 64];
+        let read = rustix::fs::getxattr(&path, "security.capability", &mut buf[..]);
+        assert_eq!(read, Err(rustix::io::Errno::NODATA), "{path:?}");
+    }
+    m.assert_converged("chown and chmod to what is there");
+}

@@ -29,6 +29,7 @@ use crate::sync::Mutex;
 const S_ISGID: u32 = 0o2000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFLNK: u32 = 0o120000;
+const S_IFREG: u32 = 0o100000;
 
 /// An inode as the kernel sees it: FUSE inode number and attributes.
 #[derive(Clone, Copy, Debug)]
@@ -684,31 +685,27 @@ impl MasterFs {
         applied.outcome.map_err(FsError::Outcome)
     }
 
-    /// A setattr that changes nothing a replica keeps — no mode, owner,
-    /// size or atime, and an mtime the inode already has (or none) — is
-    /// answered from the data-root and journals nothing: `Some(attributes)`.
-    /// With the writeback cache the kernel sends such calls after a rename
-    /// or a write changed only a file's ctime (which no replica keeps: it
-    /// cannot be set), one per renamed file. The mtime is compared with the
-    /// inode's keys held shared, so no record changing it is in flight;
-    /// the call takes effect at that instant. `None`: it must be journaled.
+    /// A setattr that changes nothing a replica keeps — an owner, group,
+    /// permission bits and mtime the inode already has (or none), no size
+    /// and no atime — is answered from the data-root and journals nothing:
+    /// `Some(attributes)`. `tar x` as root sends one per entry (a chown to
+    /// the owner the entry was created with); with the writeback cache the
+    /// kernel sends one per renamed file (its own mtime, and a ctime, which
+    /// no replica keeps: it cannot be set). The
+    /// inode is read with its keys held shared, so no record changing it is
+    /// in flight; the call takes effect at that instant, and applied to any
+    /// replica (which holds the same inode there) it would change nothing
+    /// either. `None`: it must be journaled.
     pub fn setattr_unchanged(&self, ino: u64, attr: &SetAttr) -> Option<Result<Attr, FsError>> {
-        let want = match *attr {
-            SetAttr {
-                mode: None,
-                uid: None,
-                gid: None,
-                size: None,
-                atime: None,
-                mtime,
-            } => mtime,
-            _ => return None,
-        };
-        let want = match want {
-            None => return Some(self.stat(ino)),
-            Some(SetTime::At(t)) => t,
-            Some(SetTime::Now) => return None,
-        };
+        let may_be_unchanged = attr.size.is_none()
+            && attr.atime.is_none()
+            && !matches!(attr.mtime, Some(SetTime::Now));
+        if !may_be_unchanged {
+            return None;
+        }
+        if *attr == SetAttr::default() {
+            return Some(self.stat(ino));
+        }
         let keys = {
             let inodes = self.inodes.lock();
             let mut ks = KeySet::new();
@@ -716,13 +713,63 @@ impl MasterFs {
             ks.shared(Key::Inode(ino));
             ks
         };
-        let read = self.pipeline.reading(&keys, || self.stat(ino));
-        match read {
-            Ok(Ok(a)) if (a.st.st_mtime, a.st.st_mtime_nsec as u32) == (want.sec, want.nsec) => {
-                Some(Ok(a))
-            }
-            Ok(Ok(_)) => None,
+        match self
+            .pipeline
+            .reading(&keys, || self.unchanged_attr(ino, attr))
+        {
+            Ok(Ok(Some(a))) => Some(Ok(a)),
+            Ok(Ok(None)) => None,
             Ok(Err(e)) | Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The inode's attributes if `attr` (no size, atime or "now") would
+    /// change nothing a replica keeps, `None` if it would.
+    fn unchanged_attr(&self, ino: u64, attr: &SetAttr) -> Result<Option<Attr>, FsError> {
+        let a = self.stat(ino)?;
+        let st = &a.st;
+        let kind = st.st_mode & S_IFMT;
+        let same_mtime = |t: SetTime| match t {
+            SetTime::At(t) => (st.st_mtime, st.st_mtime_nsec as u32) == (t.sec, t.nsec),
+            SetTime::Now => false,
+        };
+        let same = attr.uid.is_none_or(|u| u == st.st_uid)
+            && attr.gid.is_none_or(|g| g == st.st_gid)
+            // A symlink's mode cannot change: its chmod is refused on the
+            // journaled path, as Linux refuses it.
+            && attr.mode.is_none_or(|m| kind != S_IFLNK && m & PERM_BITS == st.st_mode & PERM_BITS)
+            && attr.mtime.is_none_or(same_mtime);
+        let owner = attr.uid.is_some() || attr.gid.is_some();
+        if !same || (owner && self.chown_clears_something(ino, st)?) {
+            return Ok(None);
+        }
+        Ok(Some(a))
+    }
+
+    /// Whether a chown of this inode to its own owner would still change
+    /// it: Linux clears the set-user-ID and set-group-ID bits and the file
+    /// capabilities (`security.capability`) of anything but a directory on
+    /// every chown, whoever calls it and whatever the new owner.
+    fn chown_clears_something(&self, ino: u64, st: &Stat) -> Result<bool, FsError> {
+        const SET_ID: u32 = 0o6000;
+        let kind = st.st_mode & S_IFMT;
+        if kind == S_IFDIR {
+            return Ok(false);
+        }
+        if st.st_mode & SET_ID != 0 {
+            return Ok(true);
+        }
+        if kind != S_IFREG {
+            // File capabilities exist on regular files only.
+            return Ok(false);
+        }
+        let fd = self.fd(ino)?;
+        let path = proc_path(fd.as_fd());
+        let mut none = [0u8; 0];
+        match rfs::getxattr(path.as_c_str(), c"security.capability", &mut none[..]) {
+            Err(Errno::NODATA | Errno::NOTSUP) => Ok(false),
+            // Present, or unknown: journaled, so every replica applies it.
+            Ok(_) | Err(_) => Ok(true),
         }
     }
 

@@ -720,3 +720,87 @@ fn a_setattr_that_changes_nothing_replicated_journals_nothing() {
     assert_eq!(f.records().len(), before + 1);
     f.replay_equals_data_root();
 }
+
+/// `tar x` as root chowns each entry to the owner it was created with: a
+/// chown or chmod to what the inode has changes nothing a replica keeps
+/// and journals nothing; a chown that would clear set-id bits or a file
+/// capability (Linux does on any chown) is journaled (what it clears on
+/// the master and a slave: `tests/fuse.rs`).
+#[test]
+fn a_chown_or_chmod_to_what_the_inode_has_journals_nothing() {
+    use super::fs::SetAttr;
+    let f = Fixture::new();
+    let fs = f.fs();
+    let (file, fh) = fs.create(me(), ROOT, b"f", 0o644, 0, libc::O_RDWR).unwrap();
+    fs.release(fh);
+    let dir = fs.mkdir(me(), ROOT, b"d", 0o755, 0).unwrap();
+    let link = fs.symlink(me(), ROOT, b"l", b"f").unwrap();
+    let (uid, gid) = (file.st.st_uid, file.st.st_gid);
+    let before = f.records().len();
+    let own_owner = SetAttr {
+        uid: Some(uid),
+        gid: Some(gid),
+        ..SetAttr::default()
+    };
+    let own_mode = |a: &super::fs::Attr| SetAttr {
+        mode: Some(a.st.st_mode & 0o7777),
+        ..SetAttr::default()
+    };
+    for (ino, same) in [
+        (file.ino, own_owner),
+        (file.ino, own_mode(&file)),
+        (dir.ino, own_owner),
+        (dir.ino, own_mode(&dir)),
+        (link.ino, own_owner),
+    ] {
+        let answered = fs.setattr_unchanged(ino, &same);
+        assert!(matches!(answered, Some(Ok(_))), "{ino}: {same:?}");
+    }
+    assert_eq!(f.records().len(), before, "nothing journaled");
+    // Real changes, and what Linux changes on any chown, are journaled.
+    let other_mode = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let other_owner = SetAttr {
+        uid: Some(uid + 1),
+        ..SetAttr::default()
+    };
+    for (ino, change) in [
+        (file.ino, other_mode),
+        (file.ino, other_owner),
+        // A symlink's chmod is refused on the journaled path.
+        (link.ino, own_mode(&link)),
+    ] {
+        assert!(fs.setattr_unchanged(ino, &change).is_none(), "{change:?}");
+    }
+    let set_uid = SetAttr {
+        mode: Some(0o4755),
+        ..SetAttr::default()
+    };
+    fs.setattr(me(), file.ino, set_uid).unwrap();
+    assert!(
+        fs.setattr_unchanged(file.ino, &own_owner).is_none(),
+        "set-user-ID"
+    );
+    let journaled = f.records().len();
+    fs.setattr(me(), file.ino, own_owner).unwrap();
+    assert_eq!(f.records().len(), journaled + 1);
+    if rustix::process::geteuid().is_root() {
+        // A file capability (cap_net_raw, effective), as setcap writes it.
+        let (plain, fh) = fs
+            .create(me(), ROOT, b"cap", 0o755, 0, libc::O_RDWR)
+            .unwrap();
+        fs.release(fh);
+        let mut cap = [0u8; 20];
+        cap[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+        fs.setxattr(me(), plain.ino, b"security.capability", &cap, 0)
+            .unwrap();
+        assert!(
+            fs.setattr_unchanged(plain.ino, &own_owner).is_none(),
+            "file capability"
+        );
+    }
+    f.replay_equals_data_root();
+}

@@ -237,6 +237,27 @@ pub fn path_of(d: &tempfile::TempDir, name: &str) -> PathBuf {
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Every record of a topic, each partition's in offset order (reads up to
+/// each partition's end as it is now).
+pub fn topic_records(journal: &dyn kafkafs::journal::Journal) -> Vec<Record> {
+    let mut source = journal.source().expect("source");
+    let partitions = source.partitions();
+    let ends: Vec<i64> = (0..partitions)
+        .map(|p| source.watermarks(p).expect("watermarks").1)
+        .collect();
+    let starts: Vec<(u32, i64)> = (0..partitions).map(|p| (p, 0)).collect();
+    source.assign(&starts).expect("assign");
+    let mut out = Vec::new();
+    let t0 = std::time::Instant::now();
+    while (out.len() as i64) < ends.iter().sum::<i64>() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "topic not read");
+        if let Some(msg) = source.poll(Duration::from_secs(1)).expect("poll") {
+            out.push(Record::decode(&msg.payload, 1 << 24).expect("a record"));
+        }
+    }
+    out
+}
+
 /// A master running in this process on a temporary data-root, mounted on
 /// a temporary mountpoint.
 pub struct Mounted {
