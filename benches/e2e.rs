@@ -10,7 +10,10 @@
 //! Workloads: untar of a tree of small files (KAFKAFS_BENCH_FILES, default
 //! 10000), one sequential write (KAFKAFS_BENCH_BIG_MB, default 1024 MiB,
 //! fsync at the end), a rename storm (KAFKAFS_BENCH_RENAMES, default 10000).
-//! Figures: wall time and its ratio to native and to bindfs; for kafkafs
+//! Each system runs each workload KAFKAFS_BENCH_RUNS times (default 3), one
+//! round of every system after the other; the table shows the median run
+//! and the range. Figures: wall time and its ratio to native and to
+//! bindfs (of the medians); for kafkafs
 //! the slave's convergence time after the workload ends and the
 //! replication lag (record time on the master to applied on the slave)
 //! p50/p99; for lsyncd its convergence time. Writes the table to
@@ -63,6 +66,16 @@ struct Row {
     lag_p99: Option<Duration>,
     /// Mean time of each stage of a mutating call (kafkafs only).
     profile: Vec<(&'static str, f64)>,
+}
+
+impl Row {
+    /// A baseline's row: its wall time alone.
+    fn timed(secs: f64) -> Row {
+        Row {
+            secs,
+            ..Row::default()
+        }
+    }
 }
 
 /// The stages of a mutating call, from the master's histograms: name,
@@ -399,6 +412,46 @@ fn stage_table(rows: &BTreeMap<(String, String), Row>, w: &str) -> String {
     out
 }
 
+/// One run of workload `w` on every selected system: (system, row).
+fn run_round(dir: &Path, w: &str, tar: &Path) -> Vec<(String, Row)> {
+    let mut rows = Vec::new();
+    let native = run_workload(w, &dir.join(format!("native-{w}")), tar);
+    rows.push(("native".to_string(), Row::timed(native)));
+    let (src, mnt) = (
+        dir.join(format!("bindfs-src-{w}")),
+        dir.join(format!("bindfs-mnt-{w}")),
+    );
+    bindfs_mount(&src, &mnt);
+    let b = run_workload(w, &mnt.join(w), tar);
+    unmount(&mnt);
+    rows.push(("bindfs".to_string(), Row::timed(b)));
+    for setup in SETUPS.iter().filter(|s| selected(w, Some(s.name))) {
+        rows.push((setup.name.to_string(), kafkafs_run(dir, setup, w, tar)));
+    }
+    if selected(w, Some("lsyncd")) {
+        rows.push(("lsyncd".to_string(), lsyncd_run(dir, w, tar)));
+    }
+    // The baselines' trees go (a 1 GiB file each, in memory).
+    for name in [
+        "native",
+        "bindfs-src",
+        "bindfs-mnt",
+        "lsyncd-src",
+        "lsyncd-dst",
+    ] {
+        let _ = std::fs::remove_dir_all(dir.join(format!("{name}-{w}")));
+    }
+    rows
+}
+
+/// The run with the median wall time (the lower middle one of an even
+/// count), with its own convergence, lag and profile.
+fn median_row(runs: &[Row]) -> Row {
+    let mut sorted: Vec<&Row> = runs.iter().collect();
+    sorted.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+    sorted[(sorted.len() - 1) / 2].clone()
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // useful: the harness always runs at the configured sizes.
@@ -413,61 +466,38 @@ fn main() {
     let fs = common::Tmpfs::mount(&tmp.path().join("fs"), "16g");
     let dir = fs.path.as_path();
     let tar = make_tarball(dir, files);
-    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    let runs = env_num("KAFKAFS_BENCH_RUNS", 3).max(1);
+    let mut all: BTreeMap<(String, String), Vec<Row>> = BTreeMap::new();
     for w in WORKLOADS.into_iter().filter(|w| selected(w, None)) {
-        let native = run_workload(w, &dir.join(format!("native-{w}")), &tar);
-        rows.insert(
-            (w.into(), "native".into()),
-            Row {
-                secs: native,
-                ..Row::default()
-            },
-        );
-
-        let (src, mnt) = (
-            dir.join(format!("bindfs-src-{w}")),
-            dir.join(format!("bindfs-mnt-{w}")),
-        );
-        bindfs_mount(&src, &mnt);
-        let b = run_workload(w, &mnt.join(w), &tar);
-        unmount(&mnt);
-        rows.insert(
-            (w.into(), "bindfs".into()),
-            Row {
-                secs: b,
-                ..Row::default()
-            },
-        );
-
-        for setup in SETUPS.iter().filter(|s| selected(w, Some(s.name))) {
-            rows.insert(
-                (w.into(), setup.name.into()),
-                kafkafs_run(dir, setup, w, &tar),
-            );
+        // Every system once per round, the rounds one after the other: a
+        // drift of the machine falls on every system alike.
+        for round in 1..=runs {
+            for (sys, row) in run_round(dir, w, &tar) {
+                all.entry((w.into(), sys)).or_default().push(row);
+            }
+            eprintln!("e2e: {w} round {round}/{runs} done");
         }
-        if selected(w, Some("lsyncd")) {
-            rows.insert((w.into(), "lsyncd".into()), lsyncd_run(dir, w, &tar));
-        }
-        // The baselines' trees go (a 1 GiB file each, in memory).
-        for name in [
-            "native",
-            "bindfs-src",
-            "bindfs-mnt",
-            "lsyncd-src",
-            "lsyncd-dst",
-        ] {
-            let _ = std::fs::remove_dir_all(dir.join(format!("{name}-{w}")));
-        }
-        eprintln!("e2e: {w} done");
     }
+    let rows: BTreeMap<(String, String), Row> = all
+        .iter()
+        .map(|(k, v)| (k.clone(), median_row(v)))
+        .collect();
+    let spread = |w: &str, sys: &str| {
+        let v = &all[&(w.to_string(), sys.to_string())];
+        let secs = v.iter().map(|r| r.secs);
+        let (lo, hi) = secs.fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(s), hi.max(s)));
+        format!("{lo:.3}–{hi:.3} s")
+    };
 
     let mut out = format!(
         "End-to-end, {} small files, {} MiB sequential write, {} renames\n\n\
-         | workload | system | wall time | ÷ native | ÷ bindfs | replica converged after | lag p50 | lag p99 |\n\
-         |----------|--------|-----------|----------|----------|-------------------------|---------|---------|\n",
+         Median of {} runs of each system (interleaved); ratios of medians.\n\n\
+         | workload | system | wall time (median) | all runs | ÷ native | ÷ bindfs | replica converged after | lag p50 | lag p99 |\n\
+         |----------|--------|--------------------|----------|----------|----------|-------------------------|---------|---------|\n",
         files,
         env_num("KAFKAFS_BENCH_BIG_MB", 1024),
-        env_num("KAFKAFS_BENCH_RENAMES", 10_000)
+        env_num("KAFKAFS_BENCH_RENAMES", 10_000),
+        runs
     );
     for w in WORKLOADS.into_iter().filter(|w| selected(w, None)) {
         let native = rows[&(w.to_string(), "native".to_string())].secs;
@@ -481,8 +511,9 @@ fn main() {
                 continue;
             };
             out.push_str(&format!(
-                "| {w} | {sys} | {:.3} s | {:.2} | {:.2} | {} | {} | {} |\n",
+                "| {w} | {sys} | {:.3} s | {} | {:.2} | {:.2} | {} | {} | {} |\n",
                 r.secs,
+                spread(w, sys),
                 r.secs / native,
                 r.secs / bindfs,
                 r.converge
