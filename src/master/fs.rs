@@ -695,7 +695,8 @@ impl MasterFs {
     /// inode is read with its keys held shared, so no record changing it is
     /// in flight; the call takes effect at that instant, and applied to any
     /// replica (which holds the same inode there) it would change nothing
-    /// either. `None`: it must be journaled.
+    /// either. `None`: it must be journaled (also when a record on the
+    /// inode is in flight: this does not wait for it).
     pub fn setattr_unchanged(&self, ino: u64, attr: &SetAttr) -> Option<Result<Attr, FsError>> {
         let may_be_unchanged = attr.size.is_none()
             && attr.atime.is_none()
@@ -713,13 +714,15 @@ impl MasterFs {
             ks.shared(Key::Inode(ino));
             ks
         };
-        match self
+        // Not waiting: this runs on a FUSE thread, and a record in flight
+        // on the inode may wait for Kafka; the journaled path waits for it.
+        let read = self
             .pipeline
-            .reading(&keys, || self.unchanged_attr(ino, attr))
-        {
-            Ok(Ok(Some(a))) => Some(Ok(a)),
-            Ok(Ok(None)) => None,
-            Ok(Err(e)) | Err(e) => Some(Err(e)),
+            .try_reading(&keys, || self.unchanged_attr(ino, attr))?;
+        match read {
+            Ok(Some(a)) => Some(Ok(a)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
         }
     }
 

@@ -783,15 +783,36 @@ impl Pipeline {
             }
             st = shared.cv.wait_timeout(st, deadline - now);
         }
+        Ok(self.read_holding(st, keys, f))
+    }
+
+    /// As `reading`, without waiting: `None` if an operation in flight
+    /// holds a conflicting key, or the master is stopping (the caller then
+    /// takes the journaled path, which waits off the FUSE thread).
+    pub fn try_reading<R>(&self, keys: &KeySet, f: impl FnOnce() -> R) -> Option<R> {
+        let shared = &self.shared;
+        let st = shared.state.lock();
+        if shared.stopping.load(Ordering::SeqCst) || !st.seq.can_acquire(keys) {
+            return None;
+        }
+        Some(self.read_holding(st, keys, f))
+    }
+
+    /// Takes `keys` (free: the caller checked under `st`), releases the
+    /// sequencing lock, runs `f`, and gives the keys back.
+    fn read_holding<R>(
+        &self,
+        mut st: MutexGuard<'_, SeqState>,
+        keys: &KeySet,
+        f: impl FnOnce() -> R,
+    ) -> R {
         st.seq.acquire(keys);
         drop(st);
-        let guard = KeyGuard {
-            shared: shared.clone(),
+        let _held = KeyGuard {
+            shared: self.shared.clone(),
             keys: keys.clone(),
         };
-        let read = f();
-        drop(guard);
-        Ok(read)
+        f()
     }
 
     /// Plans the operation and waits until no operation in flight conflicts

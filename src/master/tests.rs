@@ -721,6 +721,37 @@ fn a_setattr_that_changes_nothing_replicated_journals_nothing() {
     f.replay_equals_data_root();
 }
 
+/// A setattr answered on the FUSE thread never waits there: while a record
+/// on its inode is in flight (Kafka not answering), it goes the journaled
+/// way at once, whose waiting is off the FUSE threads.
+#[test]
+fn a_setattr_never_waits_on_the_fuse_thread_for_a_record_in_flight() {
+    use super::fs::SetAttr;
+    let f = Fixture::new();
+    let fs = f.fs();
+    let (file, fh) = fs.create(me(), ROOT, b"f", 0o644, 0, libc::O_RDWR).unwrap();
+    let own_owner = SetAttr {
+        uid: Some(file.st.st_uid),
+        gid: Some(file.st.st_gid),
+        ..SetAttr::default()
+    };
+    f.journal.hold_acks(true);
+    std::thread::scope(|s| {
+        let write = s.spawn(|| fs.write(me(), file.ino, fh, 0, b"x"));
+        std::thread::sleep(Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let answered = fs.setattr_unchanged(file.ino, &own_owner);
+        let waited = started.elapsed();
+        f.journal.hold_acks(false);
+        assert!(answered.is_none(), "{answered:?}");
+        assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+        assert_eq!(write.join().unwrap().unwrap(), 1);
+    });
+    fs.release(fh);
+    let answered = fs.setattr_unchanged(file.ino, &own_owner);
+    assert!(matches!(answered, Some(Ok(_))), "{answered:?}");
+}
+
 /// `tar x` as root chowns each entry to the owner it was created with: a
 /// chown or chmod to what the inode has changes nothing a replica keeps
 /// and journals nothing; a chown that would clear set-id bits or a file
