@@ -338,6 +338,19 @@ impl Shared {
         self.cv.notify_all();
     }
 
+    /// The last delivery in flight reported. Only recovery waits for that
+    /// (`fresh_producer`, while `recovering`): the recovery thread is
+    /// woken then, not after every delivery that empties the pipe (one
+    /// per call in `journal` mode, a cross-CPU wake-up each). `recovering`
+    /// is set before recovery reads `in_flight`, and read here after the
+    /// decrement (both SeqCst): either this sees it set, or recovery
+    /// sees the decrement.
+    fn drained(&self) {
+        if self.recovering.load(Ordering::SeqCst) || self.stopping.load(Ordering::SeqCst) {
+            self.signal();
+        }
+    }
+
     /// A delivery failed or came out of turn: recovery takes over.
     fn start_recovery(&self) {
         self.recovering.store(true, Ordering::SeqCst);
@@ -364,6 +377,9 @@ struct JournalStats {
     failed: AtomicU64,
     /// Records applied by their call's own thread (a claim), not a worker.
     by_caller: AtomicU64,
+    /// Times the idle recovery thread checked whether it has work (once
+    /// per wake-up).
+    recovery_checks: AtomicU64,
 }
 
 /// The write path (see module docs). Cheap to clone.
@@ -749,6 +765,12 @@ impl Pipeline {
         out
     }
 
+    /// Times the idle recovery thread checked whether it has work: once
+    /// when it starts waiting, then once per wake-up.
+    pub fn recovery_checks(&self) -> u64 {
+        self.shared.stats.recovery_checks.load(Ordering::Relaxed)
+    }
+
     /// Records acknowledged, calls failed, and the acknowledgement latency
     /// samples so far (for the master's periodic activity line).
     pub fn activity(&self) -> (u64, u64, crate::metrics::Counts) {
@@ -941,7 +963,7 @@ impl Pipeline {
             }),
         );
         if sent.is_err() && shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            shared.signal();
+            shared.drained();
         }
         sent
     }
@@ -1058,6 +1080,7 @@ impl Pipeline {
             }
             if !shared.recovering.load(Ordering::SeqCst) {
                 shared.wait_for(None, || {
+                    shared.stats.recovery_checks.fetch_add(1, Ordering::Relaxed);
                     shared.recovering.load(Ordering::SeqCst)
                         || shared.stopping.load(Ordering::SeqCst)
                 });
@@ -1280,7 +1303,7 @@ fn deliver(
     res: Result<i64, JournalError>,
 ) {
     if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-        shared.signal();
+        shared.drained();
     }
     let offset = match res {
         Ok(offset) => offset,

@@ -721,6 +721,32 @@ fn a_setattr_that_changes_nothing_replicated_journals_nothing() {
     f.replay_equals_data_root();
 }
 
+/// A delivery that leaves nothing in flight wakes the recovery thread only
+/// while it recovers (it waits for that then): not once per call, each a
+/// wake-up of a thread on another CPU.
+#[test]
+fn calls_do_not_wake_the_idle_recovery_thread() {
+    use super::durability::Durability;
+    for durability in [Durability::Journal, Durability::Fsync] {
+        let f = Fixture::with(|c| c.durability = durability);
+        let fs = f.fs();
+        let pipeline = f.master.as_ref().unwrap().pipeline();
+        fs.mkdir(me(), ROOT, b"d", 0o755, 0).unwrap();
+        let before = pipeline.recovery_checks();
+        for i in 0..50u32 {
+            let name = format!("f{i}");
+            let d = fs.mkdir(me(), ROOT, name.as_bytes(), 0o755, 0).unwrap();
+            // In `fsync` mode, each waits for the acknowledgement.
+            fs.fsync(me(), d.ino, false).unwrap();
+        }
+        let checks = pipeline.recovery_checks() - before;
+        assert!(
+            checks <= 1,
+            "{durability:?}: {checks} wake-ups for 50 calls"
+        );
+    }
+}
+
 /// A setattr answered on the FUSE thread never waits there: while a record
 /// on its inode is in flight (Kafka not answering), it goes the journaled
 /// way at once, whose waiting is off the FUSE threads.

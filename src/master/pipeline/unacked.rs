@@ -234,7 +234,7 @@ impl Pipeline {
         if let Err(e) = send_copy(shared, st, &unacked, generation) {
             u.settlement.lock().remove(seq);
             if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-                shared.signal();
+                shared.drained();
             }
             return Err(FsError::Journal(Box::new(e)));
         }
@@ -490,7 +490,7 @@ fn acknowledged(
     res: Result<i64, JournalError>,
 ) {
     if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-        shared.signal();
+        shared.drained();
     }
     let Some(u) = &shared.unacked else {
         return;
