@@ -10,7 +10,7 @@
 //! Workloads: untar of a tree of small files (KAFKAFS_BENCH_FILES, default
 //! 10000), one sequential write (KAFKAFS_BENCH_BIG_MB, default 1024 MiB,
 //! fsync at the end), a rename storm (KAFKAFS_BENCH_RENAMES, default 10000).
-//! Each system runs each workload KAFKAFS_BENCH_RUNS times (default 3), one
+//! Each system runs each workload KAFKAFS_BENCH_RUNS times (default 5), one
 //! round of every system after the other; the table shows the median run
 //! and the range. Figures: wall time and its ratio to native and to
 //! bindfs (of the medians); for kafkafs
@@ -466,7 +466,7 @@ fn main() {
     let fs = common::Tmpfs::mount(&tmp.path().join("fs"), "16g");
     let dir = fs.path.as_path();
     let tar = make_tarball(dir, files);
-    let runs = env_num("KAFKAFS_BENCH_RUNS", 3).max(1);
+    let runs = env_num("KAFKAFS_BENCH_RUNS", 5).max(1);
     let mut all: BTreeMap<(String, String), Vec<Row>> = BTreeMap::new();
     for w in WORKLOADS.into_iter().filter(|w| selected(w, None)) {
         // Every system once per round, the rounds one after the other: a
