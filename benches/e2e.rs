@@ -62,6 +62,9 @@ fn env_num(name: &str, default: u64) -> u64 {
 struct Row {
     secs: f64,
     converge: Option<f64>,
+    /// Records in the topic after the run (kafkafs only): the workload's,
+    /// its set-up's and the master's start.
+    records: Option<i64>,
     lag_p50: Option<Duration>,
     lag_p99: Option<Duration>,
     /// Mean time of each stage of a mutating call (kafkafs only).
@@ -300,6 +303,7 @@ fn kafkafs_run(dir: &Path, setup: &Setup, workload: &str, tar: &Path) -> Row {
     Row {
         secs,
         converge: Some(converge),
+        records: Some(highs.iter().sum()),
         lag_p50: report.lag_p50,
         lag_p99: report.lag_p99,
         profile,
@@ -492,8 +496,8 @@ fn main() {
     let mut out = format!(
         "End-to-end, {} small files, {} MiB sequential write, {} renames\n\n\
          Median of {} runs of each system (interleaved); ratios of medians.\n\n\
-         | workload | system | wall time (median) | all runs | ÷ native | ÷ bindfs | replica converged after | lag p50 | lag p99 |\n\
-         |----------|--------|--------------------|----------|----------|----------|-------------------------|---------|---------|\n",
+         | workload | system | wall time (median) | all runs | ÷ native | ÷ bindfs | records | replica converged after | lag p50 | lag p99 |\n\
+         |----------|--------|--------------------|----------|----------|----------|---------|-------------------------|---------|---------|\n",
         files,
         env_num("KAFKAFS_BENCH_BIG_MB", 1024),
         env_num("KAFKAFS_BENCH_RENAMES", 10_000),
@@ -511,11 +515,14 @@ fn main() {
                 continue;
             };
             out.push_str(&format!(
-                "| {w} | {sys} | {:.3} s | {} | {:.2} | {:.2} | {} | {} | {} |\n",
+                "| {w} | {sys} | {:.3} s | {} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
                 r.secs,
                 spread(w, sys),
                 r.secs / native,
                 r.secs / bindfs,
+                r.records
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 r.converge
                     .map(|c| format!("{c:.3} s"))
                     .unwrap_or_else(|| "-".into()),
