@@ -691,12 +691,12 @@ impl MasterFs {
     /// `Some(attributes)`. `tar x` as root sends one per entry (a chown to
     /// the owner the entry was created with); with the writeback cache the
     /// kernel sends one per renamed file (its own mtime, and a ctime, which
-    /// no replica keeps: it cannot be set). The
-    /// inode is read with its keys held shared, so no record changing it is
-    /// in flight; the call takes effect at that instant, and applied to any
-    /// replica (which holds the same inode there) it would change nothing
-    /// either. `None`: it must be journaled (also when a record on the
-    /// inode is in flight: this does not wait for it).
+    /// no replica keeps: it cannot be set). The inode is read with its keys
+    /// held shared, so no record changing it is in flight; the call takes
+    /// effect at that instant, and applied to any replica (which holds the
+    /// same inode there) it would change nothing either. `None`: it must be
+    /// journaled (also when a record on the inode is in flight: this does
+    /// not wait for it).
     pub fn setattr_unchanged(&self, ino: u64, attr: &SetAttr) -> Option<Result<Attr, FsError>> {
         let may_be_unchanged = attr.size.is_none()
             && attr.atime.is_none()
