@@ -73,7 +73,9 @@ mod imp {
     pub use crossbeam_channel as channel;
 }
 
+// The same items as the documented ones above, on loom's primitives.
 #[cfg(loom)]
+#[allow(missing_docs)]
 mod imp {
     pub use loom::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
     pub use loom::sync::Arc;
